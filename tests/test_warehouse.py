@@ -1,0 +1,66 @@
+"""The warehouse: atomic writes, partition replacement, Parquet exports, clear errors."""
+
+import duckdb
+import pandas as pd
+import pytest
+
+from webdancer_dagster.warehouse import WarehouseStore, markdown_preview, resolve_home
+
+
+@pytest.fixture
+def store(tmp_path):
+    return WarehouseStore(tmp_path / "home")
+
+
+def test_home_comes_from_argument_then_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("WEBDANCER_HOME", str(tmp_path / "from-env"))
+    assert resolve_home() == tmp_path / "from-env"
+    assert resolve_home(tmp_path / "explicit") == tmp_path / "explicit"
+
+
+def test_replace_table_writes_rows_and_parquet(store):
+    write = store.replace_table("things", pd.DataFrame({"id": [1, 2], "name": ["a", "b"]}))
+    assert write.rows == 2
+    assert pd.read_parquet(write.parquet_path)["name"].tolist() == ["a", "b"]
+    store.replace_table("things", pd.DataFrame({"id": [3], "name": ["c"]}))
+    assert store.read_table("things")["id"].tolist() == [3]
+
+
+def test_failed_write_keeps_previous_tables(store):
+    store.replace_table("pages", pd.DataFrame({"site": ["a", "b"], "url": ["u1", "u2"]}))
+    store.replace_table("history", pd.DataFrame({"url": ["u1"], "n": [1]}))
+    with pytest.raises(duckdb.Error):
+        store.write_tables(
+            partition=("site", "a"),
+            partition_replacements={"pages": pd.DataFrame({"site": ["a"], "url": ["u9"]})},
+            # wrong column type for an existing table: the whole transaction must roll back
+            appends={"history": pd.DataFrame({"url": ["u9"], "n": ["not a number"]})},
+        )
+    assert sorted(store.read_table("pages")["url"]) == ["u1", "u2"]
+    assert store.read_table("history")["n"].tolist() == [1]
+
+
+def test_partition_replacement_only_touches_its_partition(store):
+    store.write_tables(
+        partition=("site", "a"), partition_replacements={"pages": pd.DataFrame({"site": ["a"], "url": ["a1"]})}
+    )
+    store.write_tables(
+        partition=("site", "b"), partition_replacements={"pages": pd.DataFrame({"site": ["b"], "url": ["b1"]})}
+    )
+    store.write_tables(
+        partition=("site", "a"),
+        partition_replacements={"pages": pd.DataFrame({"site": ["a", "a"], "url": ["a2", "a3"]})},
+    )
+    assert sorted(store.read_table("pages")["url"]) == ["a2", "a3", "b1"]
+
+
+def test_reading_a_missing_table_names_it(store):
+    store.replace_table("other", pd.DataFrame({"x": [1]}))
+    with pytest.raises(LookupError, match="'pages'.*materialize"):
+        store.read_table("pages")
+
+
+def test_markdown_preview_cuts_long_cells():
+    preview = markdown_preview(pd.DataFrame({"text": ["x" * 500, "a|b\nc"]}), max_chars=20)
+    assert "x" * 19 + "…" in preview and "x" * 21 not in preview
+    assert "a\\|b c" in preview

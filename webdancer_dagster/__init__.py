@@ -1,0 +1,1 @@
+"""WebDancer recipe as a Dagster project."""

@@ -1,0 +1,242 @@
+"""Stage 1, the crawl corpus: build the local sites, crawl each one with Scrapy, index the pages for search."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import UTC, datetime
+
+import dagster as dg
+import pandas as pd
+from pathlib import Path
+from pydantic import Field
+
+from webdancer_dagster.paths import DATA_DIR, PYTHON_DOC_DIR
+from webdancer_dagster.resources.warehouse import Warehouse
+from webdancer_dagster.resources.web import SEARCH_INDEX_DIR, WebEnvironment
+from webdancer_dagster.warehouse import markdown_preview
+from webdancer_dagster.web.crawl import CrawlLimits, crawl_site
+from webdancer_dagster.web.search import LocalSearch, build_search_index, search_tool
+from webdancer_dagster.web.sites import build_site, default_site_specs
+from webdancer_dagster.web.versioning import diff_snapshot
+
+SITE_NAMES = [spec.name for spec in default_site_specs(DATA_DIR, PYTHON_DOC_DIR)]
+site_partitions = dg.StaticPartitionsDefinition(SITE_NAMES)
+
+PAGE_COLUMNS = ["site", "url", "title", "text", "content_hash", "depth", "status", "bytes", "fetched_at"]
+
+
+class WebSitesConfig(dg.Config):
+    data_dir: str = Field(default=str(DATA_DIR), description="Folder with the shipped corpora (data/).")
+    python_doc_dir: str = Field(default=str(PYTHON_DOC_DIR), description="Debian python3.11-doc HTML tree.")
+
+
+@dg.asset(group_name="corpus", kinds={"python", "duckdb"})
+def web_sites(context: dg.AssetExecutionContext, config: WebSitesConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+    """The local web: real Debian documentation plus Wikipedia-like sites rendered from the shipped corpora."""
+    store = warehouse.store()
+    specs = default_site_specs(Path(config.data_dir), Path(config.python_doc_dir))
+    built = [build_site(spec, store.artifact_dir("sites") / spec.name) for spec in specs]
+    frame = pd.DataFrame(
+        {
+            "name": [site.name for site in built],
+            "host": [site.host for site in built],
+            "root_url": [site.root_url for site in built],
+            "directory": [str(site.directory) for site in built],
+            "pages": [site.pages for site in built],
+            "benchmark": [site.benchmark for site in built],
+            "source": [site.source for site in built],
+        }
+    )
+    write = store.replace_table("sites", frame)
+    context.log.info("built %d sites: %s", len(built), ", ".join(f"{s.name}={s.pages}" for s in built))
+    version = hashlib.sha256(frame.drop(columns=["directory"]).to_csv(index=False).encode()).hexdigest()[:32]
+    return dg.MaterializeResult(
+        metadata={
+            "sites": dg.MetadataValue.md(markdown_preview(frame.drop(columns=["directory"]), rows=20)),
+            "pages_total": int(frame["pages"].sum()),
+            "root_urls": dg.MetadataValue.json({s.name: s.root_url for s in built}),
+            "dagster/row_count": write.rows,
+            "parquet": dg.MetadataValue.path(str(write.parquet_path)),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+class CrawlConfig(dg.Config):
+    max_pages: int = Field(default=200, description="Stop after this many pages (smoke default).")
+    max_depth: int = Field(default=3, description="Follow links at most this many clicks from the root.")
+    max_pages_by_site: dict[str, int] = Field(
+        default={"musique": 5000},
+        description="Per-site page limits; the benchmark site is crawled whole so every gold page is searchable.",
+    )
+    concurrency: int = Field(default=16, description="Concurrent requests.")
+    timeout_s: float = Field(default=10.0, description="Per-request timeout.")
+    max_bytes: int = Field(default=5_000_000, description="Responses larger than this are skipped as too_large.")
+
+    def limits_for(self, site: str) -> CrawlLimits:
+        return CrawlLimits(
+            max_pages=self.max_pages_by_site.get(site, self.max_pages),
+            max_depth=self.max_depth,
+            concurrency=self.concurrency,
+            timeout_s=self.timeout_s,
+            max_bytes=self.max_bytes,
+        )
+
+
+@dg.asset(
+    partitions_def=site_partitions,
+    deps=[web_sites],
+    group_name="corpus",
+    kinds={"scrapy", "duckdb"},
+)
+def crawl_pages(
+    context: dg.AssetExecutionContext, config: CrawlConfig, warehouse: Warehouse, web: WebEnvironment
+) -> dg.MaterializeResult:
+    """One site crawled from its root URL by clicking through sub-links, versioned against the last crawl."""
+    site = context.partition_key
+    store = warehouse.store()
+    site_row = store.read_table("sites", "name = ?", [site])
+    if site_row.empty:
+        raise LookupError(f"site {site!r} is not in the sites table; materialize web_sites first")
+    root_url = site_row.iloc[0]["root_url"]
+    started = datetime.now(UTC)
+    crawl_id = f"{site}-{started:%Y%m%dT%H%M%S}-{context.run_id[:8]}"
+    with web.serve() as proxy_url:
+        result = crawl_site(
+            root_url, proxy_url=proxy_url, limits=config.limits_for(site), work_dir=store.artifact_dir("crawls", crawl_id)
+        )
+    previous = (
+        store.read_table("pages", "site = ?", [site]) if store.table_exists("pages") else pd.DataFrame(columns=["url"])
+    )
+    diff = diff_snapshot(previous, result.pages.assign(site=site)[PAGE_COLUMNS], crawl_id)
+    counts = diff.counts
+    crawl_row = pd.DataFrame(
+        [
+            {
+                "crawl_id": crawl_id,
+                "site": site,
+                "root_url": root_url,
+                "started_at": started,
+                "finished_at": datetime.now(UTC),
+                "pages": len(diff.pages),
+                "links": len(result.links),
+                "skipped": len(result.skipped),
+                **counts,
+                "pages_per_s": float(result.stats["pages_per_s"]),
+                "data_version": diff.data_version,
+            }
+        ]
+    )
+    writes = store.write_tables(
+        partition=("site", site),
+        partition_replacements={"pages": diff.pages, "links": result.links.assign(site=site, crawl_id=crawl_id)},
+        appends={
+            "page_history": diff.history.assign(site=site)[["site", "url", "version", "content_hash", "change", "crawl_id"]],
+            "crawls": crawl_row,
+            "crawl_skips": result.skipped.assign(site=site, crawl_id=crawl_id),
+        },
+    )
+    context.log.info("crawl %s: %d pages, %s, %d skipped", crawl_id, len(diff.pages), counts, len(result.skipped))
+    return dg.MaterializeResult(
+        metadata={
+            "pages": len(diff.pages),
+            "new": counts["new"],
+            "changed": counts["changed"],
+            "removed": counts["removed"],
+            "unchanged": counts["unchanged"],
+            "links": len(result.links),
+            "skipped": len(result.skipped),
+            "skipped_by_reason": dg.MetadataValue.json(result.stats.get("skipped_by_reason", {})),
+            "pages_per_s": round(float(result.stats["pages_per_s"]), 1),
+            "crawl_id": crawl_id,
+            "root_url": dg.MetadataValue.url(root_url),
+            "preview": dg.MetadataValue.md(markdown_preview(diff.pages[["url", "title", "depth", "version", "text"]])),
+            "pages_parquet": dg.MetadataValue.path(str(writes["pages"].parquet_path)),
+        },
+        data_version=dg.DataVersion(diff.data_version),
+    )
+
+
+@dg.asset_check(asset=crawl_pages, blocking=True, description="Every stored page is unique and on its own site.")
+def crawl_pages_are_consistent(warehouse: Warehouse) -> dg.AssetCheckResult:
+    store = warehouse.store()
+    problems = store.query(
+        """
+        SELECT p.site, p.url, count(*) OVER (PARTITION BY p.url) AS copies, s.host
+        FROM pages p JOIN sites s ON s.name = p.site
+        QUALIFY copies > 1 OR NOT starts_with(p.url, 'http://' || s.host || '/')
+        """
+    )
+    total = int(store.query("SELECT count(*) AS n FROM pages")["n"].iloc[0])
+    return dg.AssetCheckResult(
+        passed=problems.empty,
+        metadata={
+            "pages": total,
+            "expected_bad_rows": 0,
+            "actual_bad_rows": len(problems),
+            "examples": dg.MetadataValue.md(markdown_preview(problems) if len(problems) else "none"),
+        },
+    )
+
+
+@dg.asset(
+    deps=[crawl_pages],
+    group_name="corpus",
+    kinds={"tantivy"},
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def search_index(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    """BM25 over every crawled page: what the agent's `search` tool sees."""
+    store = warehouse.store()
+    docs = store.query("SELECT url, title, text, site, content_hash FROM pages ORDER BY url")
+    if docs.empty:
+        raise LookupError("no crawled pages; materialize crawl_pages first")
+    index_dir = store.home / SEARCH_INDEX_DIR
+    stats = build_search_index(docs[["url", "title", "text", "site"]], index_dir)
+    sample_query = str(docs["title"].iloc[len(docs) // 2])
+    started = time.perf_counter()
+    sample = search_tool(LocalSearch(index_dir), [sample_query])
+    query_ms = (time.perf_counter() - started) * 1000
+    version = hashlib.sha256("\n".join(docs["url"] + "\t" + docs["content_hash"]).encode()).hexdigest()[:32]
+    docs_by_site = docs.groupby("site").size().to_dict()
+    return dg.MaterializeResult(
+        metadata={
+            "docs": int(stats["docs"]),
+            "docs_by_site": dg.MetadataValue.json({k: int(v) for k, v in docs_by_site.items()}),
+            "build_seconds": round(float(stats["seconds"]), 3),
+            "index_bytes": int(stats["size_bytes"]),
+            "index_path": dg.MetadataValue.path(str(index_dir)),
+            "sample_query": sample_query,
+            "sample_query_ms": round(query_ms, 2),
+            "sample_results": dg.MetadataValue.md(f"```\n{sample[:1500]}\n```"),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+@dg.asset_check(asset=search_index, blocking=True, description="A page is found by its own title.")
+def search_index_finds_pages(warehouse: Warehouse, web: WebEnvironment) -> dg.AssetCheckResult:
+    store = warehouse.store()
+    probes = store.query("SELECT url, title FROM pages WHERE length(title) > 8 ORDER BY hash(url) LIMIT 20")
+    backend = web.search()
+    found = sum(any(hit.url == row.url for hit in backend.search(row.title)) for row in probes.itertuples())
+    recall = found / len(probes) if len(probes) else 0.0
+    threshold = 0.8
+    return dg.AssetCheckResult(
+        passed=recall >= threshold,
+        metadata={"probes": len(probes), "found_in_top_10": found, "recall": recall, "threshold": threshold},
+    )
+
+
+recrawl_job = dg.define_asset_job(
+    "recrawl_sites", selection=dg.AssetSelection.assets(crawl_pages), partitions_def=site_partitions
+)
+
+
+@dg.schedule(job=recrawl_job, cron_schedule="0 3 * * *", execution_timezone="UTC")
+def daily_recrawl(context: dg.ScheduleEvaluationContext):
+    """Re-crawl every site daily; search_index follows only when some page's content changed."""
+    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    for site in site_partitions.get_partition_keys():
+        yield dg.RunRequest(run_key=f"{site}-{day}", partition_key=site)

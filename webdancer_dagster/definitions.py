@@ -1,0 +1,17 @@
+"""The one Definitions object the Dagster UI, the CLI and the tests load."""
+
+import dagster as dg
+
+from webdancer_dagster.assets import corpus
+from webdancer_dagster.resources.warehouse import Warehouse
+from webdancer_dagster.resources.web import WebEnvironment
+
+warehouse = Warehouse()
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([corpus]),
+    asset_checks=dg.load_asset_checks_from_modules([corpus]),
+    jobs=[corpus.recrawl_job],
+    schedules=[corpus.daily_recrawl],
+    resources={"warehouse": warehouse, "web": WebEnvironment(warehouse=warehouse)},
+)

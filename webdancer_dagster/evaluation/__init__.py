@@ -1,0 +1,1 @@
+"""Benchmarks, judge and metrics (no Dagster imports)."""

@@ -1,0 +1,367 @@
+"""One OpenAI-compatible chat endpoint per role, with retries, a concurrency limit and a persistent cache.
+
+Every stage that talks to a model (QA synthesis, trajectory sampling, the `visit` summarizer, the judge, RL
+rollouts) goes through `LLMEndpoint.chat`, so an interrupted run resumes from the SQLite cache without paying
+twice, reruns are reproducible, and token usage is counted in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import openai
+from openai.types.chat import ChatCompletion
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+logger = logging.getLogger(__name__)
+
+EndpointRole = Literal["teacher_short", "teacher_long", "judge", "summarizer", "policy"]
+NO_API_KEY = "EMPTY"  # local servers ignore the key, but the openai client insists on one
+
+# Statuses worth retrying: request timeout, conflict, rate limit and every server-side failure.
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+class LLMEndpointError(RuntimeError):
+    """The endpoint could not produce a completion; the message names the role and the URL."""
+
+
+class LLMRequestRejected(LLMEndpointError):
+    """The endpoint answered with a client error (4xx) that retrying cannot fix, e.g. a prompt too long."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class MalformedResponseError(RuntimeError):
+    """The HTTP call succeeded but the body is not a chat completion (garbage, HTML error page, no choices)."""
+
+
+class SamplingParams(BaseModel):
+    """Sampling settings sent with every request; part of the cache key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    temperature: float = Field(0.6, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(1024, ge=1)
+    stop: tuple[str, ...] = ()
+    seed: int | None = Field(None, description="base seed; request seed = seed + sample_index")
+    presence_penalty: float | None = None
+
+
+class EndpointConfig(BaseModel):
+    """Where one role's model lives and how to call it. The API key itself is never stored, only its variable."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: EndpointRole
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    sampling: SamplingParams = SamplingParams()
+    timeout_s: float = Field(120.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    backoff_initial_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    max_concurrency: int = Field(4, ge=1)
+    cache_path: Path | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    def describe(self) -> str:
+        return f"{self.role} endpoint {self.base_url}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatResult:
+    """One completion. `cached` is true when it came from the response cache instead of the server."""
+
+    content: str
+    reasoning_content: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    model: str
+    cached: bool = False
+
+
+@dataclasses.dataclass
+class TokenUsage:
+    """Running totals for one endpoint, safe to update from many threads."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    cached_completion_tokens: int = 0
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def record(self, result: ChatResult) -> None:
+        with self._lock:
+            if result.cached:
+                self.cache_hits += 1
+                self.cached_prompt_tokens += result.prompt_tokens
+                self.cached_completion_tokens += result.completion_tokens
+            else:
+                self.requests += 1
+                self.prompt_tokens += result.prompt_tokens
+                self.completion_tokens += result.completion_tokens
+
+    def record_retry(self) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def as_metadata(self) -> dict[str, int]:
+        """Plain counters for asset metadata and logs."""
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
+
+
+class ResponseCache:
+    """Completions keyed by request hash in a SQLite file in WAL mode.
+
+    SQLite rather than DuckDB because Dagster runs steps in several processes at once and DuckDB allows one
+    writer process; SQLite serialises concurrent writers with a busy timeout. The first stored response for a
+    key wins, so concurrent duplicates stay reproducible.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        with self._connection() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
+                "request TEXT NOT NULL, response TEXT NOT NULL, created_at REAL NOT NULL)"
+            )
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        row = self._connection().execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put(self, key: str, model: str, request: Mapping[str, Any], response: Mapping[str, Any]) -> None:
+        with self._connection() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO responses (key, model, request, response, created_at) VALUES (?, ?, ?, ?, ?)",
+                (key, model, json.dumps(request, ensure_ascii=False), json.dumps(response), time.time()),
+            )
+
+    def __len__(self) -> int:
+        return self._connection().execute("SELECT count(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+def request_key(request: Mapping[str, Any]) -> str:
+    """Stable hash of everything that determines a completion (never the URL: local ports change per run)."""
+    canonical = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _is_retryable(error: BaseException) -> bool:
+    if isinstance(error, openai.APIConnectionError | MalformedResponseError):  # includes APITimeoutError
+        return True
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code >= 500 or error.status_code in RETRYABLE_STATUSES
+    return False
+
+
+def _failure_message(config: EndpointConfig, attempts: int, error: BaseException) -> str:
+    if isinstance(error, openai.APITimeoutError):
+        what = f"timed out ({config.timeout_s:g}s) on all {attempts} tries"
+    elif isinstance(error, openai.APIConnectionError):
+        what = f"unreachable after {attempts} tries"
+    elif isinstance(error, openai.APIStatusError):
+        what = f"failed with HTTP {error.status_code} after {attempts} tries"
+    else:
+        what = f"returned malformed responses on all {attempts} tries"
+    return f"{config.describe()} {what}: {error}"
+
+
+class LLMEndpoint:
+    """A chat-completions client for one role. Thread-safe; share one per role across threads."""
+
+    def __init__(self, config: EndpointConfig, cache: ResponseCache | None = None) -> None:
+        self.config = config
+        api_key = NO_API_KEY
+        if config.api_key_env:
+            api_key = os.environ.get(config.api_key_env, "")
+            if not api_key:
+                raise LLMEndpointError(
+                    f"{config.describe()} needs an API key in ${config.api_key_env}, which is not set"
+                )
+        self._client = openai.OpenAI(
+            base_url=config.base_url, api_key=api_key, timeout=config.timeout_s, max_retries=0
+        )
+        if cache is None and config.cache_path is not None:
+            cache = ResponseCache(config.cache_path)
+        self.cache = cache
+        self.usage = TokenUsage()
+        self._slots = threading.BoundedSemaphore(config.max_concurrency)
+
+    def __repr__(self) -> str:
+        return f"LLMEndpoint(role={self.config.role!r}, base_url={self.config.base_url!r}, model={self.config.model!r})"
+
+    @property
+    def role(self) -> str:
+        return self.config.role
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.config.max_concurrency
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        sampling: SamplingParams | None = None,
+        sample_index: int = 0,
+        response_format: Mapping[str, Any] | None = None,
+    ) -> ChatResult:
+        """Return one completion for `messages`, from the cache when this exact request was answered before.
+
+        `sample_index` tells apart the k samples rejection sampling draws for the same prompt: each is
+        cached on its own, and with a base seed it also shifts the server-side seed.
+        """
+        sampling = sampling or self.config.sampling
+        request = self._request_body(messages, sampling, sample_index, response_format)
+        key = request_key({"request": request, "sample_index": sample_index})
+        if self.cache is not None:
+            stored = self.cache.get(key)
+            if stored is not None:
+                result = ChatResult(**stored, cached=True)
+                self.usage.record(result)
+                return result
+        result = self._call_with_retries(request)
+        if self.cache is not None:
+            stored = dataclasses.asdict(result)
+            del stored["cached"]
+            self.cache.put(key, self.config.model, request, stored)
+        self.usage.record(result)
+        return result
+
+    def list_models(self) -> list[str]:
+        """Model ids the server reports; one try, for health checks."""
+        try:
+            return [model.id for model in self._client.models.list()]
+        except openai.OpenAIError as error:
+            raise LLMEndpointError(f"{self.config.describe()} did not list its models: {error}") from error
+
+    def _request_body(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        sampling: SamplingParams,
+        sample_index: int,
+        response_format: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+        }
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed + sample_index
+        if sampling.presence_penalty is not None:
+            body["presence_penalty"] = sampling.presence_penalty
+        if response_format is not None:
+            body["response_format"] = dict(response_format)
+        return body
+
+    def _call_with_retries(self, request: dict[str, Any]) -> ChatResult:
+        config = self.config
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.usage.record_retry()
+            error = state.outcome.exception() if state.outcome else None
+            logger.warning("%s try %d failed (%s); retrying", config.describe(), state.attempt_number, error)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(config.max_attempts),
+            wait=wait_exponential_jitter(initial=config.backoff_initial_s, max=config.backoff_max_s),
+            retry=retry_if_exception(_is_retryable),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._call_once, request)
+        except openai.APIStatusError as error:
+            if _is_retryable(error):
+                raise LLMEndpointError(_failure_message(config, config.max_attempts, error)) from error
+            raise LLMRequestRejected(
+                f"{config.describe()} rejected the request (HTTP {error.status_code}): {error}", error.status_code
+            ) from error
+        except (openai.APIConnectionError, MalformedResponseError) as error:
+            raise LLMEndpointError(_failure_message(config, config.max_attempts, error)) from error
+
+    def _call_once(self, request: dict[str, Any]) -> ChatResult:
+        with self._slots:
+            started = time.perf_counter()
+            try:
+                response = self._client.chat.completions.create(**request)
+            except ValueError as error:  # a JSON content type whose body does not parse
+                raise MalformedResponseError(f"unparseable body: {error}") from error
+            latency = time.perf_counter() - started
+        return _to_result(response, latency)
+
+
+def _to_result(response: object, latency_s: float) -> ChatResult:
+    """Check the parsed body really is a completion: the openai client returns plain text for non-JSON bodies."""
+    if not isinstance(response, ChatCompletion):
+        raise MalformedResponseError(f"not a chat completion: {str(response)[:200]!r}")
+    if not response.choices or response.choices[0].message is None:
+        raise MalformedResponseError("chat completion without choices")
+    choice = response.choices[0]
+    message = choice.message
+    extra = message.model_extra or {}
+    reasoning = extra.get("reasoning_content") or extra.get("reasoning")
+    usage = response.usage
+    return ChatResult(
+        content=message.content or "",
+        reasoning_content=reasoning if isinstance(reasoning, str) and reasoning else None,
+        finish_reason=choice.finish_reason,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        latency_s=latency_s,
+        model=response.model or "",
+    )

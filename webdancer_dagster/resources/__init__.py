@@ -1,0 +1,1 @@
+"""Dagster resources: thin typed wrappers around the domain modules."""

@@ -1,0 +1,1 @@
+"""QA synthesis, rejection sampling and the filtering funnel (no Dagster imports)."""

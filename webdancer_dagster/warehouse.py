@@ -1,0 +1,182 @@
+"""The DuckDB warehouse every stage reads and writes: one file, atomic writes, Parquet exports.
+
+Plain Python (no Dagster) so the CLI, benchmarks and training entry points can use it too; the Dagster
+resource in `resources/warehouse.py` only says where the warehouse lives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOME = ".webdancer"
+
+
+def resolve_home(home: str | os.PathLike | None = None) -> Path:
+    """`home`, else `$WEBDANCER_HOME`, else `./.webdancer`, as an absolute path."""
+    chosen = home or os.environ.get("WEBDANCER_HOME") or DEFAULT_HOME
+    return Path(chosen).expanduser().resolve()
+
+
+def _is_lock_conflict(error: BaseException) -> bool:
+    # Dagster runs steps in separate processes; DuckDB lets one process hold the file at a time.
+    return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
+
+
+@dataclass(frozen=True)
+class TableWrite:
+    """What a write did, for asset metadata."""
+
+    table: str
+    rows: int
+    parquet_path: Path
+
+
+class WarehouseStore:
+    """One DuckDB file under the WebDancer home, plus folders for large artefacts (sites, indexes, models)."""
+
+    def __init__(self, home: str | os.PathLike | None = None) -> None:
+        self.home = resolve_home(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.database_path = self.home / "warehouse.duckdb"
+        self.exports_dir = self.home / "exports"
+
+    def artifact_dir(self, *parts: str) -> Path:
+        """A folder for files too large for a table (HTML trees, indexes, checkpoints)."""
+        path = self.home.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection; waits (with jitter) while another process holds the file."""
+        connection = self._open(read_only)
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    @retry(
+        retry=retry_if_exception(_is_lock_conflict),
+        wait=wait_random_exponential(multiplier=0.05, max=2),
+        stop=stop_after_delay(120),
+        reraise=True,
+    )
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        if read_only and not self.database_path.exists():
+            raise FileNotFoundError(f"no warehouse at {self.database_path}; materialize the pipeline first")
+        return duckdb.connect(str(self.database_path), read_only=read_only)
+
+    def table_exists(self, table: str) -> bool:
+        if not self.database_path.exists():
+            return False
+        with self.connect() as con:
+            return _table_exists(con, table)
+
+    def read_table(self, table: str, where: str = "", params: Sequence | None = None) -> pd.DataFrame:
+        """The whole table (or the rows matching `where`); a clear error names a table not yet written."""
+        with self.connect() as con:
+            if not _table_exists(con, table):
+                raise LookupError(f"table {table!r} does not exist in {self.database_path}; materialize its asset first")
+            sql = f'SELECT * FROM "{table}"' + (f" WHERE {where}" if where else "")
+            return con.execute(sql, params or []).df()
+
+    def query(self, sql: str, params: Sequence | None = None) -> pd.DataFrame:
+        with self.connect() as con:
+            return con.execute(sql, params or []).df()
+
+    def replace_table(self, table: str, frame: pd.DataFrame) -> TableWrite:
+        """Replace a whole table in one transaction: readers see the old rows or the new, never half."""
+        return self.write_tables({table: frame})[table]
+
+    def write_tables(
+        self,
+        replacements: Mapping[str, pd.DataFrame] | None = None,
+        partition: tuple[str, str] | None = None,
+        partition_replacements: Mapping[str, pd.DataFrame] | None = None,
+        appends: Mapping[str, pd.DataFrame] | None = None,
+    ) -> dict[str, TableWrite]:
+        """Apply several writes in ONE transaction, then refresh the Parquet exports of the touched tables.
+
+        replacements: whole tables swapped. partition_replacements: rows whose `partition[0]` column equals
+        `partition[1]` are swapped (one site's crawl). appends: rows added (history tables).
+        """
+        replacements = dict(replacements or {})
+        partition_replacements = dict(partition_replacements or {})
+        appends = dict(appends or {})
+        if partition_replacements and partition is None:
+            raise ValueError("partition_replacements needs partition=(column, key)")
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for table, frame in replacements.items():
+                    con.register("incoming", frame)
+                    con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM incoming')
+                    con.unregister("incoming")
+                for table, frame in partition_replacements.items():
+                    column, key = partition
+                    _ensure_table(con, table, frame)
+                    con.execute(f'DELETE FROM "{table}" WHERE "{column}" = ?', [key])
+                    _insert(con, table, frame)
+                for table, frame in appends.items():
+                    _ensure_table(con, table, frame)
+                    _insert(con, table, frame)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            touched = [*replacements, *partition_replacements, *appends]
+            return {table: self._export(con, table) for table in touched}
+
+    def _export(self, con: duckdb.DuckDBPyConnection, table: str) -> TableWrite:
+        self.exports_dir.mkdir(parents=True, exist_ok=True)
+        target = self.exports_dir / f"{table}.parquet"
+        staging = target.with_suffix(".parquet.tmp")
+        con.execute(f"COPY \"{table}\" TO '{staging}' (FORMAT PARQUET)")
+        os.replace(staging, target)
+        rows = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+        return TableWrite(table=table, rows=int(rows), parquet_path=target)
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    found = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'", [table]
+    ).fetchone()[0]
+    return bool(found)
+
+
+def _ensure_table(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    con.register("incoming", frame)
+    con.execute(f'CREATE TABLE IF NOT EXISTS "{table}" AS SELECT * FROM incoming LIMIT 0')
+    con.unregister("incoming")
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    if frame.empty:
+        return
+    con.register("incoming", frame)
+    con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM incoming')
+    con.unregister("incoming")
+
+
+def markdown_preview(frame: pd.DataFrame, rows: int = 5, max_chars: int = 80) -> str:
+    """A few rows as a Markdown table for the Dagster UI; long cells are cut so the table stays readable."""
+    head = frame.head(rows).copy()
+    for column in head.columns:
+        head[column] = head[column].map(lambda value: _cut(value, max_chars))
+    return head.to_markdown(index=False)
+
+
+def _cut(value: object, max_chars: int) -> str:
+    text = str(value).replace("\n", " ").replace("|", "\\|")
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
