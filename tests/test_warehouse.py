@@ -64,3 +64,10 @@ def test_markdown_preview_cuts_long_cells():
     preview = markdown_preview(pd.DataFrame({"text": ["x" * 500, "a|b\nc"]}), max_chars=20)
     assert "x" * 19 + "…" in preview and "x" * 21 not in preview
     assert "a\\|b c" in preview
+
+
+def test_append_to_a_table_first_written_empty(tmp_path):
+    store = WarehouseStore(tmp_path)
+    store.write_tables(appends={"skips": pd.DataFrame(columns=["url", "reason"])})
+    store.write_tables(appends={"skips": pd.DataFrame({"url": ["http://a.test/"], "reason": ["http_404"]})})
+    assert store.read_table("skips").to_dict("records") == [{"url": "http://a.test/", "reason": "http_404"}]

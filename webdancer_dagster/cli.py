@@ -13,12 +13,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from webdancer_dagster.agent.trajectory import Step
 from webdancer_dagster.warehouse import WarehouseStore, resolve_home
 
 app = typer.Typer(help="WebDancer on Dagster: crawl, synthesize, train and evaluate web agents.", no_args_is_help=True)
 console = Console()
 
-HomeOption = Annotated[Path | None, typer.Option("--home", help="WebDancer home (default $WEBDANCER_HOME or ./.webdancer).")]
+HomeOption = Annotated[
+    Path | None, typer.Option("--home", help="WebDancer home (default $WEBDANCER_HOME or ./.webdancer).")
+]
 
 
 def _dagster_home(home: Path) -> Path:
@@ -115,11 +118,152 @@ def crawl(
         if "web_sites" in selection:
             dg.materialize(defs.assets, selection=["web_sites"], instance=instance, resources=defs.resources)
         dg.materialize(
-            defs.assets, selection=["crawl_pages"], partition_key=site, instance=instance,
-            resources=defs.resources, run_config=run_config,
+            defs.assets,
+            selection=["crawl_pages"],
+            partition_key=site,
+            instance=instance,
+            resources=defs.resources,
+            run_config=run_config,
         )
     last = store.query("SELECT * FROM crawls WHERE site = ? ORDER BY started_at DESC LIMIT 1", [site])
     console.print_json(json.dumps(last.iloc[0].to_dict(), default=str))
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question, answered from the local web.")],
+    base_url: Annotated[
+        str | None, typer.Option(help="An OpenAI-compatible endpoint (ending in /v1); default: start llama.cpp.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model id at --base-url (required with it).")] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the API key for --base-url.")
+    ] = None,
+    gguf: Annotated[
+        Path | None, typer.Option(help="GGUF for the local llama.cpp server; default: SmolLM2-135M-Instruct.")
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Model folder or GGUF whose tokenizer counts context; default: the GGUF.")
+    ] = None,
+    cot: Annotated[str, typer.Option(help="'short' (instruct model) or 'long' (reasoning model).")] = "short",
+    max_llm_calls: Annotated[int, typer.Option(help="Assistant turns before giving up.")] = 8,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per assistant turn.")] = 512,
+    n_ctx: Annotated[int, typer.Option(help="The model's context window in tokens.")] = 8192,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature of the agent's turns.")] = 0.6,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the trajectory as JSON on stdout.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the response cache.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Answer a question with the WebDancer agent on the local web, printing each step as it happens."""
+    from contextlib import ExitStack
+
+    from webdancer_dagster.agent.loop import AgentConfig, ReactAgent
+    from webdancer_dagster.agent.search import SearchTool
+    from webdancer_dagster.agent.tools import tool_map
+    from webdancer_dagster.agent.visit import VisitTool
+    from webdancer_dagster.llm.client import (
+        LLM_CACHE_FILE,
+        EndpointConfig,
+        LLMEndpoint,
+        LLMEndpointError,
+        SamplingParams,
+    )
+    from webdancer_dagster.llm.model_files import find_smollm2_gguf
+    from webdancer_dagster.llm.server import ModelServer, ModelServerConfig
+    from webdancer_dagster.llm.tokenizer import load_tokenizer
+    from webdancer_dagster.resources.web import SEARCH_INDEX_DIR
+    from webdancer_dagster.web.search import LocalSearch
+    from webdancer_dagster.web.server import SiteServer
+    from webdancer_dagster.web.visit import FetchPolicy
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = Console(stderr=True) if json_output else console
+    if cot not in ("short", "long"):
+        raise typer.BadParameter("--cot must be 'short' or 'long'")
+    if base_url and not model:
+        raise typer.BadParameter("--base-url needs --model (the model id that endpoint serves)")
+    store = WarehouseStore(home)
+    index_dir = store.home / SEARCH_INDEX_DIR
+    if not store.table_exists("sites") or not index_dir.exists():
+        out.print(f"[red]no local web in {store.home}[/red]: run `webdancer materialize` first")
+        raise typer.Exit(1)
+    sites = store.read_table("sites")
+    hosts = {row.host: Path(row.directory) for row in sites.itertuples()}
+    model_file = gguf or (None if base_url else find_smollm2_gguf())
+    if base_url:
+        server_config = ModelServerConfig(mode="external", base_url=base_url, served_model_name=model, n_ctx=n_ctx)
+    else:
+        server_config = ModelServerConfig(model_path=str(model_file), n_ctx=n_ctx)
+    tokenizer_source = tokenizer or str(model_file or find_smollm2_gguf())
+    cache_path = None if no_cache else store.home / LLM_CACHE_FILE
+
+    with ExitStack() as stack:
+        web = stack.enter_context(SiteServer(hosts))
+        with out.status(f"starting the model server ({server_config.mode})…"):
+            server = stack.enter_context(ModelServer(server_config))
+            token_counter = load_tokenizer(tokenizer_source, str(store.home / "tokenizers"))
+
+        def endpoint(role: str, sampling: SamplingParams) -> LLMEndpoint:
+            config = EndpointConfig(
+                role=role,
+                base_url=server.base_url,
+                model=server.model,
+                api_key_env=api_key_env,
+                sampling=sampling,
+                cache_path=cache_path,
+                timeout_s=600,
+            )
+            return LLMEndpoint(config)
+
+        summarizer = endpoint("summarizer", SamplingParams(temperature=0.0, max_tokens=512))
+        policy = endpoint("policy", SamplingParams(temperature=temperature, max_tokens=max_tokens))
+        fetch_policy = FetchPolicy(allowed_hosts=frozenset(hosts), proxy_url=web.proxy_url)
+        agent = ReactAgent(
+            policy,
+            tool_map(SearchTool(LocalSearch(index_dir)), VisitTool(summarizer, fetch_policy)),
+            token_counter,
+            # The forced-answer request can pass the limit by one turn plus its own text; leave room for its reply.
+            AgentConfig(max_llm_calls=max_llm_calls, max_context_tokens=n_ctx - 2 * max_tokens - 128, cot_mode=cot),
+        )
+        out.print(f"[bold]Question:[/bold] {question}  [dim]({server.model} at {server.base_url})[/dim]")
+        try:
+            trajectory = agent.run(question, on_step=lambda step: _print_step(out, step))
+        except LLMEndpointError as error:
+            out.print(str(error), style="red", markup=False, highlight=False)
+            raise typer.Exit(1) from error
+
+    out.print(
+        f"[bold]Answer:[/bold] {trajectory.answer or '(none)'}\n[bold]Termination:[/bold] {trajectory.termination}"
+        f"  [dim]{trajectory.llm_calls} LLM calls, {trajectory.tool_calls} tool calls, "
+        f"{trajectory.completion_tokens} tokens generated, {trajectory.latency_s:.1f}s[/dim]"
+    )
+    if json_output:
+        typer.echo(trajectory.model_dump_json(indent=2))
+
+
+def _print_step(out: Console, step: Step) -> None:
+    """One agent step as a panel: thought, action with arguments, and the start of the observation."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    text = Text()
+    text.append("Thought: ", style="bold").append(_clip(step.thought or "(none)", 600) + "\n")
+    if step.answer is not None:
+        text.append("Answer: ", style="bold green").append(step.answer)
+    elif step.arguments is not None:
+        text.append(f"{step.action}: ", style="bold cyan").append(json.dumps(step.arguments, ensure_ascii=False))
+    if step.observation is not None:
+        text.append("\nObservation: ", style="bold").append(_clip(step.observation, 800))
+    if step.error and step.error != step.observation:
+        text.append("\nError: ", style="bold red").append(_clip(step.error, 300))
+    subtitle = f"{step.completion_tokens} tokens, {step.llm_latency_s:.1f}s"
+    if step.format_issues:
+        subtitle += " · " + "; ".join(step.format_issues)
+    out.print(Panel(text, title=f"step {step.index + 1} · {step.action}", subtitle=subtitle, title_align="left"))
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text) - limit} more chars)"
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from webdancer_dagster.assets import corpus
+from webdancer_dagster.resources.llm import llm_resources
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
 
@@ -13,5 +14,5 @@ defs = dg.Definitions(
     asset_checks=dg.load_asset_checks_from_modules([corpus]),
     jobs=[corpus.recrawl_job],
     schedules=[corpus.daily_recrawl],
-    resources={"warehouse": warehouse, "web": WebEnvironment(warehouse=warehouse)},
+    resources={"warehouse": warehouse, "web": WebEnvironment(warehouse=warehouse), **llm_resources(warehouse)},
 )

@@ -87,7 +87,9 @@ class WarehouseStore:
         """The whole table (or the rows matching `where`); a clear error names a table not yet written."""
         with self.connect() as con:
             if not _table_exists(con, table):
-                raise LookupError(f"table {table!r} does not exist in {self.database_path}; materialize its asset first")
+                raise LookupError(
+                    f"table {table!r} does not exist in {self.database_path}; materialize its asset first"
+                )
             sql = f'SELECT * FROM "{table}"' + (f" WHERE {where}" if where else "")
             return con.execute(sql, params or []).df()
 
@@ -156,6 +158,9 @@ def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
 
 
 def _ensure_table(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    if frame.empty:
+        # An empty object column would become a column of type NULL, which no later row can be cast to.
+        frame = frame.astype({column: "string" for column in frame.columns if frame[column].dtype == object})
     con.register("incoming", frame)
     con.execute(f'CREATE TABLE IF NOT EXISTS "{table}" AS SELECT * FROM incoming LIMIT 0')
     con.unregister("incoming")

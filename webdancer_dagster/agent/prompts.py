@@ -18,7 +18,7 @@ As you proceed, adhere to the following principles:
 
 2. **Repeated Verification**: Before presenting a Final Answer, you will **cross-check** and **validate the information** you've gathered to confirm its accuracy and reliability.
 
-3. **Attention to Detail**: You will carefully analyze each information source to ensure that all data is current, relevant, and from credible origins."""
+3. **Attention to Detail**: You will carefully analyze each information source to ensure that all data is current, relevant, and from credible origins."""  # noqa: E501
 
 # Message 1 of every sample trajectory up to and including "User: "; the question follows directly.
 USER_PROMPT = """A conversation between User and Assistant. The user asks a question, and the assistant solves it by calling one or more of the following tools.
@@ -98,9 +98,13 @@ FORCED_ANSWER_PROMPT = (
 )
 
 # Observation texts for malformed turns; the first two are worded as in WebDancer's inference code.
-INVALID_TOOL_CALL_TEXT = 'Error: Tool call is not a valid JSON. Tool call must contain a valid "name" and "arguments" field.'
+INVALID_TOOL_CALL_TEXT = (
+    'Error: Tool call is not a valid JSON. Tool call must contain a valid "name" and "arguments" field.'
+)
 UNKNOWN_TOOL_TEXT = "Error: Tool {name} not found"
-INVALID_ARGUMENTS_TEXT = "Error: Invalid arguments for tool {name}: {detail}. The parameters must follow this schema: {schema}"
+INVALID_ARGUMENTS_TEXT = (
+    "Error: Invalid arguments for tool {name}: {detail}. The parameters must follow this schema: {schema}"
+)
 MISSING_ACTION_TEXT = (
     "Error: Your response must end with either a tool call in <tool_call></tool_call> tags or a final answer "
     "in <answer></answer> tags."
@@ -123,7 +127,10 @@ EXTRACTOR_PROMPT = """Read the webpage content below and extract what serves the
 Reply with one JSON object and nothing else:
 {{"rational": "why these passages matter for the goal", "evidence": "the relevant passages", "summary": "the summary"}}
 """
-VISIT_OBSERVATION = "The useful information in {url} for user goal {goal} as follows: \n\nEvidence in page: \n{evidence}\n\nSummary: \n{summary}\n\n"
+VISIT_OBSERVATION = (
+    "The useful information in {url} for user goal {goal} as follows: \n\n"
+    "Evidence in page: \n{evidence}\n\nSummary: \n{summary}\n\n"
+)
 VISIT_FAILED_EVIDENCE = "No evidence could be extracted from this page ({reason})."
 VISIT_FAILED_SUMMARY = "The page gave no usable information for this goal; try another URL or a search."
 VISIT_PAGE_SEPARATOR = "\n=======\n"
@@ -141,5 +148,5 @@ def user_message(question: str) -> str:
 
 
 def tool_response(observation: str) -> str:
-    """Wrap a tool's output as the user turn the model reads."""
-    return f"<tool_response>\n{observation}\n</tool_response>"
+    """Wrap a tool's output as the user turn the model reads, laid out as in every sample trajectory."""
+    return f"<tool_response>\n{observation.strip()}\n\n</tool_response>"

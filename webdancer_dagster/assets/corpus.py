@@ -1,14 +1,12 @@
 """Stage 1, the crawl corpus: build the local sites, crawl each one with Scrapy, index the pages for search."""
 
-from __future__ import annotations
-
 import hashlib
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from pathlib import Path
 from pydantic import Field
 
 from webdancer_dagster.paths import DATA_DIR, PYTHON_DOC_DIR
@@ -24,6 +22,20 @@ SITE_NAMES = [spec.name for spec in default_site_specs(DATA_DIR, PYTHON_DOC_DIR)
 site_partitions = dg.StaticPartitionsDefinition(SITE_NAMES)
 
 PAGE_COLUMNS = ["site", "url", "title", "text", "content_hash", "depth", "status", "bytes", "fetched_at"]
+
+
+# Like AutomationCondition.eager(), but keyed on upstream *data versions*: a daily re-crawl that changed no page
+# leaves the index alone instead of rebuilding it.
+REBUILD_WHEN_CONTENT_CHANGES = (
+    dg.AutomationCondition.in_latest_time_window()
+    & (
+        dg.AutomationCondition.newly_missing()
+        | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+    ).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("rebuild_when_content_changes")
 
 
 class WebSitesConfig(dg.Config):
@@ -104,7 +116,10 @@ def crawl_pages(
     crawl_id = f"{site}-{started:%Y%m%dT%H%M%S}-{context.run_id[:8]}"
     with web.serve() as proxy_url:
         result = crawl_site(
-            root_url, proxy_url=proxy_url, limits=config.limits_for(site), work_dir=store.artifact_dir("crawls", crawl_id)
+            root_url,
+            proxy_url=proxy_url,
+            limits=config.limits_for(site),
+            work_dir=store.artifact_dir("crawls", crawl_id),
         )
     previous = (
         store.read_table("pages", "site = ?", [site]) if store.table_exists("pages") else pd.DataFrame(columns=["url"])
@@ -130,9 +145,14 @@ def crawl_pages(
     )
     writes = store.write_tables(
         partition=("site", site),
-        partition_replacements={"pages": diff.pages, "links": result.links.assign(site=site, crawl_id=crawl_id)},
+        partition_replacements={
+            "pages": diff.pages,
+            "links": result.links.assign(site=site, crawl_id=crawl_id),
+        },
         appends={
-            "page_history": diff.history.assign(site=site)[["site", "url", "version", "content_hash", "change", "crawl_id"]],
+            "page_history": diff.history.assign(site=site)[
+                ["site", "url", "version", "content_hash", "change", "crawl_id"]
+            ],
             "crawls": crawl_row,
             "crawl_skips": result.skipped.assign(site=site, crawl_id=crawl_id),
         },
@@ -184,7 +204,7 @@ def crawl_pages_are_consistent(warehouse: Warehouse) -> dg.AssetCheckResult:
     deps=[crawl_pages],
     group_name="corpus",
     kinds={"tantivy"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=REBUILD_WHEN_CONTENT_CHANGES,
 )
 def search_index(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     """BM25 over every crawled page: what the agent's `search` tool sees."""

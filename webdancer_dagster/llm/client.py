@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import openai
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionMessage
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 EndpointRole = Literal["teacher_short", "teacher_long", "judge", "summarizer", "policy"]
 NO_API_KEY = "EMPTY"  # local servers ignore the key, but the openai client insists on one
+LLM_CACHE_FILE = "llm_cache.sqlite"  # the response cache's file name under the WebDancer home
 
 # Statuses worth retrying: request timeout, conflict, rate limit and every server-side failure.
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
@@ -227,9 +228,7 @@ class LLMEndpoint:
                 raise LLMEndpointError(
                     f"{config.describe()} needs an API key in ${config.api_key_env}, which is not set"
                 )
-        self._client = openai.OpenAI(
-            base_url=config.base_url, api_key=api_key, timeout=config.timeout_s, max_retries=0
-        )
+        self._client = openai.OpenAI(base_url=config.base_url, api_key=api_key, timeout=config.timeout_s, max_retries=0)
         if cache is None and config.cache_path is not None:
             cache = ResponseCache(config.cache_path)
         self.cache = cache
@@ -276,6 +275,12 @@ class LLMEndpoint:
             self.cache.put(key, self.config.model, request, stored)
         self.usage.record(result)
         return result
+
+    def close(self) -> None:
+        """Release the HTTP connections and the cache's database handles."""
+        self._client.close()
+        if self.cache is not None:
+            self.cache.close()
 
     def list_models(self) -> list[str]:
         """Model ids the server reports; one try, for health checks."""
@@ -346,22 +351,31 @@ class LLMEndpoint:
 
 
 def _to_result(response: object, latency_s: float) -> ChatResult:
-    """Check the parsed body really is a completion: the openai client returns plain text for non-JSON bodies."""
+    """Check the body really is a completion: the openai client builds models from any JSON without validating it,
+    and returns plain text (or a list) for other bodies."""
     if not isinstance(response, ChatCompletion):
         raise MalformedResponseError(f"not a chat completion: {str(response)[:200]!r}")
-    if not response.choices or response.choices[0].message is None:
-        raise MalformedResponseError("chat completion without choices")
-    choice = response.choices[0]
-    message = choice.message
+    choices = response.choices
+    if not isinstance(choices, list) or not choices:
+        raise MalformedResponseError(f"chat completion without choices: {str(choices)[:200]!r}")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    if not isinstance(message, ChatCompletionMessage) or not isinstance(message.content, str | None):
+        raise MalformedResponseError(f"chat completion without a message: {str(choice)[:200]!r}")
     extra = message.model_extra or {}
     reasoning = extra.get("reasoning_content") or extra.get("reasoning")
     usage = response.usage
     return ChatResult(
         content=message.content or "",
         reasoning_content=reasoning if isinstance(reasoning, str) and reasoning else None,
-        finish_reason=choice.finish_reason,
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
+        finish_reason=choice.finish_reason if isinstance(choice.finish_reason, str) else None,
+        prompt_tokens=_count(getattr(usage, "prompt_tokens", 0)),
+        completion_tokens=_count(getattr(usage, "completion_tokens", 0)),
         latency_s=latency_s,
-        model=response.model or "",
+        model=response.model if isinstance(response.model, str) else "",
     )
+
+
+def _count(value: object) -> int:
+    """A token count from the usage block; servers that omit usage count as zero."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -25,13 +26,19 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class ScriptedReply:
-    """One scripted answer to one chat request; the flags make it fail instead of answering."""
+    """One scripted answer to one chat request; the flags make it fail instead of answering.
+
+    `garbage` sends an HTML page with status 200; `raw_json` sends that text as an `application/json` 200 body
+    (a body that parses but is no completion); `drop` closes the connection without an answer; `die` does so and
+    stops the whole server.
+    """
 
     content: str = ""
     reasoning_content: str | None = None
     status: int = 200
     delay_s: float = 0.0
     garbage: bool = False
+    raw_json: str | None = None
     drop: bool = False
     die: bool = False
 
@@ -49,10 +56,24 @@ def _count_words(text: str) -> int:
     return len(text.split())
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """A client that gave up (a timeout test) leaves a broken pipe behind: expected here, not worth a traceback."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            logger.debug("scripted llm: client %s went away", client_address)
+            return
+        super().handle_error(request, client_address)
+
+
 class ScriptedLLMServer:
     """Serve scripted replies in order (or from a responder function) until stopped.
 
-    Use as a context manager; `base_url` ends in /v1 and `requests` holds every chat request body received.
+    Use as a context manager; `base_url` ends in /v1 and `requests` holds every chat request body received;
+    `max_in_flight` is the most chat requests it was ever handling at once.
     A request after the script runs out gets HTTP 400, so a test that makes more calls than it scripted fails
     loudly instead of hanging.
     """
@@ -66,15 +87,15 @@ class ScriptedLLMServer:
     ) -> None:
         self.model = model
         self.requests: list[dict[str, Any]] = []
+        self.max_in_flight = 0
+        self._in_flight = 0
         self._lock = threading.Lock()
         if callable(script):
             self._responder: Responder = script
         else:
             replies = iter(list(script))
             self._responder = lambda _request: next(replies)
-        self._server = ThreadingHTTPServer((host, 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
+        self._server = _QuietHTTPServer((host, 0), self._handler_class())
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
@@ -87,7 +108,9 @@ class ScriptedLLMServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> ScriptedLLMServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="scripted-llm", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="scripted-llm", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -170,6 +193,16 @@ class ScriptedLLMServer:
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send_json(404, {"error": {"message": f"no route {self.path}"}})
                     return
+                with scripted._lock:
+                    scripted._in_flight += 1
+                    scripted.max_in_flight = max(scripted.max_in_flight, scripted._in_flight)
+                try:
+                    self._answer(request)
+                finally:
+                    with scripted._lock:
+                        scripted._in_flight -= 1
+
+            def _answer(self, request: dict[str, Any]) -> None:
                 reply = scripted._next_reply(request)
                 if reply is None:
                     message = f"scripted server: script exhausted after {len(scripted.requests) - 1} replies"
@@ -183,10 +216,11 @@ class ScriptedLLMServer:
                     if reply.die:
                         threading.Thread(target=scripted.stop, daemon=True).start()
                     return
-                if reply.garbage:
-                    data = b"<html><body>502 Bad Gateway</body></html>"
+                if reply.garbage or reply.raw_json is not None:
+                    garbage = reply.raw_json is None
+                    data = b"<html><body>502 Bad Gateway</body></html>" if garbage else reply.raw_json.encode()
                     self.send_response(200)
-                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Type", "text/html" if garbage else "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)

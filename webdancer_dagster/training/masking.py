@@ -32,6 +32,8 @@ class TruncationPolicy(StrEnum):
 
 
 class DropReason(StrEnum):
+    """Why a chat was left out of the training set (the keys of `TokenizedDataset.dropped`)."""
+
     TOO_LONG = "too_long"
     NO_ASSISTANT_TOKENS = "no_assistant_tokens"
 
@@ -84,7 +86,9 @@ class ChatTemplateError(ValueError):
     """The chat template cannot be split into per-turn pieces by prefix rendering."""
 
 
-def assistant_char_spans(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]) -> tuple[str, list[CharSpan]]:
+def assistant_char_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]
+) -> tuple[str, list[CharSpan]]:
     """Render the chat and return it with the character spans the assistant is trained to produce.
 
     Each span runs from the end of the generation prompt (`<|im_start|>assistant\\n`) to the end of the
@@ -145,11 +149,13 @@ def tokenize_chats(
     """Tokenize many chats; over-long ones are dropped or cut to `max_length` (cut from the end)."""
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
+    # A plain "drop" string equals the enum member but is not identical to it; normalise before comparing.
+    policy = TruncationPolicy(policy)
     result = TokenizedDataset()
     for chat in chats:
         example = tokenize_chat(tokenizer, chat)
         if len(example.input_ids) > max_length:
-            if policy is TruncationPolicy.DROP:
+            if policy == TruncationPolicy.DROP:
                 result.dropped[DropReason.TOO_LONG] += 1
                 continue
             example = TokenizedChat(example.input_ids[:max_length], example.labels[:max_length])
@@ -163,7 +169,9 @@ def tokenize_chats(
     return result
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> str:
+def _render(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool
+) -> str:
     return tokenizer.apply_chat_template(
         [dict(message) for message in messages], tokenize=False, add_generation_prompt=add_generation_prompt
     )

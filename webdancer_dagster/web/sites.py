@@ -227,8 +227,10 @@ def _load_corpus(source: Path) -> list[dict]:
     if not isinstance(records, list):
         raise ValueError(f"corpus {source} must be a JSON list of {{title, text}} objects")
     for i, record in enumerate(records):
-        if not isinstance(record, dict) or not isinstance(record.get("title"), str) or not isinstance(
-            record.get("text"), str
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("title"), str)
+            or not isinstance(record.get("text"), str)
         ):
             raise ValueError(f"corpus {source} record {i} is not a {{title: str, text: str}} object")
     return records
@@ -383,8 +385,7 @@ def _root_page(chunks: list[list[CorpusPage]], site_name: str) -> str:
 
 def _document(title: str, body: str, site_name: str) -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n</head>\n<body>\n"
         f'<nav><a href="/">{html.escape(site_name)} home</a></nav>\n<main>\n{body}\n</main>\n</body>\n</html>\n'
     )
-

@@ -43,7 +43,9 @@ def diff_snapshot(previous: pd.DataFrame, crawled: pd.DataFrame, crawl_id: str) 
     Pages missing from the new crawl are recorded as removed in the history.
     """
     if crawled["url"].duplicated().any():
-        raise ValueError(f"crawl {crawl_id} returned duplicate URLs: {crawled.loc[crawled['url'].duplicated(), 'url'].tolist()[:3]}")
+        raise ValueError(
+            f"crawl {crawl_id} returned duplicate URLs: {crawled.loc[crawled['url'].duplicated(), 'url'].tolist()[:3]}"
+        )
     prior = previous.set_index("url")[["content_hash", "version", "first_seen_crawl"]] if len(previous) else None
     pages = crawled.copy()
     if prior is None:

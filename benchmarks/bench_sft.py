@@ -1,0 +1,171 @@
+"""SFT step time: TRL's SFTTrainer launched by the torchrun resource through Dagster vs a plain PyTorch loop.
+
+Both train the same model on the same batches: the shipped WebDancer trajectories, masked by `masking.py` and cut
+to `--seq-len` tokens (every trajectory is longer, so every batch has exactly that shape), batch size 1, fused
+AdamW with gradient clipping. The baseline runs in this process before and after the launch, so both see the same machine
+load. The ratio compares median seconds per optimizer step; the launch's fixed cost (process start, imports,
+model load, checkpoint writes) is reported beside it. Target: ratio <= 1.15. Also timed, for reference: TRL's own
+fused LM head, which `sft.py` turns off where Triton is missing.
+
+    .venv/bin/python benchmarks/bench_sft.py [--steps 20] [--seq-len 1024] [--model path/to/hf-folder]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from webdancer_dagster.llm.model_files import find_smollm2_gguf
+from webdancer_dagster.paths import DATA_DIR
+from webdancer_dagster.resources.torchrun import TorchrunLauncher
+from webdancer_dagster.training.base_model import create_tiny_llama
+from webdancer_dagster.training.config import SFTHyperparameters, to_cli_args
+from webdancer_dagster.training.masking import TokenizedDataset, TruncationPolicy, tokenize_chats
+from webdancer_dagster.training.sft import read_chats
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TRAJECTORIES = DATA_DIR / "webdancer_samples" / "sample_traj.jsonl"
+TARGET_RATIO = 1.15
+
+
+class BenchSFTConfig(dg.Config):
+    model_dir: str
+    output_dir: str
+    hparams: list[str]
+
+
+@dg.asset
+def bench_sft_checkpoint(
+    context: dg.AssetExecutionContext, config: BenchSFTConfig, launcher: TorchrunLauncher
+) -> dg.MaterializeResult:
+    args = ["--train_file", str(TRAJECTORIES), "--model_dir", config.model_dir, "--output_dir", config.output_dir]
+    invocation = launcher.run(
+        context, "webdancer_dagster.training.sft", [*args, *config.hparams], Path(config.output_dir) / "logs"
+    )
+    return invocation.get_materialize_result()
+
+
+def hyperparameters(steps: int, seq_len: int, fused_lm_head: bool | None) -> SFTHyperparameters:
+    return SFTHyperparameters(
+        learning_rate=1e-5,
+        max_steps=steps,
+        max_length=seq_len,
+        truncation=TruncationPolicy.TRUNCATE,
+        warmup_ratio=0.0,
+        lr_scheduler_type="constant",
+        save_steps=steps,
+        fused_lm_head=fused_lm_head,
+    )
+
+
+def plain_loop_step_seconds(model_dir: Path, data: TokenizedDataset, hparams: SFTHyperparameters) -> list[float]:
+    """Forward, backward, clip, AdamW step on each batch in turn, from a fresh copy of the model."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    model.train()
+    # Fused, like the Trainer's default ("adamw_torch_fused" for torch >= 2.8), so only the loop differs.
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=hparams.learning_rate, weight_decay=hparams.weight_decay, fused=True
+    )
+    seconds = []
+    for step in range(hparams.max_steps):
+        example = data.examples[step % len(data.examples)]
+        input_ids = torch.tensor([example.input_ids])
+        labels = torch.tensor([example.labels])
+        started = time.perf_counter()
+        loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), hparams.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def launched_run(model_dir: Path, output_dir: Path, hparams: SFTHyperparameters) -> tuple[list[float], float]:
+    """Materialize the launch asset; returns (per-step seconds reported by rank 0, wall seconds)."""
+    started = time.perf_counter()
+    result = dg.materialize(
+        [bench_sft_checkpoint],
+        resources={"launcher": TorchrunLauncher(nproc_per_node=1)},
+        run_config={
+            "ops": {
+                "bench_sft_checkpoint": {
+                    "config": {
+                        "model_dir": str(model_dir),
+                        "output_dir": str(output_dir),
+                        "hparams": to_cli_args(hparams),
+                    }
+                }
+            }
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    wall = time.perf_counter() - started
+    metadata = result.asset_materializations_for_node("bench_sft_checkpoint")[0].metadata
+    return metadata["step_seconds"].value, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--model", type=Path, help="HF model folder; default: a tiny random Llama (SmolLM2 tokenizer)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model or create_tiny_llama(Path(tmp) / "tiny", find_smollm2_gguf()).path
+        hparams = hyperparameters(args.steps, args.seq_len, fused_lm_head=None)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        data = tokenize_chats(tokenizer, read_chats(TRAJECTORIES), hparams.max_length, hparams.truncation)
+        tokens_per_step = len(data.examples[0].input_ids)
+        plain_before = plain_loop_step_seconds(model_dir, data, hparams)
+        trl_steps, trl_wall = launched_run(model_dir, Path(tmp) / "sft", hparams)
+        plain_after = plain_loop_step_seconds(model_dir, data, hparams)
+        fused_steps, _ = launched_run(
+            model_dir, Path(tmp) / "sft-fused", hyperparameters(args.steps, args.seq_len, fused_lm_head=True)
+        )
+    plain = plain_before + plain_after
+    plain_s, trl_s, fused_s = (statistics.median(steps) for steps in (plain, trl_steps, fused_steps))
+    # On a shared machine the medians move with other people's load; the fastest step is the least disturbed.
+    best_ratio = min(trl_steps) / min(plain)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    summary = {
+        "benchmark": "sft",
+        "model": str(args.model) if args.model else "tiny random Llama (2 layers, 64 wide, SmolLM2 tokenizer)",
+        "device": device,
+        "seq_len": tokens_per_step,
+        "steps": len(trl_steps),
+        "plain_s_per_step": round(plain_s, 4),
+        "trl_launcher_s_per_step": round(trl_s, 4),
+        "ratio": round(trl_s / plain_s, 3),
+        "plain_fastest_step_s": round(min(plain), 4),
+        "trl_launcher_fastest_step_s": round(min(trl_steps), 4),
+        "fastest_step_ratio": round(best_ratio, 3),
+        "trl_fused_lm_head_s_per_step": round(fused_s, 4),
+        "fused_lm_head_ratio": round(fused_s / plain_s, 3),
+        "launch_wall_s": round(trl_wall, 2),
+        "launch_fixed_s": round(trl_wall - sum(trl_steps), 2),
+        "trl_tokens_per_s": round(tokens_per_step / trl_s, 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "target_ratio": TARGET_RATIO,
+        "meets_target": trl_s / plain_s <= TARGET_RATIO,
+    }
+    print(
+        f"SFT on {device}, {tokens_per_step} tokens/step, {len(trl_steps)} steps: plain loop {plain_s:.3f} s/step, "
+        f"TRL via torchrun launcher {trl_s:.3f} s/step -> ratio {summary['ratio']:.2f}x (target <= {TARGET_RATIO}; "
+        f"fastest steps {best_ratio:.2f}x); TRL fused LM head {fused_s:.3f} s/step "
+        f"({summary['fused_lm_head_ratio']:.2f}x); launch fixed cost {summary['launch_fixed_s']:.1f} s; "
+        f"load average {summary['load_average_1min']}"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "sft.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

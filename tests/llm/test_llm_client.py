@@ -1,0 +1,156 @@
+"""The endpoint client against a real chat-completions server: requests, cache, usage, retries, concurrency."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from webdancer_dagster.llm.client import (
+    EndpointConfig,
+    LLMEndpoint,
+    LLMEndpointError,
+    LLMRequestRejected,
+    ResponseCache,
+    SamplingParams,
+)
+from webdancer_dagster.llm.scripted import ScriptedReply
+from webdancer_dagster.llm.server import free_port
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
+
+
+def config(base_url: str, **overrides) -> EndpointConfig:
+    values = {
+        "role": "judge",
+        "base_url": base_url,
+        "model": "scripted-model",
+        "timeout_s": 2.0,
+        "max_attempts": 3,
+        "backoff_initial_s": 0.01,
+        "backoff_max_s": 0.02,
+    }
+    return EndpointConfig(**{**values, **overrides})
+
+
+def test_a_completion_and_the_request_it_sent(scripted):
+    server = scripted(["Paris is the capital of France."])
+    sampling = SamplingParams(temperature=0.2, top_p=0.9, max_tokens=50, stop=("</answer>",), seed=7)
+    endpoint = LLMEndpoint(config(server.base_url + "/", sampling=sampling))
+    result = endpoint.chat(MESSAGES, sample_index=2)
+    assert result.content == "Paris is the capital of France."
+    assert (result.prompt_tokens, result.completion_tokens, result.cached) == (5, 6, False)
+    assert result.finish_reason == "stop"
+    (request,) = server.requests
+    assert request == {
+        "model": "scripted-model",
+        "messages": MESSAGES,
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_tokens": 50,
+        "stop": ["</answer>"],
+        "seed": 9,
+    }
+    assert endpoint.usage.as_metadata()["completion_tokens"] == 6
+
+
+def test_reasoning_content_is_kept(scripted):
+    server = scripted([ScriptedReply(content="<answer>Paris</answer>", reasoning_content="France -> Paris")])
+    result = LLMEndpoint(config(server.base_url)).chat(MESSAGES)
+    assert (result.content, result.reasoning_content) == ("<answer>Paris</answer>", "France -> Paris")
+
+
+def test_the_cache_answers_identical_requests_and_survives_a_restart(scripted, tmp_path):
+    server = scripted(["Paris", "Lyon"])
+    cache_path = tmp_path / "llm_cache.sqlite"
+    first = LLMEndpoint(config(server.base_url, cache_path=cache_path))
+    assert first.chat(MESSAGES).content == "Paris"
+    assert first.chat(MESSAGES).content == "Paris"
+    assert first.chat(MESSAGES, sample_index=1).content == "Lyon"
+    assert len(server.requests) == 2
+    first.close()
+    server.stop()
+
+    resumed = LLMEndpoint(config(server.base_url, cache_path=cache_path))
+    again = resumed.chat(MESSAGES)
+    assert (again.content, again.cached, again.completion_tokens) == ("Paris", True, 1)
+    usage = resumed.usage.as_metadata()
+    assert (usage["requests"], usage["cache_hits"], usage["cached_completion_tokens"]) == (0, 1, 1)
+    assert len(ResponseCache(cache_path)) == 2
+
+
+def test_the_cache_key_ignores_the_url_but_not_the_model_or_sampling(scripted, tmp_path):
+    server = scripted(["a", "b", "c"])
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    LLMEndpoint(config(server.base_url), cache=cache).chat(MESSAGES)
+    LLMEndpoint(config(server.base_url.replace("127.0.0.1", "localhost")), cache=cache).chat(MESSAGES)
+    LLMEndpoint(config(server.base_url, model="other"), cache=cache).chat(MESSAGES)
+    LLMEndpoint(config(server.base_url, sampling=SamplingParams(temperature=0)), cache=cache).chat(MESSAGES)
+    assert len(server.requests) == 3
+
+
+def test_the_api_key_comes_from_the_environment_only(scripted, monkeypatch):
+    server = scripted(["ok"])
+    with pytest.raises(LLMEndpointError, match=r"needs an API key in \$WEBDANCER_TEST_KEY"):
+        LLMEndpoint(config(server.base_url, api_key_env="WEBDANCER_TEST_KEY"))
+    monkeypatch.setenv("WEBDANCER_TEST_KEY", "sk-secret-value")
+    endpoint = LLMEndpoint(config(server.base_url, api_key_env="WEBDANCER_TEST_KEY"))
+    assert endpoint.chat(MESSAGES).content == "ok"
+    assert "sk-secret-value" not in repr(endpoint) + endpoint.config.model_dump_json()
+
+
+def test_retries_on_429_and_5xx_then_succeeds(scripted):
+    server = scripted([ScriptedReply(status=429), ScriptedReply(status=502), "fine"])
+    endpoint = LLMEndpoint(config(server.base_url))
+    assert endpoint.chat(MESSAGES).content == "fine"
+    assert endpoint.usage.as_metadata()["retries"] == 2
+
+
+def test_recovers_from_one_dropped_connection_and_one_garbage_body(scripted):
+    server = scripted([ScriptedReply(drop=True), ScriptedReply(garbage=True), "fine"])
+    assert LLMEndpoint(config(server.base_url)).chat(MESSAGES).content == "fine"
+    assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_client_errors_are_not_retried(scripted, status):
+    server = scripted(lambda request: ScriptedReply(status=status))
+    with pytest.raises(LLMRequestRejected, match=f"judge endpoint {server.base_url} rejected the request") as error:
+        LLMEndpoint(config(server.base_url)).chat(MESSAGES)
+    assert error.value.status_code == status
+    assert len(server.requests) == 1
+
+
+def test_an_endpoint_that_is_down_fails_fast_with_its_name():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    started = time.perf_counter()
+    with pytest.raises(LLMEndpointError, match=f"judge endpoint {url} unreachable after 3 tries"):
+        LLMEndpoint(config(url)).chat(MESSAGES)
+    assert time.perf_counter() - started < 3
+
+
+def test_a_completion_with_empty_content_is_an_empty_string(scripted):
+    body = '{"choices": [{"index": 0, "message": {"role": "assistant", "content": null}, "finish_reason": "stop"}]}'
+    server = scripted([ScriptedReply(raw_json=body)])
+    result = LLMEndpoint(config(server.base_url)).chat(MESSAGES)
+    assert (result.content, result.prompt_tokens, result.completion_tokens) == ("", 0, 0)
+
+
+def test_concurrency_is_bounded_by_max_concurrency(scripted):
+    server = scripted(lambda request: ScriptedReply(content="x", delay_s=0.1))
+    endpoint = LLMEndpoint(config(server.base_url, max_concurrency=3))
+    threads = [threading.Thread(target=endpoint.chat, args=(MESSAGES,), kwargs={"sample_index": i}) for i in range(9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(server.requests) == 9
+    assert server.max_in_flight == 3
+
+
+def test_list_models(scripted):
+    server = scripted([])
+    assert LLMEndpoint(config(server.base_url)).list_models() == ["scripted-model"]
+    with pytest.raises(LLMEndpointError, match="did not list its models"):
+        LLMEndpoint(config(f"http://127.0.0.1:{free_port()}/v1")).list_models()

@@ -1,0 +1,32 @@
+"""The Definitions object loads and holds the asset graph the README promises."""
+
+import dagster as dg
+
+from webdancer_dagster.definitions import defs
+
+
+def test_definitions_load_with_expected_assets_and_checks():
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert {"web_sites", "crawl_pages", "search_index"} <= keys
+    checks = {key.name for key in graph.asset_check_keys}
+    assert {"crawl_pages_are_consistent", "search_index_finds_pages"} <= checks
+    assert graph.get(dg.AssetKey("crawl_pages")).partitions_def.get_partition_keys() == [
+        "python-docs",
+        "wiki",
+        "musique",
+    ]
+
+
+def test_lineage_runs_from_sites_to_index():
+    graph = defs.resolve_asset_graph()
+    assert dg.AssetKey("web_sites") in graph.get(dg.AssetKey("crawl_pages")).parent_keys
+    assert dg.AssetKey("crawl_pages") in graph.get(dg.AssetKey("search_index")).parent_keys
+
+
+def test_daily_recrawl_schedule_requests_every_site():
+    schedule = defs.get_schedule_def("daily_recrawl")
+    context = dg.build_schedule_context(scheduled_execution_time=__import__("datetime").datetime(2026, 1, 2, 3))
+    requests = list(schedule.evaluate_tick(context).run_requests)
+    assert sorted(r.partition_key for r in requests) == ["musique", "python-docs", "wiki"]
+    assert len({r.run_key for r in requests}) == 3

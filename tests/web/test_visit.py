@@ -1,0 +1,426 @@
+"""Fetching pages for the visit tool against a real, deliberately hostile HTTP server on 127.0.0.1."""
+
+import functools
+import gzip
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from webdancer_dagster.web.errors import FetchError
+from webdancer_dagster.web.server import SiteServer
+from webdancer_dagster.web.visit import USER_AGENT, FetchPolicy, check_url, fetch_page, make_client
+
+HUGE_BYTES = 50 * 1024 * 1024
+CHUNK = 64 * 1024
+PAGE = (
+    b"<html><head><title>Hostile test page</title></head><body><main>"
+    b"<p>This page is the plain, friendly one among many hostile responses served by the fixture.</p>"
+    b"</main></body></html>"
+)
+
+
+@functools.cache
+def gzip_bomb():
+    """About 40 KB on the wire that inflate to 8 MB, eight times the test policy's size cap."""
+    return gzip.compress(b"<p>" + b"a" * (8 * 1024 * 1024), compresslevel=1)
+
+
+class HostileHandler(BaseHTTPRequestHandler):
+    server: "HostileServer"
+
+    def log_message(self, format, *args):  # noqa: A002
+        pass
+
+    def do_GET(self):  # noqa: N802
+        self.server.requests.append((self.path, self.headers))
+        route = getattr(self, "route_" + urlsplit(self.path).path.strip("/").replace("/", "_").replace("-", "_"), None)
+        if route is None:
+            self.reply(404, b"no such route", "text/plain")
+        else:
+            route()
+
+    def reply(self, status, body, content_type="text/html; charset=utf-8", headers=()):
+        self.send_response(status)
+        if content_type is not None:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def redirect(self, location, status=302):
+        self.reply(status, b"", "text/plain", headers=[("Location", location)])
+
+    def route_page(self):
+        self.reply(200, PAGE)
+
+    def route_xhtml(self):
+        self.reply(200, PAGE, "application/xhtml+xml")
+
+    def route_plain(self):
+        self.reply(200, "plain text body, naïve".encode(), "text/plain; charset=utf-8")
+
+    def route_latin1(self):
+        self.reply(
+            200,
+            "<title>Crème brûlée</title><p>Très bon.</p>".encode("latin-1"),
+            "text/html; charset=ISO-8859-1",
+        )
+
+    def route_loop(self):
+        self.redirect("/loop")
+
+    def route_loop_a(self):
+        self.redirect("/loop-b", 301)
+
+    def route_loop_b(self):
+        self.redirect(f"http://127.0.0.1:{self.server.server_address[1]}/loop-a", 307)
+
+    def route_hop(self):
+        self.redirect("/hop2", 303)
+
+    def route_hop2(self):
+        self.redirect("page", 308)
+
+    def route_chain(self):
+        # /chain?n=K redirects K more times before landing on /page.
+        remaining = int(urlsplit(self.path).query.split("=")[1])
+        self.redirect("/page" if remaining == 0 else f"/chain?n={remaining - 1}")
+
+    def route_no_location(self):
+        self.reply(302, b"", "text/plain")
+
+    def route_to_file(self):
+        self.redirect("file:///etc/passwd")
+
+    def route_to_elsewhere(self):
+        self.redirect("http://elsewhere.example/secret")
+
+    def route_binary(self):
+        self.reply(200, bytes(range(256)) * 64, "application/octet-stream")
+
+    def route_image(self):
+        self.reply(200, b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, "image/png")
+
+    def route_no_type(self):
+        self.reply(200, PAGE, None)
+
+    def route_binary_as_html(self):
+        self.reply(200, bytes(range(256)) * 64)
+
+    def route_bad_utf8(self):
+        self.reply(200, b"<title>Bad \xff bytes</title><p>caf\xc3 au lait \x80\x81 ok</p>")
+
+    def route_missing(self):
+        self.reply(404, b"gone")
+
+    def route_broken(self):
+        self.reply(500, b"internal error")
+
+    def route_long(self):
+        self.reply(200, b"<title>Long</title><p>" + b"word " * 20_000 + b"</p>")
+
+    def route_huge_declared(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(HUGE_BYTES))
+        self.end_headers()
+        self.stream_huge()
+
+    def route_huge(self):
+        # No Content-Length: only counting bytes while reading can stop this one.
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.stream_huge()
+
+    def route_gzip_bomb(self):
+        self.reply(200, gzip_bomb(), headers=[("Content-Encoding", "gzip")])
+
+    def stream_huge(self):
+        chunk = b"<p>" + b"x" * (CHUNK - 3)
+        try:
+            while self.server.huge_sent < HUGE_BYTES:
+                self.wfile.write(chunk)
+                self.server.huge_sent += len(chunk)
+        except OSError:
+            pass  # the client hung up, as it should
+        self.close_connection = True
+
+    def route_slow(self):
+        self.server.release.wait(timeout=10)
+        self.reply(200, PAGE)
+
+
+class HostileServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), HostileHandler)
+        self.requests = []
+        self.huge_sent = 0
+        self.release = threading.Event()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_environment(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    server = HostileServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def policy():
+    return FetchPolicy(timeout_s=5.0, max_bytes=1_000_000)
+
+
+def reason_of(url, policy, client=None):
+    with pytest.raises(FetchError) as raised:
+        fetch_page(url, policy, client)
+    assert raised.value.reason in str(raised.value)
+    return raised.value
+
+
+def closed_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_fetches_title_and_text(hostile, policy):
+    page = fetch_page(hostile.url("/page"), policy)
+    assert page.status == 200 and page.content_type == "text/html"
+    assert page.title == "Hostile test page"
+    assert "plain, friendly one" in page.text
+    assert page.url == page.final_url == hostile.url("/page")
+    assert page.truncated is False
+    path, headers = hostile.requests[-1]
+    assert path == "/page" and headers["User-Agent"] == USER_AGENT
+
+
+def test_xhtml_and_plain_text_are_readable(hostile, policy):
+    assert fetch_page(hostile.url("/xhtml"), policy).title == "Hostile test page"
+    plain = fetch_page(hostile.url("/plain"), policy)
+    assert (plain.title, plain.text, plain.content_type) == ("", "plain text body, naïve", "text/plain")
+
+
+def test_declared_charset_is_honoured(hostile, policy):
+    page = fetch_page(hostile.url("/latin1"), policy)
+    assert page.title == "Crème brûlée" and "Très bon." in page.text
+
+
+def test_relative_redirects_are_followed_and_recorded(hostile, policy):
+    page = fetch_page(hostile.url("/hop"), policy)
+    assert page.url == hostile.url("/hop")
+    assert page.final_url == hostile.url("/page")
+    assert page.title == "Hostile test page"
+
+
+def test_unreachable_url_is_connect_error(policy):
+    error = reason_of(f"http://127.0.0.1:{closed_port()}/page", policy)
+    assert error.reason == "connect_error"
+    assert "ConnectError" in error.detail
+
+
+@pytest.mark.parametrize("path", ["/loop", "/loop-a"])
+def test_redirect_loop(hostile, policy, path):
+    started = time.perf_counter()
+    error = reason_of(hostile.url(path), policy)
+    assert error.reason == "redirect_loop"
+    assert error.url == hostile.url(path)
+    assert time.perf_counter() - started < 2
+
+
+def test_too_many_redirects(hostile, policy):
+    assert fetch_page(hostile.url("/chain?n=4"), policy).final_url == hostile.url("/page")  # 5 redirects: allowed
+    error = reason_of(hostile.url("/chain?n=5"), policy)
+    assert error.reason == "too_many_redirects" and "more than 5 redirects" in error.detail
+    strict = FetchPolicy(timeout_s=5.0, max_redirects=0)
+    assert reason_of(hostile.url("/hop"), strict).reason == "too_many_redirects"
+
+
+def test_redirect_without_location(hostile, policy):
+    error = reason_of(hostile.url("/no-location"), policy)
+    assert error.reason == "http_error" and "without Location" in error.detail
+
+
+def test_redirects_are_checked_against_scheme_and_allow_list(hostile):
+    hostile.requests.clear()
+    policy = FetchPolicy(allowed_hosts=frozenset({"127.0.0.1"}), timeout_s=5.0)
+    assert reason_of(hostile.url("/to-file"), policy).reason == "unsupported_scheme"
+    error = reason_of(hostile.url("/to-elsewhere"), policy)
+    assert error.reason == "host_not_allowed" and error.url == "http://elsewhere.example/secret"
+    assert [path for path, _ in hostile.requests] == ["/to-file", "/to-elsewhere"]
+
+
+@pytest.mark.parametrize("path", ["/binary", "/image", "/no-type"])
+def test_non_html_responses_are_refused(hostile, policy, path):
+    error = reason_of(hostile.url(path), policy)
+    assert error.reason == "non_html"
+    expected = {"/binary": "application/octet-stream", "/image": "image/png", "/no-type": "missing"}[path]
+    assert f"content type {expected} " in error.detail
+
+
+def test_binary_bytes_labelled_html_do_not_crash(hostile, policy):
+    page = fetch_page(hostile.url("/binary-as-html"), policy)
+    assert isinstance(page.text, str) and page.status == 200
+
+
+def test_invalid_utf8_is_decoded_with_replacement(hostile, policy):
+    page = fetch_page(hostile.url("/bad-utf8"), policy)
+    assert page.title == "Bad \ufffd bytes"
+    assert "caf\ufffd au lait \ufffd\ufffd ok" in page.text
+
+
+@pytest.mark.parametrize(("path", "status"), [("/missing", 404), ("/broken", 500), ("/no-route", 404)])
+def test_http_errors(hostile, policy, path, status):
+    error = reason_of(hostile.url(path), policy)
+    assert error.reason == "http_error" and error.detail == f"HTTP {status}"
+
+
+def test_declared_50mb_page_is_refused_from_its_headers(hostile, policy):
+    hostile.huge_sent = 0
+    started = time.perf_counter()
+    error = reason_of(hostile.url("/huge-declared"), policy)
+    assert error.reason == "too_large"
+    assert str(HUGE_BYTES) in error.detail
+    assert time.perf_counter() - started < 3
+
+
+def test_streamed_50mb_page_stops_at_the_size_cap_without_reading_it_all(hostile, policy):
+    hostile.huge_sent = 0
+    started = time.perf_counter()
+    error = reason_of(hostile.url("/huge"), policy)
+    assert error.reason == "too_large"
+    assert "1000000 byte limit" in error.detail
+    assert time.perf_counter() - started < 3
+    # Give the server a moment to notice the hang-up, then check it sent nowhere near 50 MB.
+    deadline = time.monotonic() + 2
+    previous = -1
+    while time.monotonic() < deadline and previous != hostile.huge_sent:
+        previous = hostile.huge_sent
+        time.sleep(0.1)
+    assert hostile.huge_sent < HUGE_BYTES / 4
+
+
+def test_decompression_bomb_stops_at_the_size_cap(hostile, policy):
+    assert len(gzip_bomb()) < policy.max_bytes
+    error = reason_of(hostile.url("/gzip-bomb"), policy)
+    assert error.reason == "too_large"
+
+
+def test_long_page_is_truncated(hostile):
+    page = fetch_page(hostile.url("/long"), FetchPolicy(timeout_s=5.0, max_chars=1_000))
+    assert page.truncated is True and len(page.text) == 1_000
+    assert page.text.startswith("word word")
+
+
+def test_slow_response_times_out(hostile):
+    hostile.release.clear()
+    started = time.perf_counter()
+    error = reason_of(hostile.url("/slow"), FetchPolicy(timeout_s=0.3))
+    assert error.reason == "timeout" and "0.3s" in error.detail
+    assert time.perf_counter() - started < 2
+    hostile.release.set()
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("file:///etc/passwd", "unsupported_scheme"),
+        ("ftp://wiki.webdancer.test/file", "unsupported_scheme"),
+        ("javascript:alert(1)", "unsupported_scheme"),
+        ("data:text/html,<h1>x</h1>", "unsupported_scheme"),
+        ("wiki.webdancer.test/page", "unsupported_scheme"),
+        ("http:///no-host", "invalid_url"),
+        ("http://[::1/broken", "invalid_url"),
+        ("http://evil.example/", "host_not_allowed"),
+        ("https://127.0.0.1.evil.example/", "host_not_allowed"),
+    ],
+)
+def test_check_url_refuses(url, reason):
+    policy = FetchPolicy(allowed_hosts=frozenset({"wiki.webdancer.test", "127.0.0.1"}))
+    with pytest.raises(FetchError) as raised:
+        check_url(url, policy)
+    assert raised.value.reason == reason
+
+
+def test_check_url_accepts_allowed_hosts_case_insensitively():
+    policy = FetchPolicy(allowed_hosts=frozenset({"wiki.webdancer.test"}))
+    check_url("http://WIKI.webdancer.test/wiki/X.html", policy)
+    check_url("https://wiki.webdancer.test:8443/", policy)
+    check_url("http://anything.example/", FetchPolicy())
+
+
+def test_refused_urls_never_reach_the_network(hostile):
+    hostile.requests.clear()
+    policy = FetchPolicy(allowed_hosts=frozenset({"wiki.webdancer.test"}), timeout_s=5.0)
+    assert reason_of(hostile.url("/page"), policy).reason == "host_not_allowed"
+    assert reason_of("file:///etc/passwd", policy).reason == "unsupported_scheme"
+    assert hostile.requests == []
+
+
+def test_a_shared_client_is_reused(hostile, policy):
+    with make_client(policy) as client:
+        first = fetch_page(hostile.url("/page"), policy, client)
+        second = fetch_page(hostile.url("/hop"), policy, client)
+        assert not client.is_closed
+    assert first.title == second.title == "Hostile test page"
+
+
+@pytest.fixture
+def site_server(tmp_path):
+    root = tmp_path / "wiki"
+    (root / "wiki").mkdir(parents=True)
+    (root / "index.html").write_text("<html><head><title>Wiki home</title></head><body><p>Home.</p></body></html>")
+    (root / "wiki" / "index.html").write_text("<html><head><title>Article list</title></head><body></body></html>")
+    (root / "wiki" / "Marie_Curie.html").write_text(
+        "<html><head><title>Marie Curie</title></head><body><p>Polish physicist and chemist.</p></body></html>"
+    )
+    (tmp_path / "secret.txt").write_text("TOP SECRET")
+    with SiteServer({"wiki.webdancer.test": root}) as server:
+        yield server
+
+
+def test_visits_a_virtual_host_through_the_site_server_proxy(site_server):
+    policy = FetchPolicy(allowed_hosts=frozenset({"wiki.webdancer.test"}), proxy_url=site_server.proxy_url)
+    page = fetch_page("http://wiki.webdancer.test/wiki/Marie_Curie.html", policy)
+    assert page.title == "Marie Curie" and "Polish physicist" in page.text
+    moved = fetch_page("http://wiki.webdancer.test/wiki", policy)
+    assert moved.final_url == "http://wiki.webdancer.test/wiki/" and moved.title == "Article list"
+    error = reason_of("http://wiki.webdancer.test/../secret.txt", policy)
+    assert error.reason == "http_error" and error.detail == "HTTP 404"
+    assert reason_of("http://other.webdancer.test/", policy).reason == "host_not_allowed"
+
+
+def test_proxy_that_is_down_is_connect_error():
+    policy = FetchPolicy(proxy_url=f"http://127.0.0.1:{closed_port()}", timeout_s=2.0)
+    assert reason_of("http://wiki.webdancer.test/", policy).reason == "connect_error"
+
+
+def test_make_client_uses_policy_proxy_and_no_auto_redirects():
+    policy = FetchPolicy(proxy_url="http://127.0.0.1:9", timeout_s=3.0)
+    with make_client(policy) as client:
+        assert client.follow_redirects is False
+        assert client.timeout == httpx.Timeout(3.0)
+        assert client.headers["User-Agent"] == USER_AGENT

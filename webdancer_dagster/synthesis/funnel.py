@@ -1,0 +1,577 @@
+"""Rejection sampling and WebDancer's three-stage funnel from sampled trajectories to SFT data and the RL pool.
+
+Each QA pair gets up to k agent runs, stopping at the first that is (a) valid, i.e. every turn is in WebDancer's
+format, every tool call names a real tool with valid arguments and an answer ends it, and (b) correct per the
+judge. Every attempt is kept with its verdicts. Accepted attempts then face (c) quality: cheap rules first (too
+many or too few actions, the same call repeated, an answer no observation supports), then an LLM grade on four
+criteria. What survives is SFT data; QA pairs that no trajectory got through, plus a configurable held-out
+share, form the RL pool. Every stage is a pure function over plain data; a drop always keeps stage and reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from webdancer_dagster.agent.parser import ParsedTurn, parse_turn
+from webdancer_dagster.agent.tools import SEARCH_PARAMETERS, VISIT_PARAMETERS
+from webdancer_dagster.agent.trajectory import Trajectory
+from webdancer_dagster.llm.client import LLMEndpoint
+from webdancer_dagster.synthesis.judge import judge_answer
+from webdancer_dagster.synthesis.qa import QAPair, content_words, normalize_answer, stable_id
+from webdancer_dagster.synthesis.replies import JSON_FORMAT_HELP, JsonFormat, ask_json
+
+logger = logging.getLogger(__name__)
+
+Stage = Literal["validity", "correctness", "quality"]
+STAGES: tuple[Stage, ...] = ("validity", "correctness", "quality")
+ToolSchemas = Mapping[str, Mapping[str, Any]]
+# The tools WebDancer's ReAct prompt declares, with the argument names the recorded calls use.
+WEBDANCER_TOOL_SCHEMAS: ToolSchemas = {"search": SEARCH_PARAMETERS, "visit": VISIT_PARAMETERS}
+RunAgent = Callable[[str, int], Trajectory]
+_YES_NO = frozenset({"yes", "no"})
+
+
+class FunnelConfig(BaseModel):
+    """Thresholds of the quality stage (validity and correctness have none to tune)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    min_actions: int = Field(1, ge=0, description="fewer tool calls: the answer did not come from the web")
+    max_actions: int = Field(10, ge=1, description="more tool calls: a wandering search")
+    max_identical_calls: int = Field(1, ge=1, description="times one exact call (tool and arguments) may occur")
+    min_answer_support: float = Field(
+        0.5, ge=0, le=1, description="share of the answer's content words not in the question that observations hold"
+    )
+    min_grade_mean: float = Field(3.0, ge=1, le=5, description="mean of the four 1-5 LLM grades to keep")
+    min_grade_each: float = Field(2.0, ge=1, le=5, description="lowest single grade to keep")
+    thought_chars: int = Field(1500, ge=50, description="thought text shown to the grader per step")
+    observation_chars: int = Field(1500, ge=50, description="observation text shown to the grader per step")
+    json_format: JsonFormat = Field("object", description=JSON_FORMAT_HELP)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """One stage's decision on one trajectory; `raw` is the judge's or grader's reply as received."""
+
+    stage: Stage
+    passed: bool
+    reason: str = ""
+    detail: str = ""
+    raw: str = ""
+    method: str = ""
+    scores: Mapping[str, float] | None = None
+
+
+def _passed(stage: Stage, detail: str = "", **extra: Any) -> Verdict:
+    return Verdict(stage, True, detail=detail, **extra)
+
+
+def _turns(trajectory: Trajectory, tool_schemas: ToolSchemas) -> list[tuple[ParsedTurn, str | None]]:
+    """Each assistant turn parsed, with the observation text that follows it (None after the last turn)."""
+    messages = trajectory.messages
+    turns = []
+    for position, message in enumerate(messages):
+        if message.role != "assistant" or position < 2:
+            continue
+        following = messages[position + 1].content if position + 1 < len(messages) else None
+        observation = None
+        if following is not None:
+            observation = following.strip().removeprefix("<tool_response>").removesuffix("</tool_response>").strip()
+        turns.append((parse_turn(message.content, tool_schemas), observation))
+    return turns
+
+
+def check_validity(trajectory: Trajectory, tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS) -> Verdict:
+    """Stage (a): the conversation is exactly WebDancer's format, so SFT teaches nothing malformed.
+
+    Reasons: `forced_answer` (the context-limit prompt is not part of the format), `bad_structure` (roles out of
+    order, an observation that is not a <tool_response>, an answer before the end), `format_error`,
+    `unknown_tool`, `invalid_arguments`, `no_answer`.
+    """
+
+    def fail(reason: str, detail: str) -> Verdict:
+        return Verdict("validity", False, reason, detail)
+
+    if trajectory.termination == "context_limit_forced_answer" or trajectory.forced_at_tokens is not None:
+        return fail("forced_answer", f"the answer was forced at {trajectory.forced_at_tokens} context tokens")
+    messages = trajectory.messages
+    if [m.role for m in messages[:2]] != ["system", "user"] or len(messages) < 3:
+        return fail("bad_structure", "expected the system prompt, the question, then at least one assistant turn")
+    for position, message in enumerate(messages[2:], start=2):
+        expected = "assistant" if position % 2 == 0 else "user"
+        if message.role != expected:
+            return fail("bad_structure", f"message {position} is from {message.role}, expected {expected}")
+    if messages[-1].role != "assistant":
+        return fail("no_answer", f"the conversation ends with a {messages[-1].role} message, not an answer")
+    turns = _turns(trajectory, tool_schemas)
+    for number, (turn, _observation) in enumerate(turns, start=1):
+        if turn.kind == "empty":
+            return fail("format_error", f"turn {number} is empty")
+        if turn.kind == "invalid":
+            if turn.tool_name is not None and turn.tool_name not in tool_schemas:
+                return fail("unknown_tool", f"turn {number} calls {turn.tool_name!r}")
+            reason = "invalid_arguments" if turn.tool_name is not None else "format_error"
+            return fail(reason, f"turn {number}: {turn.error}")
+        if turn.issues:
+            return fail("format_error", f"turn {number}: {'; '.join(turn.issues)}")
+        last = number == len(turns)
+        if turn.kind == "answer":
+            if not last:
+                return fail("bad_structure", f"turn {number} answers, but the conversation goes on")
+            if not turn.answer:
+                return fail("no_answer", f"turn {number} has an empty <answer>")
+        elif last:
+            return fail("no_answer", "the conversation ends with a tool call instead of an answer")
+        elif not messages[2 * number + 1].content.lstrip().startswith("<tool_response>"):
+            return fail("bad_structure", f"the reply to turn {number}'s tool call is not a <tool_response>")
+    return _passed("validity")
+
+
+def check_correctness(qa: QAPair, trajectory: Trajectory, judge: LLMEndpoint) -> Verdict:
+    """Stage (b): the judge finds the trajectory's answer equivalent to the gold answer (or one of its aliases).
+
+    Reasons: `no_answer`, `incorrect`, `judge_unreadable` (the reply held no verdict), `judge_rejected`.
+    """
+    if not trajectory.answer:
+        return Verdict("correctness", False, "no_answer", f"termination {trajectory.termination}")
+    judgement = judge_answer(qa.question, trajectory.answer, qa.answers, judge)
+    common = {"raw": judgement.raw, "method": judgement.method}
+    if judgement.correct is None:
+        reason = "judge_rejected" if judgement.error else "judge_unreadable"
+        return Verdict("correctness", False, reason, judgement.error or "no Correct/Incorrect in the reply", **common)
+    if not judgement.correct:
+        return Verdict("correctness", False, "incorrect", f"{trajectory.answer[:200]!r} vs {qa.answer!r}", **common)
+    return _passed("correctness", **common)
+
+
+def answer_support(question: str, predicted: str, gold_answers: Sequence[str], observations: Sequence[str]) -> float:
+    """How much of the answer the observations contain: the best share, over the predicted and gold answers,
+    of content words that the question does not already contain and some observation does.
+
+    Yes/no answers and answers made only of question words cannot be checked by words and count as supported.
+    """
+    if any(normalize_answer(gold) in _YES_NO for gold in gold_answers):
+        return 1.0
+    seen = set(content_words(" ".join(observations)))
+    asked = set(content_words(question))
+    best = 0.0
+    for answer in (predicted, *gold_answers):
+        new_words = [word for word in content_words(answer) if word not in asked]
+        if not new_words:
+            return 1.0
+        best = max(best, sum(word in seen for word in new_words) / len(new_words))
+    return best
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, str):
+        return " ".join(value.lower().split())
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in sorted(value.items())}
+    return value
+
+
+def check_quality_rules(
+    qa: QAPair,
+    trajectory: Trajectory,
+    config: FunnelConfig,
+    tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS,
+) -> Verdict:
+    """Stage (c), rules: `too_few_actions`, `too_many_actions`, `repeated_call`, `unsupported_answer`.
+
+    Unknown tools never reach this stage: validity drops them as `unknown_tool`.
+    """
+
+    def fail(reason: str, detail: str) -> Verdict:
+        return Verdict("quality", False, reason, detail, method="rules")
+
+    turns = _turns(trajectory, tool_schemas)
+    calls = [turn for turn, _ in turns if turn.kind == "tool_call"]
+    if len(calls) < config.min_actions:
+        return fail("too_few_actions", f"{len(calls)} tool calls < {config.min_actions}")
+    if len(calls) > config.max_actions:
+        return fail("too_many_actions", f"{len(calls)} tool calls > {config.max_actions}")
+    repeats = Counter(
+        (turn.tool_name, json.dumps(_canonical(turn.arguments), sort_keys=True, ensure_ascii=False)) for turn in calls
+    )
+    if repeats:
+        (tool, arguments), times = repeats.most_common(1)[0]
+        if times > config.max_identical_calls:
+            return fail("repeated_call", f"{tool} {arguments} made {times} times")
+    observations = [observation for turn, observation in turns if turn.kind == "tool_call" and observation]
+    support = answer_support(qa.question, trajectory.answer or "", qa.answers, observations)
+    if support < config.min_answer_support:
+        return fail("unsupported_answer", f"support {support:.2f} < {config.min_answer_support}")
+    return _passed("quality", f"answer support {support:.2f}", method="rules")
+
+
+GRADE_PROMPT = """You review a web agent's trajectory before it is used as training data.
+
+{trajectory}
+
+Rate the trajectory from 1 (bad) to 5 (excellent) on each criterion:
+- information_redundancy: 5 = no redundant or repeated searches and visits; 1 = mostly redundant actions.
+- goal_consistency: 5 = every action serves the question's goal; 1 = the actions drift away from it.
+- logical_reasoning: 5 = every thought follows from the observations before it; 1 = leaps or contradictions.
+- accuracy: 5 = thoughts and final answer state only what the observations support, and the final answer \
+matches the gold answer; 1 = wrong or invented facts.
+
+Reply with one JSON object: {{"information_redundancy": n, "goal_consistency": n, "logical_reasoning": n, \
+"accuracy": n}}"""
+
+
+class QualityGrade(BaseModel):
+    information_redundancy: float = Field(ge=1, le=5)
+    goal_consistency: float = Field(ge=1, le=5)
+    logical_reasoning: float = Field(ge=1, le=5)
+    accuracy: float = Field(ge=1, le=5)
+
+
+def _clip(text: str, limit: int) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit] + " [...]"
+
+
+def render_for_grading(
+    qa: QAPair,
+    trajectory: Trajectory,
+    config: FunnelConfig,
+    tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS,
+) -> str:
+    """The trajectory as the grader reads it: thoughts, actions and clipped observations, then the answer."""
+    lines = [f"Question: {qa.question}", f"Gold answer: {qa.answer}"]
+    for number, (turn, observation) in enumerate(_turns(trajectory, tool_schemas), start=1):
+        lines.append(f"\nStep {number}\nThought: {_clip(turn.thought, config.thought_chars)}")
+        if turn.kind == "answer":
+            lines.append(f"Final answer: {turn.answer}")
+        else:
+            lines.append(f"Action: {turn.tool_name} {json.dumps(turn.arguments, ensure_ascii=False)}")
+            lines.append(f"Observation: {_clip(observation or '', config.observation_chars)}")
+    return "\n".join(lines)
+
+
+def grade_quality(
+    qa: QAPair,
+    trajectory: Trajectory,
+    grader: LLMEndpoint,
+    config: FunnelConfig,
+    tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS,
+) -> Verdict:
+    """Stage (c), LLM grade: four 1-5 scores; `low_grade` below the mean or single-score threshold.
+
+    Unusable grader replies drop as `grade_not_json`, `grade_empty`, `grade_wrong_schema` or
+    `grade_request_rejected`: an ungraded trajectory is not known to be good.
+    """
+    prompt = GRADE_PROMPT.format(trajectory=render_for_grading(qa, trajectory, config, tool_schemas))
+    reply = ask_json(grader, [{"role": "user", "content": prompt}], QualityGrade, json_format=config.json_format)
+    if reply.value is None:
+        return Verdict("quality", False, f"grade_{reply.reason}", reply.detail, reply.raw, method="llm")
+    scores = reply.value.model_dump()
+    mean = sum(scores.values()) / len(scores)
+    if mean < config.min_grade_mean or min(scores.values()) < config.min_grade_each:
+        lowest = min(scores.values())
+        detail = f"mean {mean:.2f} (min {config.min_grade_mean}), lowest {lowest} (min {config.min_grade_each})"
+        return Verdict("quality", False, "low_grade", detail, reply.raw, method="llm", scores=scores)
+    return _passed("quality", f"mean {mean:.2f}", raw=reply.raw, method="llm", scores=scores)
+
+
+def check_quality(
+    qa: QAPair,
+    trajectory: Trajectory,
+    grader: LLMEndpoint | None,
+    config: FunnelConfig,
+    tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS,
+) -> Verdict:
+    """Stage (c): rules, then the LLM grade when a grader is configured (rules only without one)."""
+    verdict = check_quality_rules(qa, trajectory, config, tool_schemas)
+    if not verdict.passed or grader is None:
+        return verdict
+    return grade_quality(qa, trajectory, grader, config, tool_schemas)
+
+
+def trajectory_id(qa_id: str, trajectory: Trajectory) -> str:
+    """Stable per (pair, model, CoT mode, sample): a resumed sampling run rewrites the same rows."""
+    return stable_id(qa_id, trajectory.model, trajectory.cot_mode, str(trajectory.sample_index), prefix="traj-")
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One sampled trajectory for one QA pair with its validity and (if valid) correctness verdicts."""
+
+    qa: QAPair
+    trajectory: Trajectory
+    validity: Verdict
+    correctness: Verdict | None = None
+
+    @property
+    def id(self) -> str:
+        return trajectory_id(self.qa.id, self.trajectory)
+
+    @property
+    def accepted(self) -> bool:
+        """Valid and correct: what rejection sampling stops at."""
+        return self.validity.passed and self.correctness is not None and self.correctness.passed
+
+
+def assess_attempt(
+    qa: QAPair,
+    trajectory: Trajectory,
+    judge: LLMEndpoint,
+    tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS,
+) -> Attempt:
+    """Stages (a) and (b); the judge is only asked about valid trajectories."""
+    validity = check_validity(trajectory, tool_schemas)
+    correctness = check_correctness(qa, trajectory, judge) if validity.passed else None
+    return Attempt(qa, trajectory, validity, correctness)
+
+
+def rejection_sample(
+    pairs: Sequence[QAPair],
+    run_agent: RunAgent,
+    judge: LLMEndpoint,
+    *,
+    k: int,
+    max_workers: int = 1,
+    tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS,
+) -> list[Attempt]:
+    """Up to `k` runs per pair (`run_agent(question, sample_index)`), stopping at the first accepted one.
+
+    Pairs run in parallel on `max_workers` threads, attempts of one pair in order. Every attempt is returned,
+    pair by pair in input order, so the caller stores rejected samples too.
+    """
+    if k < 1:
+        raise ValueError(f"rejection sampling needs k >= 1, got {k}")
+
+    def sample(qa: QAPair) -> list[Attempt]:
+        attempts = []
+        for sample_index in range(k):
+            attempt = assess_attempt(qa, run_agent(qa.question, sample_index), judge, tool_schemas)
+            attempts.append(attempt)
+            if attempt.accepted:
+                break
+        return attempts
+
+    if not pairs:
+        return []
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(pairs)), thread_name_prefix="rejection") as pool:
+        per_pair = list(pool.map(sample, pairs))
+    attempts = [attempt for group in per_pair for attempt in group]
+    solved = sum(any(a.accepted for a in group) for group in per_pair)
+    logger.info("rejection sampling: %d pairs, %d attempts, %d pairs solved", len(pairs), len(attempts), solved)
+    return attempts
+
+
+@dataclasses.dataclass(frozen=True)
+class FunnelRecord:
+    """An attempt after the funnel: `quality` is None when stage (a) or (b) already dropped it."""
+
+    attempt: Attempt
+    quality: Verdict | None = None
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        return [v for v in (self.attempt.validity, self.attempt.correctness, self.quality) if v is not None]
+
+    @property
+    def kept(self) -> bool:
+        return self.quality is not None and self.quality.passed
+
+    @property
+    def drop(self) -> Verdict | None:
+        """The verdict that dropped it, None when kept."""
+        return next((v for v in self.verdicts if not v.passed), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class FunnelResult:
+    records: list[FunnelRecord]
+
+    @property
+    def kept(self) -> list[FunnelRecord]:
+        return [record for record in self.records if record.kept]
+
+    def stage_table(self) -> pd.DataFrame:
+        """In, kept and dropped per stage: the funnel a user reads in the UI."""
+        rows = []
+        for stage in STAGES:
+            verdicts = [v for r in self.records for v in r.verdicts if v.stage == stage]
+            passed = sum(v.passed for v in verdicts)
+            rows.append({"stage": stage, "in": len(verdicts), "kept": passed, "dropped": len(verdicts) - passed})
+        return pd.DataFrame(rows, columns=["stage", "in", "kept", "dropped"])
+
+    def drop_table(self) -> pd.DataFrame:
+        """Drops by stage and reason, in stage order, most frequent first."""
+        counts = Counter((r.drop.stage, r.drop.reason) for r in self.records if r.drop is not None)
+        rows = [{"stage": s, "reason": reason, "count": n} for (s, reason), n in counts.items()]
+        frame = pd.DataFrame(rows, columns=["stage", "reason", "count"])
+        frame["order"] = frame["stage"].map(STAGES.index)
+        return frame.sort_values(["order", "count", "reason"], ascending=[True, False, True]).drop(columns="order")
+
+    def records_frame(self) -> pd.DataFrame:
+        """One row per trajectory: where it was dropped and why, with the judge's and grader's raw replies."""
+        rows = []
+        for record in self.records:
+            attempt, drop = record.attempt, record.drop
+            correctness, quality = attempt.correctness, record.quality
+            rows.append(
+                {
+                    "trajectory_id": attempt.id,
+                    "qa_id": attempt.qa.id,
+                    "sample_index": attempt.trajectory.sample_index,
+                    "cot_mode": attempt.trajectory.cot_mode,
+                    "model": attempt.trajectory.model,
+                    "kept": record.kept,
+                    "stage": drop.stage if drop else "",
+                    "reason": drop.reason if drop else "",
+                    "detail": drop.detail if drop else "",
+                    "judge_method": correctness.method if correctness else "",
+                    "judge_raw": correctness.raw if correctness else "",
+                    "grade_scores": json.dumps(dict(quality.scores)) if quality and quality.scores else "",
+                    "grade_raw": quality.raw if quality else "",
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def run_funnel(
+    attempts: Sequence[Attempt],
+    grader: LLMEndpoint | None,
+    config: FunnelConfig | None = None,
+    *,
+    max_workers: int = 1,
+    tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS,
+) -> FunnelResult:
+    """Stage (c) over the accepted attempts (graded in parallel); every attempt gets a record, in input order."""
+    config = config or FunnelConfig()
+
+    def review(attempt: Attempt) -> FunnelRecord:
+        if not attempt.accepted:
+            return FunnelRecord(attempt)
+        return FunnelRecord(attempt, check_quality(attempt.qa, attempt.trajectory, grader, config, tool_schemas))
+
+    if not attempts:
+        return FunnelResult([])
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(attempts)), thread_name_prefix="funnel") as pool:
+        records = list(pool.map(review, attempts))
+    result = FunnelResult(records)
+    logger.info("funnel: %d in, %d kept", len(records), len(result.kept))
+    return result
+
+
+def is_held_out(qa_id: str, share: float, seed: int = 0) -> bool:
+    """Deterministic per id: the same pairs stay held out however the pair list is ordered or grows."""
+    if share <= 0:
+        return False
+    digest = hashlib.sha256(f"{seed}:{qa_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+@dataclasses.dataclass(frozen=True)
+class RLPool:
+    """QA pairs for RL, each with why it is there: `unsolved` (nothing passed the funnel) or `held_out`."""
+
+    pairs: list[QAPair]
+    reasons: dict[str, Literal["unsolved", "held_out"]]
+
+    @property
+    def held_out_ids(self) -> frozenset[str]:
+        return frozenset(qa_id for qa_id, reason in self.reasons.items() if reason == "held_out")
+
+
+def select_rl_pool(
+    pairs: Sequence[QAPair], result: FunnelResult, *, held_out_share: float = 0.0, seed: int = 0
+) -> RLPool:
+    """As in WebDancer, RL trains on the pairs SFT has no trajectory for; `held_out_share` of the solved pairs
+    also moves to RL (and out of SFT, see `sft_records`) so RL sees some questions the policy can solve."""
+    if not 0.0 <= held_out_share < 1.0:
+        raise ValueError(f"held_out_share must be in [0, 1), got {held_out_share}")
+    solved = {record.attempt.qa.id for record in result.kept}
+    chosen, reasons = [], {}
+    for pair in pairs:
+        if pair.id not in solved:
+            reasons[pair.id] = "unsolved"
+        elif is_held_out(pair.id, held_out_share, seed):
+            reasons[pair.id] = "held_out"
+        else:
+            continue
+        chosen.append(pair)
+    return RLPool(chosen, reasons)
+
+
+def sft_records(result: FunnelResult, held_out_ids: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """Kept trajectories in the chat format SFT consumes (`messages`), minus pairs held out for RL."""
+    records = []
+    for record in result.kept:
+        attempt = record.attempt
+        if attempt.qa.id in held_out_ids:
+            continue
+        records.append(
+            {
+                "id": attempt.id,
+                "qa_id": attempt.qa.id,
+                "source": attempt.qa.source,
+                "kind": attempt.qa.kind,
+                "cot_mode": attempt.trajectory.cot_mode,
+                "model": attempt.trajectory.model,
+                "messages": [message.model_dump() for message in attempt.trajectory.messages],
+            }
+        )
+    return records
+
+
+def attempts_frame(attempts: Sequence[Attempt]) -> pd.DataFrame:
+    """The `trajectories` table: every attempt with its verdicts; nested data as JSON text."""
+    rows = []
+    for attempt in attempts:
+        trajectory, correctness = attempt.trajectory, attempt.correctness
+        rows.append(
+            {
+                "trajectory_id": attempt.id,
+                "qa_id": attempt.qa.id,
+                "sample_index": trajectory.sample_index,
+                "cot_mode": trajectory.cot_mode,
+                "model": trajectory.model,
+                "endpoint": trajectory.endpoint,
+                "termination": trajectory.termination,
+                "steps": len(trajectory.steps),
+                "tool_calls": trajectory.tool_calls,
+                "prompt_tokens": trajectory.prompt_tokens,
+                "completion_tokens": trajectory.completion_tokens,
+                "accepted": attempt.accepted,
+                "validity_reason": attempt.validity.reason,
+                "correctness_reason": correctness.reason if correctness else "",
+                "judge_raw": correctness.raw if correctness else "",
+                "validity": json.dumps(dataclasses.asdict(attempt.validity)),
+                "correctness": json.dumps(dataclasses.asdict(correctness)) if correctness else "",
+                "trajectory": trajectory.model_dump_json(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def attempts_from_frame(frame: pd.DataFrame, pairs: Mapping[str, QAPair]) -> list[Attempt]:
+    """Read `attempts_frame` output back; `pairs` maps QA id to pair (a missing id raises KeyError)."""
+    attempts = []
+    for row in frame.to_dict("records"):
+        correctness = Verdict(**json.loads(row["correctness"])) if row["correctness"] else None
+        attempts.append(
+            Attempt(
+                qa=pairs[row["qa_id"]],
+                trajectory=Trajectory.model_validate_json(row["trajectory"]),
+                validity=Verdict(**json.loads(row["validity"])),
+                correctness=correctness,
+            )
+        )
+    return attempts

@@ -1,0 +1,143 @@
+"""Training hyperparameters as TRL-style dataclasses: every field documented, validated on construction.
+
+They parse from the command line with `transformers.HfArgumentParser` (the torchrun entry points) and are
+built directly from Dagster run config by the assets, so one definition serves both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from transformers import SchedulerType
+
+from webdancer_dagster.training.masking import TruncationPolicy
+
+
+@dataclass
+class SFTHyperparameters:
+    """Supervised fine-tuning on WebDancer trajectories (assistant turns only)."""
+
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak AdamW learning rate."})
+    num_train_epochs: float = field(
+        default=2.0, metadata={"help": "Epochs over the dataset (ignored if max_steps > 0)."}
+    )
+    max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; -1 trains for num_train_epochs."})
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "Chats per device per micro-batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    max_length: int = field(default=4096, metadata={"help": "Longest tokenized chat kept, in tokens."})
+    truncation: TruncationPolicy = field(
+        default=TruncationPolicy.DROP,
+        metadata={"help": "Chats longer than max_length: 'drop' them (counted) or 'truncate' them."},
+    )
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with linear learning-rate warmup."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    logging_steps: int = field(default=1, metadata={"help": "Log loss and throughput every N steps."})
+    save_steps: int = field(default=50, metadata={"help": "Save a resumable checkpoint every N steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    activation_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in backward to fit longer chats."}
+    )
+    fused_lm_head: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Score the LM head with TRL's chunked kernel (no full logits; fast with Triton on GPU, about 3x "
+            "slower than the model's own loss on CPU). Empty: on GPU only."
+        },
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for data order and initialisation."})
+
+    def __post_init__(self) -> None:
+        self.truncation = TruncationPolicy(self.truncation)
+        _require(self.learning_rate > 0, "learning_rate must be positive")
+        _require(self.max_steps == -1 or self.max_steps > 0, "max_steps must be -1 or positive")
+        _require(self.max_steps > 0 or self.num_train_epochs > 0, "set max_steps or a positive num_train_epochs")
+        _require(self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1")
+        _require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
+        _require(self.max_length >= 16, "max_length must be at least 16 tokens")
+        _require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)")
+        _require(
+            self.lr_scheduler_type in {scheduler.value for scheduler in SchedulerType},
+            f"lr_scheduler_type {self.lr_scheduler_type!r} is not a transformers scheduler",
+        )
+        _require(self.weight_decay >= 0, "weight_decay must be >= 0")
+        _require(self.max_grad_norm > 0, "max_grad_norm must be positive")
+        _require(self.logging_steps >= 1, "logging_steps must be >= 1")
+        _require(self.save_steps >= 1, "save_steps must be >= 1")
+        _require(self.save_total_limit >= 1, "save_total_limit must be >= 1 (resume needs a checkpoint)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            key: str(value) if isinstance(value, TruncationPolicy) else value for key, value in asdict(self).items()
+        }
+
+
+@dataclass
+class DAPOHyperparameters:
+    """DAPO reinforcement learning (TRL GRPOTrainer with loss_type='dapo') plus dynamic sampling."""
+
+    learning_rate: float = field(default=1e-6, metadata={"help": "Peak AdamW learning rate."})
+    max_steps: int = field(default=100, metadata={"help": "Total optimizer steps."})
+    num_generations: int = field(default=4, metadata={"help": "Rollouts per prompt (the group size)."})
+    per_device_train_batch_size: int = field(
+        default=4, metadata={"help": "Rollouts per device per step; must be divisible into whole groups."}
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clip range of the importance ratio."})
+    epsilon_high: float = field(default=0.28, metadata={"help": "Upper clip range (DAPO clip-higher)."})
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient; DAPO uses 0 (no reference model)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of rollouts."})
+    max_prompt_length: int = field(default=2048, metadata={"help": "Longest prompt in tokens."})
+    max_completion_length: int = field(default=2048, metadata={"help": "Longest multi-turn completion in tokens."})
+    mask_truncated_completions: bool = field(
+        default=True, metadata={"help": "Exclude rollouts cut at max_completion_length from the loss."}
+    )
+    max_llm_calls: int = field(default=8, metadata={"help": "Agent turns per rollout before it is stopped."})
+    format_weight: float = field(default=0.1, metadata={"help": "Reward weight of the format score."})
+    answer_weight: float = field(default=0.9, metadata={"help": "Reward weight of the judged answer."})
+    oversample_factor: float = field(
+        default=2.0, metadata={"help": "Prompts drawn per needed group, so dropped groups can be refilled."}
+    )
+    max_refill_rounds: int = field(
+        default=2, metadata={"help": "Extra sampling rounds to refill groups dropped by dynamic sampling."}
+    )
+    logging_steps: int = field(default=1, metadata={"help": "Log rewards and drops every N steps."})
+    save_steps: int = field(default=25, metadata={"help": "Save a resumable checkpoint every N steps."})
+    seed: int = field(default=42, metadata={"help": "Seed for prompt order and sampling."})
+
+    def __post_init__(self) -> None:
+        _require(self.learning_rate > 0, "learning_rate must be positive")
+        _require(self.max_steps > 0, "max_steps must be positive")
+        _require(self.num_generations >= 2, "num_generations must be >= 2 (advantages compare within a group)")
+        _require(self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1")
+        _require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
+        _require(0 < self.epsilon < 1, "epsilon must be in (0, 1)")
+        _require(self.epsilon_high >= self.epsilon, "epsilon_high must be >= epsilon (clip-higher)")
+        _require(self.beta >= 0, "beta must be >= 0")
+        _require(self.temperature > 0, "temperature must be positive")
+        _require(self.max_prompt_length >= 16, "max_prompt_length must be at least 16 tokens")
+        _require(self.max_completion_length >= 16, "max_completion_length must be at least 16 tokens")
+        _require(self.max_llm_calls >= 1, "max_llm_calls must be >= 1")
+        _require(self.format_weight >= 0 and self.answer_weight >= 0, "reward weights must be >= 0")
+        _require(abs(self.format_weight + self.answer_weight - 1.0) < 1e-9, "format_weight + answer_weight must be 1")
+        _require(self.oversample_factor >= 1.0, "oversample_factor must be >= 1")
+        _require(self.max_refill_rounds >= 0, "max_refill_rounds must be >= 0")
+        _require(self.logging_steps >= 1, "logging_steps must be >= 1")
+        _require(self.save_steps >= 1, "save_steps must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def to_cli_args(hparams: SFTHyperparameters | DAPOHyperparameters) -> list[str]:
+    """Command-line flags that `HfArgumentParser` parses back into an equal dataclass (unset options left out)."""
+    return [
+        token for key, value in hparams.to_dict().items() if value is not None for token in (f"--{key}", str(value))
+    ]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)

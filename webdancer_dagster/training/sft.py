@@ -1,0 +1,331 @@
+"""Supervised fine-tuning on WebDancer trajectories: the program `torchrun` starts on every rank.
+
+Only the agent's own words are learned (see `masking.py`): chats are tokenized here into `input_ids` + `labels`
+and TRL's `SFTTrainer` trains on them as they are, with its own templating and truncation switched off. fp32 on
+CPU (gloo), bf16 autocast on GPU (nccl); checkpoints are safetensors and a rerun resumes from the newest one, so
+a killed run loses at most `save_steps` steps. When Dagster launched it through Pipes, rank 0 streams the loss and
+reports the curve, token counts and the checkpoint's path and sha256; without Dagster it is a plain program:
+
+    torchrun --standalone --nproc_per_node=2 -m webdancer_dagster.training.sft \\
+        --train_file data/webdancer_samples/sample_traj.jsonl --model_dir .webdancer/base_model/smollm2 \\
+        --output_dir /tmp/sft --max_steps 20 --max_length 8192
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
+from datasets import Dataset
+from torch.distributed.elastic.multiprocessing.errors import record
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    HfArgumentParser,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
+
+from webdancer_dagster.training.base_model import folder_sha256
+from webdancer_dagster.training.config import SFTHyperparameters
+from webdancer_dagster.training.masking import TokenizedDataset, tokenize_chats
+
+logger = logging.getLogger(__name__)
+
+FINAL_MODEL_DIR = "final"
+LOSS_HISTORY_FILE = "loss_history.json"
+
+
+@dataclass
+class SFTRunArguments:
+    """Where the data and the model come from and where the results go."""
+
+    train_file: str = field(metadata={"help": "JSONL, one {'messages': [{'role', 'content'}, ...]} chat a line."})
+    model_dir: str = field(metadata={"help": "Transformers model folder (weights and tokenizer) to start from."})
+    output_dir: str = field(metadata={"help": "Checkpoints, the final model and loss_history.json go here."})
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    """What a finished run produced; rank 0 reports it to Dagster and it is what callers assert on."""
+
+    checkpoint_dir: Path
+    checkpoint_sha256: str
+    steps: int
+    resumed_from_step: int
+    examples: int
+    dropped: dict[str, int]
+    truncated: int
+    tokens: int
+    labelled_tokens: int
+    masked_share: float
+    tokens_seen: int
+    loss_history: list[dict[str, float]]
+    step_seconds: list[float]
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Median over this run's optimizer steps: robust to the slow first step and to a busy machine."""
+        return statistics.median(self.step_seconds) if self.step_seconds else 0.0
+
+    def pipes_metadata(self) -> dict[str, dict[str, Any]]:
+        """Metadata in the typed form `report_asset_materialization` expects."""
+        losses = [entry["loss"] for entry in self.loss_history]
+        values: dict[str, tuple[Any, str]] = {
+            "checkpoint_path": (str(self.checkpoint_dir), "path"),
+            "checkpoint_sha256": (self.checkpoint_sha256, "text"),
+            "steps": (self.steps, "int"),
+            "resumed_from_step": (self.resumed_from_step, "int"),
+            "examples": (self.examples, "int"),
+            "dropped": (self.dropped, "json"),
+            "truncated": (self.truncated, "int"),
+            "dataset_tokens": (self.tokens, "int"),
+            "labelled_tokens": (self.labelled_tokens, "int"),
+            "masked_token_share": (round(self.masked_share, 4), "float"),
+            "tokens_seen": (self.tokens_seen, "int"),
+            "seconds_per_step": (round(self.seconds_per_step, 4), "float"),
+            "step_seconds": ([round(seconds, 4) for seconds in self.step_seconds], "json"),
+            "loss_curve": (self.loss_history, "json"),
+            "final_loss": (losses[-1] if losses else None, "float" if losses else "null"),
+        }
+        return {key: {"raw_value": value, "type": kind} for key, (value, kind) in values.items()}
+
+
+def make_parser() -> HfArgumentParser:
+    """Command-line parser over the run arguments and the SFT hyperparameters."""
+    return HfArgumentParser((SFTRunArguments, SFTHyperparameters))
+
+
+@record
+def main(args: Sequence[str] | None = None) -> SFTResult | None:
+    """Parse `args` (default: `sys.argv`), train, and report to Dagster when launched through Pipes."""
+    run, hparams = make_parser().parse_args_into_dataclasses(args=args)
+    with _pipes_on_rank_zero() as pipes:
+        result = train_sft(run, hparams, pipes=pipes)
+        if pipes is not None and result is not None:
+            pipes.report_asset_materialization(metadata=result.pipes_metadata(), data_version=result.checkpoint_sha256)
+    return result
+
+
+def read_chats(path: Path) -> list[list[dict[str, str]]]:
+    """Read the `messages` of every JSONL record; an empty file is an error, not an empty run."""
+    chats: list[list[dict[str, str]]] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            messages = row.get("messages") if isinstance(row, dict) else None
+            if not isinstance(messages, list):
+                raise ValueError(f"{path}:{number}: expected a JSON object with a 'messages' list")
+            chats.append(messages)
+    if not chats:
+        raise ValueError(f"SFT dataset {path} holds no chats; there is nothing to train on")
+    return chats
+
+
+def train_sft(run: SFTRunArguments, hparams: SFTHyperparameters, pipes: PipesContext | None = None) -> SFTResult | None:
+    """Train, resuming from the newest checkpoint in `output_dir`; returns the result on rank 0, else None."""
+    output_dir = Path(run.output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(run.model_dir, local_files_only=True)
+    data = _tokenize(Path(run.train_file), tokenizer, hparams)
+    on_gpu = torch.cuda.is_available()
+    timer = _StepTimer(pipes)
+    trainer = _SFTTrainer(
+        fused_lm_head=on_gpu if hparams.fused_lm_head is None else hparams.fused_lm_head,
+        model=AutoModelForCausalLM.from_pretrained(run.model_dir, local_files_only=True, dtype=torch.float32),
+        args=sft_config(hparams, output_dir, on_gpu=on_gpu),
+        train_dataset=Dataset.from_dict(
+            {
+                "input_ids": [example.input_ids for example in data.examples],
+                "labels": [example.labels for example in data.examples],
+            }
+        ),
+        processing_class=tokenizer,
+        callbacks=[timer],
+    )
+    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    resumed_from_step = 0
+    if last_checkpoint is not None:
+        resumed_from_step = TrainerState.load_from_json(f"{last_checkpoint}/trainer_state.json").global_step
+        logger.info("resuming from %s (step %d)", last_checkpoint, resumed_from_step)
+    trainer.train(resume_from_checkpoint=last_checkpoint)
+    final_dir = output_dir / FINAL_MODEL_DIR
+    trainer.save_model(str(final_dir))
+    if not trainer.is_world_process_zero():
+        return None
+    history = [
+        {key: entry[key] for key in ("step", "loss", "learning_rate", "grad_norm") if key in entry}
+        for entry in trainer.state.log_history
+        if "loss" in entry
+    ]
+    (output_dir / LOSS_HISTORY_FILE).write_text(json.dumps(history, indent=1))
+    result = SFTResult(
+        checkpoint_dir=final_dir,
+        checkpoint_sha256=folder_sha256(final_dir),
+        steps=trainer.state.global_step,
+        resumed_from_step=resumed_from_step,
+        examples=len(data.examples),
+        dropped=_drop_counts(data),
+        truncated=data.truncated,
+        tokens=data.tokens,
+        labelled_tokens=data.labelled_tokens,
+        masked_share=data.masked_share,
+        tokens_seen=int(trainer.state.num_input_tokens_seen),
+        loss_history=history,
+        step_seconds=timer.step_seconds,
+    )
+    logger.info(
+        "SFT done: %d steps, final loss %s, %.3f s/step, checkpoint %s",
+        result.steps,
+        history[-1]["loss"] if history else None,
+        result.seconds_per_step,
+        final_dir,
+    )
+    return result
+
+
+def sft_config(hparams: SFTHyperparameters, output_dir: Path, on_gpu: bool) -> SFTConfig:
+    """TRL config for pre-tokenized chats: no templating or truncation by TRL, resumable safetensors checkpoints."""
+    return SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=hparams.learning_rate,
+        num_train_epochs=hparams.num_train_epochs,
+        max_steps=hparams.max_steps,
+        per_device_train_batch_size=hparams.per_device_train_batch_size,
+        gradient_accumulation_steps=hparams.gradient_accumulation_steps,
+        # transformers 5 reads a float below 1 as a share of the total steps.
+        warmup_steps=hparams.warmup_ratio,
+        lr_scheduler_type=hparams.lr_scheduler_type,
+        weight_decay=hparams.weight_decay,
+        max_grad_norm=hparams.max_grad_norm,
+        logging_steps=hparams.logging_steps,
+        save_strategy="steps",
+        save_steps=hparams.save_steps,
+        save_total_limit=hparams.save_total_limit,
+        activation_checkpointing=hparams.activation_checkpointing,
+        seed=hparams.seed,
+        bf16=on_gpu,
+        use_cpu=not on_gpu,
+        # Naming a backend makes accelerate initialise a process group, so only under a multi-process launch.
+        ddp_backend=("nccl" if on_gpu else "gloo") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_find_unused_parameters=False,
+        dataloader_pin_memory=on_gpu,
+        include_num_input_tokens_seen="non_padding",
+        max_length=None,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def _tokenize(train_file: Path, tokenizer: PreTrainedTokenizerBase, hparams: SFTHyperparameters) -> TokenizedDataset:
+    chats = read_chats(train_file)
+    data = tokenize_chats(tokenizer, chats, hparams.max_length, hparams.truncation)
+    if not data.examples:
+        raise ValueError(
+            f"none of the {len(chats)} chats in {train_file} is trainable at max_length={hparams.max_length} "
+            f"(dropped: {_drop_counts(data)}); raise max_length or use truncation='truncate'"
+        )
+    logger.info(
+        "%d chats -> %d examples, %d tokens (%.1f%% masked), %d truncated, dropped %s",
+        len(chats),
+        len(data.examples),
+        data.tokens,
+        100 * data.masked_share,
+        data.truncated,
+        _drop_counts(data),
+    )
+    return data
+
+
+def _drop_counts(data: TokenizedDataset) -> dict[str, int]:
+    return {str(reason): count for reason, count in data.dropped.items()}
+
+
+class _SFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer, with the model's own cross-entropy where TRL's fused LM head does not pay off.
+
+    The fused head never builds the full logits and, with Triton, projects only the labelled positions: a win on
+    GPU for long chats. Without Triton it projects every position and recomputes each tile in backward, which made
+    SFT steps on CPU about three times slower (benchmarks/bench_sft.py); there the model computes its loss itself.
+    """
+
+    def __init__(self, *args: Any, fused_lm_head: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fused_lm_head = fused_lm_head
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        if self._fused_lm_head:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+
+class _StepTimer(TrainerCallback):
+    """Times optimizer steps and streams each logged loss to Dagster while the run is still going."""
+
+    def __init__(self, pipes: PipesContext | None) -> None:
+        self.step_seconds: list[float] = []
+        self._pipes = pipes
+        self._started = 0.0
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self.step_seconds.append(time.perf_counter() - self._started)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: Mapping[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if self._pipes is not None and logs and "loss" in logs:
+            self._pipes.log.info(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}")
+
+
+@contextmanager
+def _pipes_on_rank_zero() -> Iterator[PipesContext | None]:
+    """Open Pipes only on global rank 0 of a Dagster launch; every other case trains without reporting."""
+    if int(os.environ.get("RANK", "0")) != 0 or not PipesEnvVarParamsLoader().is_dagster_pipes_process():
+        yield None
+        return
+    with open_dagster_pipes() as pipes:
+        yield pipes
+
+
+if __name__ == "__main__":
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(name)s %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    main()
