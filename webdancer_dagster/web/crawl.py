@@ -13,10 +13,12 @@ re-crawl of an unchanged site visits the same pages and downstream assets stay f
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -43,6 +45,7 @@ HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 # Links to these are never fetched: they cannot become pages. Scrapy's own list plus plain-text sources.
 _EXTRA_IGNORED_EXTENSIONS = ("txt", "rst", "py", "json", "xml")
 LOG_TAIL_CHARS = 4000
+PR_SET_PDEATHSIG = 1  # prctl(2)
 DIRECTORY_INDEX = "index.html"
 # Error pages reach the callback to be recorded as skips; redirects stay with Scrapy's redirect middleware.
 ERROR_STATUSES = list(range(400, 600))
@@ -102,7 +105,9 @@ def crawl_site(root_url: str, proxy_url: str, limits: CrawlLimits, work_dir: Pat
     started = time.perf_counter()
     log_path = work_dir / "crawl.log"
     with log_path.open("w") as log_file:
-        completed = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, check=False)
+        completed = subprocess.run(
+            command, stdout=log_file, stderr=subprocess.STDOUT, check=False, preexec_fn=_die_with_parent
+        )
     seconds = time.perf_counter() - started
     if completed.returncode != 0:
         raise CrawlError(f"crawl of {root_url} failed (exit {completed.returncode}); log tail:\n{_tail(log_path)}")
@@ -119,6 +124,12 @@ def crawl_site(root_url: str, proxy_url: str, limits: CrawlLimits, work_dir: Pat
     return CrawlResult(
         pages=pages.reset_index(drop=True), links=links.reset_index(drop=True), skipped=skipped, stats=stats
     )
+
+
+def _die_with_parent() -> None:
+    """Linux: the spider gets SIGTERM when the process that started it dies, so a killed run leaves no crawler."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _read_jsonl(path: Path, columns: Sequence[str]) -> pd.DataFrame:

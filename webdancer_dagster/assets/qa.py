@@ -1,0 +1,216 @@
+"""Stage 2, QA pairs: CRAWLQA from page clusters, E2HQA by rewriting simple questions, WebDancer's own samples.
+
+Synthesis reads only non-benchmark sites (the `benchmark` column of `sites`); a blocking check proves that no
+pair cites a benchmark page and that no question overlaps a benchmark question.
+"""
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from webdancer_dagster.assets.corpus import crawl_pages, search_index
+from webdancer_dagster.paths import DATA_DIR
+from webdancer_dagster.resources.llm import LLMEndpointResource
+from webdancer_dagster.resources.warehouse import Warehouse
+from webdancer_dagster.resources.web import WebEnvironment
+from webdancer_dagster.synthesis.crawlqa import CrawlQAConfig, synthesize_crawlqa
+from webdancer_dagster.synthesis.e2hqa import E2HQAConfig, synthesize_e2hqa
+from webdancer_dagster.synthesis.qa import (
+    LeakageGuard,
+    SynthesisResult,
+    load_benchmark_questions,
+    qa_pairs_frame,
+    qa_pairs_from_frame,
+)
+from webdancer_dagster.synthesis.reference import load_reference_qa
+from webdancer_dagster.warehouse import WarehouseStore, markdown_preview
+
+QA_TABLES = {"crawlqa_pairs": "crawlqa", "e2hqa_pairs": "e2hqa", "reference_qa_pairs": "webdancer_sample"}
+DROPS_TABLE = "qa_drops"
+BENCHMARK_QUESTION_FILES = [
+    "musique/musique_train_100.json",
+    "questions/musique_500.json",
+    "questions/2wiki_500.json",
+    "questions/bamboogle.json",
+    "questions/frames.json",
+    "questions/webwalkerqa_test.json",
+]
+# The offline default (llama.cpp) constrains JSON to the reply schema; hosted endpoints take "object".
+JSON_FORMAT_DESCRIPTION = "response_format: none, object, object_with_schema (llama.cpp), json_schema (OpenAI, vLLM)."
+
+
+def synthesis_sites(store: WarehouseStore) -> tuple[list[str], list[str]]:
+    """(sites synthesis may read, hosts of benchmark sites it must never read)."""
+    sites = store.read_table("sites")
+    allowed = sites.loc[~sites["benchmark"].astype(bool), "name"].tolist()
+    blocked = sites.loc[sites["benchmark"].astype(bool), "host"].tolist()
+    return allowed, blocked
+
+
+def _existing_questions(store: WarehouseStore, other_tables: Sequence[str]) -> list[str]:
+    """Questions other QA assets already hold, so a new pair never repeats one of them."""
+    questions: list[str] = []
+    for table in other_tables:
+        if store.table_exists(table):
+            questions += store.query(f'SELECT question FROM "{table}"')["question"].tolist()
+    return questions
+
+
+def _store_result(
+    context: dg.AssetExecutionContext, store: WarehouseStore, table: str, result: SynthesisResult, teacher
+) -> dg.MaterializeResult:
+    pairs = qa_pairs_frame(result.pairs)
+    drops = result.drops_table.assign(asset=table)
+    writes = store.write_tables(
+        replacements={table: pairs}, partition=("asset", table), partition_replacements={DROPS_TABLE: drops}
+    )
+    context.log.info("%s: %d pairs kept of %d attempted; drops %s", table, len(pairs), result.attempted,
+                     result.drop_counts())  # fmt: skip
+    by_kind = pairs.groupby("kind").size().to_dict() if len(pairs) else {}
+    by_difficulty = pairs.groupby("difficulty").size().to_dict() if len(pairs) else {}
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(pairs),
+            "attempted": result.attempted,
+            "kept": len(pairs),
+            "dropped": len(result.drops),
+            "drops_by_reason": dg.MetadataValue.json(result.drop_counts()),
+            "by_kind": dg.MetadataValue.json({str(k): int(v) for k, v in by_kind.items()}),
+            "by_difficulty": dg.MetadataValue.json({str(k): int(v) for k, v in by_difficulty.items()}),
+            "teacher": f"{teacher.role}: {teacher.endpoint().config.model}",
+            "teacher_usage": dg.MetadataValue.json(teacher.usage_metadata()),
+            "preview": dg.MetadataValue.md(
+                markdown_preview(pairs[["kind", "difficulty", "question", "answer"]]) if len(pairs) else "no pairs"
+            ),
+            "parquet": dg.MetadataValue.path(str(writes[table].parquet_path)),
+        },
+        data_version=dg.DataVersion(_frame_version(pairs)),
+    )
+
+
+def _frame_version(frame: pd.DataFrame) -> str:
+    return hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()[:32]
+
+
+class CrawlQAAssetConfig(dg.Config):
+    clusters: int = Field(default=3, description="Page clusters to sample; each gets one question per kind.")
+    subpages: int = Field(default=3, description="Linked pages added to each cluster's root page.")
+    seed: int = Field(default=0, description="Cluster sampling seed.")
+    json_format: str = Field(default="object_with_schema", description=JSON_FORMAT_DESCRIPTION)
+
+
+@dg.asset(deps=[crawl_pages], group_name="qa", kinds={"python", "duckdb"})
+def crawlqa_pairs(
+    context: dg.AssetExecutionContext,
+    config: CrawlQAAssetConfig,
+    warehouse: Warehouse,
+    teacher_short: LLMEndpointResource,
+) -> dg.MaterializeResult:
+    """COUNT, MULTI-HOP and INTERSECTION questions the teacher wrote from clusters of linked, crawled pages."""
+    store = warehouse.store()
+    allowed, _ = synthesis_sites(store)
+    pages = store.query("SELECT url, site, title, text FROM pages WHERE site IN (SELECT unnest(?))", [allowed])
+    links = store.query("SELECT src_url, dst_url, internal FROM links WHERE site IN (SELECT unnest(?))", [allowed])
+    settings = CrawlQAConfig(
+        clusters=config.clusters, subpages=config.subpages, seed=config.seed, json_format=config.json_format
+    )
+    result = synthesize_crawlqa(
+        pages, links, allowed, teacher_short.endpoint(), settings,
+        existing_questions=_existing_questions(store, ["e2hqa_pairs"]),
+    )  # fmt: skip
+    return _store_result(context, store, "crawlqa_pairs", result, teacher_short)
+
+
+class E2HQAAssetConfig(dg.Config):
+    seeds: int = Field(default=3, description="Seed pages, one simple question each.")
+    rewrites: list[int] = Field(default=[1, 2], description="Rewrite counts to draw from (the difficulty).")
+    seed: int = Field(default=0, description="Sampling seed.")
+    json_format: str = Field(default="object_with_schema", description=JSON_FORMAT_DESCRIPTION)
+
+
+@dg.asset(deps=[crawl_pages, search_index], group_name="qa", kinds={"python", "duckdb"})
+def e2hqa_pairs(
+    context: dg.AssetExecutionContext,
+    config: E2HQAAssetConfig,
+    warehouse: Warehouse,
+    web: WebEnvironment,
+    teacher_short: LLMEndpointResource,
+) -> dg.MaterializeResult:
+    """Simple fact questions made hard by replacing entities with descriptions found by search; answer unchanged."""
+    store = warehouse.store()
+    allowed, blocked = synthesis_sites(store)
+    pages = store.query("SELECT url, site, title, text FROM pages WHERE site IN (SELECT unnest(?))", [allowed])
+    settings = E2HQAConfig(
+        seeds=config.seeds, rewrites=tuple(config.rewrites), seed=config.seed, json_format=config.json_format
+    )
+    result = synthesize_e2hqa(
+        pages, allowed, teacher_short.endpoint(), web.search(), blocked, settings,
+        existing_questions=_existing_questions(store, ["crawlqa_pairs"]),
+    )  # fmt: skip
+    return _store_result(context, store, "e2hqa_pairs", result, teacher_short)
+
+
+class ReferenceQAConfig(dg.Config):
+    path: str = Field(
+        default=str(DATA_DIR / "webdancer_samples" / "sample_qa.jsonl"),
+        description="WebDancer's released QA pairs (JSONL of question, answer, tag).",
+    )
+
+
+@dg.asset(group_name="qa", kinds={"python", "duckdb"})
+def reference_qa_pairs(
+    context: dg.AssetExecutionContext, config: ReferenceQAConfig, warehouse: Warehouse
+) -> dg.MaterializeResult:
+    """WebDancer's own released QA pairs, tagged, so later stages have real questions even with a weak teacher."""
+    pairs = load_reference_qa(Path(config.path))
+    result = SynthesisResult(pairs, [], len(pairs))
+    store = warehouse.store()
+    frame = qa_pairs_frame(result.pairs)
+    write = store.replace_table("reference_qa_pairs", frame)
+    context.log.info("loaded %d reference QA pairs from %s", len(frame), config.path)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": write.rows,
+            "source": config.path,
+            "by_kind": dg.MetadataValue.json({str(k): int(v) for k, v in frame.groupby("kind").size().items()}),
+            "preview": dg.MetadataValue.md(markdown_preview(frame[["kind", "question", "answer"]])),
+        },
+        data_version=dg.DataVersion(_frame_version(frame)),
+    )
+
+
+def _leakage_check(table: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=table,
+        name=f"{table}_do_not_leak_benchmarks",
+        blocking=True,
+        description="No pair cites a benchmark page or overlaps a benchmark question (word 3-grams, containment).",
+    )
+    def check(warehouse: Warehouse) -> dg.AssetCheckResult:
+        store = warehouse.store()
+        _, blocked = synthesis_sites(store)
+        pairs = qa_pairs_from_frame(store.read_table(table))
+        guard = LeakageGuard(load_benchmark_questions(DATA_DIR / name for name in BENCHMARK_QUESTION_FILES))
+        hits = guard.check(pairs, blocked)
+        examples = pd.DataFrame([{"item": h.item, "reason": h.reason, "detail": h.detail} for h in hits[:10]])
+        return dg.AssetCheckResult(
+            passed=not hits,
+            metadata={
+                "pairs": len(pairs),
+                "benchmark_hosts": dg.MetadataValue.json(blocked),
+                "overlap_threshold": guard.threshold,
+                "expected_leaks": 0,
+                "actual_leaks": len(hits),
+                "examples": dg.MetadataValue.md(markdown_preview(examples) if hits else "none"),
+            },
+        )
+
+    return check
+
+
+crawlqa_leakage = _leakage_check("crawlqa_pairs")
+e2hqa_leakage = _leakage_check("e2hqa_pairs")
