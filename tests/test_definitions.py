@@ -1,5 +1,7 @@
 """The Definitions object loads and holds the asset graph the README promises."""
 
+import datetime
+
 import dagster as dg
 
 from webdancer_dagster.definitions import defs
@@ -8,9 +10,15 @@ from webdancer_dagster.definitions import defs
 def test_definitions_load_with_expected_assets_and_checks():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert {"web_sites", "crawl_pages", "search_index"} <= keys
+    assert {
+        "web_sites", "crawl_pages", "search_index", "crawlqa_pairs", "e2hqa_pairs", "reference_qa_pairs",
+        "trajectories", "sft_dataset", "rl_pool",
+    } <= keys  # fmt: skip
     checks = {key.name for key in graph.asset_check_keys}
-    assert {"crawl_pages_are_consistent", "search_index_finds_pages"} <= checks
+    assert {
+        "crawl_pages_are_consistent", "search_index_finds_pages",
+        "crawlqa_pairs_do_not_leak_benchmarks", "e2hqa_pairs_do_not_leak_benchmarks",
+    } <= checks  # fmt: skip
     assert graph.get(dg.AssetKey("crawl_pages")).partitions_def.get_partition_keys() == [
         "python-docs",
         "wiki",
@@ -26,7 +34,9 @@ def test_lineage_runs_from_sites_to_index():
 
 def test_daily_recrawl_schedule_requests_every_site():
     schedule = defs.get_schedule_def("daily_recrawl")
-    context = dg.build_schedule_context(scheduled_execution_time=__import__("datetime").datetime(2026, 1, 2, 3))
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime.datetime(2026, 1, 2, 3), repository_def=defs.get_repository_def()
+    )
     requests = list(schedule.evaluate_tick(context).run_requests)
     assert sorted(r.partition_key for r in requests) == ["musique", "python-docs", "wiki"]
     assert len({r.run_key for r in requests}) == 3

@@ -157,10 +157,7 @@ def ask(
     """Answer a question with the WebDancer agent on the local web, printing each step as it happens."""
     from contextlib import ExitStack
 
-    from webdancer_dagster.agent.loop import AgentConfig, ReactAgent
-    from webdancer_dagster.agent.search import SearchTool
-    from webdancer_dagster.agent.tools import tool_map
-    from webdancer_dagster.agent.visit import VisitTool
+    from webdancer_dagster.agent.factory import build_web_agent
     from webdancer_dagster.llm.client import (
         LLM_CACHE_FILE,
         EndpointConfig,
@@ -218,13 +215,10 @@ def ask(
         summarizer = endpoint("summarizer", SamplingParams(temperature=0.0, max_tokens=512))
         policy = endpoint("policy", SamplingParams(temperature=temperature, max_tokens=max_tokens))
         fetch_policy = FetchPolicy(allowed_hosts=frozenset(hosts), proxy_url=web.proxy_url)
-        agent = ReactAgent(
-            policy,
-            tool_map(SearchTool(LocalSearch(index_dir)), VisitTool(summarizer, fetch_policy)),
-            token_counter,
-            # The forced-answer request can pass the limit by one turn plus its own text; leave room for its reply.
-            AgentConfig(max_llm_calls=max_llm_calls, max_context_tokens=n_ctx - 2 * max_tokens - 128, cot_mode=cot),
-        )
+        agent = build_web_agent(
+            policy, summarizer, LocalSearch(index_dir), fetch_policy, token_counter,
+            n_ctx=n_ctx, max_llm_calls=max_llm_calls, cot_mode=cot,
+        )  # fmt: skip
         out.print(f"[bold]Question:[/bold] {question}  [dim]({server.model} at {server.base_url})[/dim]")
         try:
             trajectory = agent.run(question, on_step=lambda step: _print_step(out, step))

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from webdancer_dagster.assets import corpus, qa
+from webdancer_dagster.assets import corpus, qa, trajectories
 from webdancer_dagster.resources.llm import llm_resources
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
@@ -10,8 +10,8 @@ from webdancer_dagster.resources.web import WebEnvironment
 warehouse = Warehouse()
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([corpus, qa]),
-    asset_checks=dg.load_asset_checks_from_modules([corpus, qa]),
+    assets=dg.load_assets_from_modules([corpus, qa, trajectories]),
+    asset_checks=dg.load_asset_checks_from_modules([corpus, qa, trajectories]),
     jobs=[corpus.recrawl_job],
     schedules=[corpus.daily_recrawl],
     resources={"warehouse": warehouse, "web": WebEnvironment(warehouse=warehouse), **llm_resources(warehouse)},

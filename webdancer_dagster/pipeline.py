@@ -39,8 +39,9 @@ def ensure_dagster_home(dagster_home: Path) -> Path:
     return dagster_home
 
 
-def _config_for(run_config: Mapping[str, Any], asset_names: set[str]) -> dict[str, Any]:
-    ops = {name: cfg for name, cfg in (run_config.get("ops") or {}).items() if name in asset_names}
+def _config_for(run_config: Mapping[str, Any], op_names: set[str]) -> dict[str, Any]:
+    """The profile's config for the ops in one run (a multi-asset's op is named after its function)."""
+    ops = {name: cfg for name, cfg in (run_config.get("ops") or {}).items() if name in op_names}
     return {"ops": ops} if ops else {}
 
 
@@ -72,6 +73,7 @@ def materialize_all(
             batches += [([key], pk) for pk in graph.get(key).partitions_def.get_partition_keys()]
         for keys_in_run, partition_key in batches:
             names = {key.to_user_string() for key in keys_in_run}
+            op_names = {defs.get_assets_def(key).node_def.name for key in keys_in_run}
             log.info("materializing %s%s", sorted(names), f" [{partition_key}]" if partition_key else "")
             result = dg.materialize(
                 assets=all_assets + checks,
@@ -79,7 +81,7 @@ def materialize_all(
                 instance=instance,
                 resources=resources,
                 partition_key=partition_key,
-                run_config=_config_for(run_config, names),
+                run_config=_config_for(run_config, op_names),
                 raise_on_error=True,
             )
             results.append(result)

@@ -149,5 +149,6 @@ def test_page_links_in_document_order():
         "<html><body><a href='/wiki/B.html'>B</a><p><a href='http://x.test/a?q=1#f'>x</a>"
         "<a>no href</a><a href=''>empty</a><a href='/wiki/B.html'>again</a></p></body></html>"
     )
-    assert page_links(parse_html(html)) == ["/wiki/B.html", "http://x.test/a?q=1#f", "/wiki/B.html"]
-    assert page_links(None) == []
+    assert page_links(html) == ["/wiki/B.html", "http://x.test/a?q=1#f", "/wiki/B.html"]
+    assert page_links(html.encode("latin-1"), "latin-1") == page_links(html)
+    assert page_links("") == [] and page_links(b"  \n") == []

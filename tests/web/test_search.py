@@ -17,6 +17,7 @@ from webdancer_dagster.web.search import (
     QUERY_SEPARATOR,
     SNIPPET_CHARS,
     TOP_K,
+    ExcludeHosts,
     LocalSearch,
     SearchHit,
     SerperSearch,
@@ -524,3 +525,13 @@ def test_serper_needs_a_key_and_does_not_show_it():
         assert backend.name == "serper"
     finally:
         backend.close()
+
+
+def test_exclude_hosts_drops_blocked_sites_and_keeps_the_rest(local):
+    assert any("musique" in hit.url for hit in local.search("Epsom Derby horse race"))
+    filtered = ExcludeHosts(local, ["MUSIQUE.webdancer.test"])
+    hits = filtered.search("Epsom Derby horse race Marie Curie")
+    assert hits and all("musique.webdancer.test" not in hit.url for hit in hits)
+    assert [hit.url for hit in filtered.search("Marie Curie", top_k=2)] == [
+        hit.url for hit in local.search("Marie Curie", top_k=2)
+    ]

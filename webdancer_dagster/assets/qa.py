@@ -100,6 +100,8 @@ class CrawlQAAssetConfig(dg.Config):
     clusters: int = Field(default=3, description="Page clusters to sample; each gets one question per kind.")
     subpages: int = Field(default=3, description="Linked pages added to each cluster's root page.")
     seed: int = Field(default=0, description="Cluster sampling seed.")
+    min_page_chars: int = Field(default=200, description="Pages with less text are never shown to the teacher.")
+    page_chars: int = Field(default=1500, description="Text of each page shown in the teacher's prompt.")
     json_format: str = Field(default="object_with_schema", description=JSON_FORMAT_DESCRIPTION)
 
 
@@ -116,7 +118,12 @@ def crawlqa_pairs(
     pages = store.query("SELECT url, site, title, text FROM pages WHERE site IN (SELECT unnest(?))", [allowed])
     links = store.query("SELECT src_url, dst_url, internal FROM links WHERE site IN (SELECT unnest(?))", [allowed])
     settings = CrawlQAConfig(
-        clusters=config.clusters, subpages=config.subpages, seed=config.seed, json_format=config.json_format
+        clusters=config.clusters,
+        subpages=config.subpages,
+        seed=config.seed,
+        min_page_chars=config.min_page_chars,
+        page_chars=config.page_chars,
+        json_format=config.json_format,
     )
     result = synthesize_crawlqa(
         pages, links, allowed, teacher_short.endpoint(), settings,
@@ -129,6 +136,8 @@ class E2HQAAssetConfig(dg.Config):
     seeds: int = Field(default=3, description="Seed pages, one simple question each.")
     rewrites: list[int] = Field(default=[1, 2], description="Rewrite counts to draw from (the difficulty).")
     seed: int = Field(default=0, description="Sampling seed.")
+    min_page_chars: int = Field(default=200, description="Pages with less text are never seed pages.")
+    page_chars: int = Field(default=1500, description="Text of the seed page shown in the teacher's prompt.")
     json_format: str = Field(default="object_with_schema", description=JSON_FORMAT_DESCRIPTION)
 
 
@@ -145,7 +154,12 @@ def e2hqa_pairs(
     allowed, blocked = synthesis_sites(store)
     pages = store.query("SELECT url, site, title, text FROM pages WHERE site IN (SELECT unnest(?))", [allowed])
     settings = E2HQAConfig(
-        seeds=config.seeds, rewrites=tuple(config.rewrites), seed=config.seed, json_format=config.json_format
+        seeds=config.seeds,
+        rewrites=tuple(config.rewrites),
+        seed=config.seed,
+        min_page_chars=config.min_page_chars,
+        page_chars=config.page_chars,
+        json_format=config.json_format,
     )
     result = synthesize_e2hqa(
         pages, allowed, teacher_short.endpoint(), web.search(), blocked, settings,

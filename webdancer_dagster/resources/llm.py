@@ -171,11 +171,11 @@ class LLMEndpointResource(dg.ConfigurableResource):
 
 # Per-role sampling: teachers explore, the judge and the summarizer answer deterministically.
 _ROLE_SAMPLING: dict[EndpointRole, dict[str, float | int]] = {
-    "teacher_short": {"temperature": 0.6, "max_tokens": 1024},
+    "teacher_short": {"temperature": 0.6, "max_tokens": 512},
     "teacher_long": {"temperature": 0.6, "max_tokens": 2048},
     "judge": {"temperature": 0.0, "max_tokens": 64},
     "summarizer": {"temperature": 0.0, "max_tokens": 512},
-    "policy": {"temperature": 0.6, "max_tokens": 1024},
+    "policy": {"temperature": 0.6, "max_tokens": 512},
 }
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import httpx
 import pandas as pd
@@ -209,6 +210,21 @@ class SerperSearch:
             for item in organic[:top_k]
             if isinstance(item, dict) and item.get("link")
         ]
+
+
+class ExcludeHosts:
+    """A backend that never returns pages of `blocked_hosts`: synthesis must not see benchmark pages."""
+
+    def __init__(self, backend: SearchBackend, blocked_hosts: Sequence[str]) -> None:
+        self.backend = backend
+        self.blocked_hosts = frozenset(host.lower() for host in blocked_hosts)
+        self.name = f"{backend.name}-excluding-{len(self.blocked_hosts)}-hosts"
+
+    def search(self, query: str, top_k: int = TOP_K) -> list[SearchHit]:
+        # Over-fetch so that dropping blocked pages still leaves top_k hits when the rest of the web has them.
+        hits = self.backend.search(query, top_k * 3)
+        allowed = [hit for hit in hits if (urlsplit(hit.url).hostname or "").lower() not in self.blocked_hosts]
+        return allowed[:top_k]
 
 
 def normalise_queries(query: Sequence[str] | str) -> list[str]:

@@ -1,0 +1,125 @@
+"""QA pairs -> trajectories -> funnel through Dagster, with a scripted teacher/judge on a real local endpoint."""
+
+import json
+import re
+
+import dagster as dg
+import pytest
+from test_corpus import run_config, small_web  # noqa: F401 (fixture)
+
+from webdancer_dagster.assets import corpus, qa, trajectories
+from webdancer_dagster.llm.scripted import ScriptedLLMServer
+from webdancer_dagster.resources.llm import LLMEndpointResource, LocalModelServer
+from webdancer_dagster.resources.warehouse import Warehouse
+from webdancer_dagster.resources.web import WebEnvironment
+from webdancer_dagster.warehouse import WarehouseStore
+
+ANSWER = "Lotharingia"
+
+
+def teacher(request: dict) -> str:
+    """Answers every role from what the prompt asks for, as a capable model would."""
+    messages = request["messages"]
+    last = messages[-1]["content"]
+    if "Judge whether the predicted answer" in last:
+        return "Correct"
+    if '"source_urls"' in last:
+        urls = re.findall(r"^URL: (\S+)", last, flags=re.MULTILINE)
+        wiki = [url for url in urls if "wiki.webdancer.test" in url] or urls
+        return json.dumps({"question": "Which kingdom did these people rule?", "answer": ANSWER, "source_urls": wiki})
+    if messages[0]["content"].startswith("You write and rewrite factual questions"):
+        return "not json at all"  # E2HQA gets nothing usable: every seed is a counted drop
+    if last.startswith("<tool_response>"):
+        return f"<think>The results name the kingdom.</think>\n<answer>{ANSWER}</answer>"
+    call = json.dumps({"name": "search", "arguments": {"query": ["Lothair II kingdom"]}})
+    return f"<think>I should search for the king.</think>\n<tool_call>\n{call}\n</tool_call>"
+
+
+@pytest.fixture
+def scripted():
+    with ScriptedLLMServer(teacher) as server:
+        yield server
+
+
+def resources(home, base_url):
+    warehouse = Warehouse(home=str(home))
+    server = LocalModelServer(mode="external", base_url=base_url, served_model_name="scripted")
+    roles = {
+        role: LLMEndpointResource(
+            role=role, server=server, warehouse=warehouse, base_url=base_url, model="scripted", max_attempts=1
+        )
+        for role in ("teacher_short", "teacher_long", "judge", "summarizer")
+    }
+    return {"warehouse": warehouse, "web": WebEnvironment(warehouse=warehouse), **roles}
+
+
+def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, scripted):  # noqa: F811
+    data, docs = small_web
+    config = run_config(data, docs)
+    config["ops"].update(
+        {
+            "crawlqa_pairs": {"config": {"clusters": 2, "subpages": 2, "min_page_chars": 20, "json_format": "none"}},
+            "e2hqa_pairs": {"config": {"seeds": 2, "min_page_chars": 20, "json_format": "none"}},
+            "trajectories": {"config": {"attempts": 2, "max_pairs": 2, "max_llm_calls": 4}},
+        }
+    )
+    assets = [
+        *dg.load_assets_from_modules([corpus, qa, trajectories]),
+        *dg.load_asset_checks_from_modules([corpus, qa]),
+    ]
+    res = resources(isolated_home, scripted.base_url)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def run(selection, partition_key=None):
+        result = dg.materialize(
+            assets, selection=selection, partition_key=partition_key, resources=res, instance=instance,
+            run_config={"ops": {k: v for k, v in config["ops"].items() if k in selection}},
+        )  # fmt: skip
+        assert result.success
+        return result
+
+    run(["web_sites"])
+    for site in corpus.SITE_NAMES:
+        run(["crawl_pages"], partition_key=site)
+    run(["search_index"])
+    qa_run = run(["crawlqa_pairs", "e2hqa_pairs", "reference_qa_pairs"])
+    checks = qa_run.get_asset_check_evaluations()
+    assert {c.check_name for c in checks} == {
+        "crawlqa_pairs_do_not_leak_benchmarks",
+        "e2hqa_pairs_do_not_leak_benchmarks",
+    }
+    assert all(c.passed for c in checks)
+
+    store = WarehouseStore(isolated_home)
+    crawlqa = store.read_table("crawlqa_pairs")
+    assert len(crawlqa) >= 1 and set(crawlqa["answer"]) == {ANSWER}
+    assert not crawlqa["source_urls"].str.contains("musique").any()
+    drops = store.read_table("qa_drops")
+    e2hqa_drops = drops[drops["asset"] == "e2hqa_pairs"]
+    assert len(store.read_table("e2hqa_pairs")) == 0 and set(e2hqa_drops["reason"]) == {"not_json"}
+    [e2hqa_event] = qa_run.asset_materializations_for_node("e2hqa_pairs")
+    assert e2hqa_event.metadata["dropped"].value == e2hqa_event.metadata["attempted"].value == 2
+
+    traj_run = run(["trajectories"])
+    frame = store.read_table("trajectories")
+    sampled = frame[frame["model"] == "scripted"]
+    assert len(sampled) == min(2, len(crawlqa)) and sampled["accepted"].all()  # accepted on the first attempt
+    assert (frame["model"] == "webdancer-release").sum() == 200
+    assert all(json.loads(t)["termination"] == "answer" for t in sampled["trajectory"])
+    # The teacher's searches never return benchmark pages.
+    observations = " ".join(step["observation"] or "" for t in sampled["trajectory"] for step in json.loads(t)["steps"])
+    assert "wiki.webdancer.test" in observations and "musique.webdancer.test" not in observations
+    assert traj_run.success
+
+    funnel_run = run(["sft_dataset", "rl_pool"])
+    sft = store.read_table("sft_dataset")
+    assert set(sft["source"]) == {"crawlqa", "webdancer_sample"}
+    messages = json.loads(sft["messages"].iloc[0])
+    assert [m["role"] for m in messages[:3]] == ["system", "user", "assistant"]
+    rl = store.read_table("rl_pool")
+    solved = set(sft["qa_id"])
+    assert len(rl) > 0 and not set(rl["id"]) & solved and set(rl["rl_reason"]) == {"unsolved"}
+    stages = store.read_table("funnel_stages")
+    assert len(stages) == 3
+    events = {e.asset_key.to_user_string(): e for e in funnel_run.get_asset_materialization_events()}
+    assert set(events) == {"sft_dataset", "rl_pool"}

@@ -1,0 +1,42 @@
+"""One way to assemble the web agent (policy, search, visit, tokenizer, limits), shared by the CLI and the assets."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedTokenizerBase
+
+from webdancer_dagster.agent.loop import AgentConfig, ReactAgent
+from webdancer_dagster.agent.search import SearchTool
+from webdancer_dagster.agent.tools import tool_map
+from webdancer_dagster.agent.trajectory import CotMode
+from webdancer_dagster.agent.visit import VisitTool
+from webdancer_dagster.llm.client import LLMEndpoint
+from webdancer_dagster.web.search import SearchBackend
+from webdancer_dagster.web.visit import FetchPolicy
+
+# Room past the context limit for the forced-answer request: one more turn plus its own text.
+FORCED_ANSWER_MARGIN = 128
+
+
+def build_web_agent(
+    policy: LLMEndpoint,
+    summarizer: LLMEndpoint,
+    search: SearchBackend,
+    fetch_policy: FetchPolicy,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    n_ctx: int,
+    max_llm_calls: int = 20,
+    cot_mode: CotMode = "short",
+) -> ReactAgent:
+    """A ReAct agent with WebDancer's `search` and `visit` tools whose prompts always fit in `n_ctx` tokens."""
+    max_tokens = policy.config.sampling.max_tokens
+    return ReactAgent(
+        policy,
+        tool_map(SearchTool(search), VisitTool(summarizer, fetch_policy)),
+        tokenizer,
+        AgentConfig(
+            max_llm_calls=max_llm_calls,
+            max_context_tokens=n_ctx - 2 * max_tokens - FORCED_ANSWER_MARGIN,
+            cot_mode=cot_mode,
+        ),
+    )

@@ -1,0 +1,247 @@
+"""Stages 3 and 4: ReAct rejection sampling on the QA pairs, then the three-stage funnel into SFT data and the RL pool.
+
+`trajectories` stores every attempt (accepted or not) with its validity and correctness verdicts; WebDancer's
+released trajectories join as tagged attempts so SFT has real long trajectories even when the offline teacher
+is weak. `sft_dataset` and `rl_pool` come out of one funnel run, so they always agree.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from webdancer_dagster.agent.factory import build_web_agent
+from webdancer_dagster.assets.corpus import search_index
+from webdancer_dagster.assets.qa import crawlqa_pairs, e2hqa_pairs, reference_qa_pairs, synthesis_sites
+from webdancer_dagster.llm.model_files import find_smollm2_gguf
+from webdancer_dagster.llm.tokenizer import load_tokenizer
+from webdancer_dagster.paths import DATA_DIR
+from webdancer_dagster.resources.llm import LLMEndpointResource
+from webdancer_dagster.resources.warehouse import Warehouse
+from webdancer_dagster.resources.web import WebEnvironment
+from webdancer_dagster.synthesis.funnel import (
+    FunnelConfig,
+    assess_attempt,
+    attempts_frame,
+    attempts_from_frame,
+    rejection_sample,
+    run_funnel,
+    select_rl_pool,
+    sft_records,
+)
+from webdancer_dagster.synthesis.qa import QAPair, qa_pairs_frame, qa_pairs_from_frame
+from webdancer_dagster.synthesis.reference import load_reference_trajectories
+from webdancer_dagster.warehouse import WarehouseStore, markdown_preview
+from webdancer_dagster.web.search import ExcludeHosts
+from webdancer_dagster.web.visit import FetchPolicy
+
+SYNTHESIZED_TABLES = ["crawlqa_pairs", "e2hqa_pairs"]
+
+
+def _version(*frames: pd.DataFrame) -> str:
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(frame.to_csv(index=False).encode())
+    return digest.hexdigest()[:32]
+
+
+def read_pairs(store: WarehouseStore, tables: list[str]) -> list[QAPair]:
+    """QA pairs of the given QA assets, in table order; a table not yet materialized is an error naming it."""
+    pairs: list[QAPair] = []
+    for table in tables:
+        if not store.table_exists(table):
+            raise LookupError(f"table {table!r} does not exist; materialize the {table} asset first")
+        pairs += qa_pairs_from_frame(store.read_table(table))
+    return pairs
+
+
+class TrajectoriesConfig(dg.Config):
+    attempts: int = Field(default=2, description="k: attempts per QA pair; sampling stops at the first accepted.")
+    cot_mode: str = Field(default="short", description="'short' (teacher_short) or 'long' (teacher_long).")
+    max_pairs: int | None = Field(default=4, description="Sample at most this many synthesized pairs (smoke).")
+    max_llm_calls: int = Field(default=6, description="Assistant turns per attempt.")
+    n_ctx: int = Field(default=8192, description="The teacher's context window in tokens.")
+    tokenizer: str | None = Field(
+        default=None, description="Model folder or GGUF whose tokenizer counts context; default: SmolLM2's GGUF."
+    )
+    include_reference: bool = Field(default=True, description="Add WebDancer's released trajectories, tagged.")
+    reference_path: str = Field(default=str(DATA_DIR / "webdancer_samples" / "sample_traj.jsonl"))
+    max_workers: int = Field(default=1, description="QA pairs sampled in parallel.")
+
+
+@dg.asset(
+    deps=[crawlqa_pairs, e2hqa_pairs, reference_qa_pairs, search_index],
+    group_name="trajectories",
+    kinds={"python", "duckdb"},
+)
+def trajectories(
+    context: dg.AssetExecutionContext,
+    config: TrajectoriesConfig,
+    warehouse: Warehouse,
+    web: WebEnvironment,
+    teacher_short: LLMEndpointResource,
+    teacher_long: LLMEndpointResource,
+    summarizer: LLMEndpointResource,
+    judge: LLMEndpointResource,
+) -> dg.MaterializeResult:
+    """Rejection sampling: each QA pair gets up to k ReAct attempts on the non-benchmark web; all are stored."""
+    if config.cot_mode not in ("short", "long"):
+        raise ValueError(f"cot_mode must be 'short' or 'long', got {config.cot_mode!r}")
+    store = warehouse.store()
+    pairs = read_pairs(store, SYNTHESIZED_TABLES)[: config.max_pairs]
+    allowed, blocked = synthesis_sites(store)
+    sites = store.read_table("sites")
+    allowed_hosts = frozenset(sites.loc[sites["name"].isin(allowed), "host"])
+    teacher = teacher_short if config.cot_mode == "short" else teacher_long
+    judge_endpoint = judge.endpoint() if pairs or config.include_reference else None
+    attempts = []
+    if pairs:
+        tokenizer = load_tokenizer(config.tokenizer or str(find_smollm2_gguf()), str(store.home / "tokenizers"))
+        with web.serve() as proxy_url:
+            agent = build_web_agent(
+                teacher.endpoint(),
+                summarizer.endpoint(),
+                ExcludeHosts(web.search(), blocked),
+                FetchPolicy(allowed_hosts=allowed_hosts, proxy_url=proxy_url),
+                tokenizer,
+                n_ctx=config.n_ctx,
+                max_llm_calls=config.max_llm_calls,
+                cot_mode=config.cot_mode,
+            )
+            attempts = rejection_sample(
+                pairs,
+                lambda question, index: agent.run(question, sample_index=index),
+                judge_endpoint,
+                k=config.attempts,
+                max_workers=config.max_workers,
+            )
+    reference = []
+    if config.include_reference:
+        reference = [
+            assess_attempt(item.qa, item.trajectory, judge_endpoint)
+            for item in load_reference_trajectories(Path(config.reference_path))
+        ]
+    frame = attempts_frame([*attempts, *reference])
+    if frame.empty:
+        raise LookupError("no QA pairs and no reference trajectories: materialize the QA assets first")
+    attempted_pairs = {attempt.qa.id: attempt.qa for attempt in [*attempts, *reference]}
+    writes = store.write_tables(
+        replacements={"trajectories": frame, "trajectory_pairs": qa_pairs_frame(attempted_pairs.values())}
+    )
+    write = writes["trajectories"]
+    sampled = frame.iloc[: len(attempts)]
+    context.log.info("trajectories: %d sampled for %d pairs, %d reference", len(attempts), len(pairs), len(reference))
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": write.rows,
+            "pairs_sampled": len(pairs),
+            "attempts": len(attempts),
+            "reference_trajectories": len(reference),
+            "accepted": int(frame["accepted"].sum()),
+            "pairs_solved": int(sampled.loc[sampled["accepted"], "qa_id"].nunique()) if len(sampled) else 0,
+            "attempts_per_pair": round(len(attempts) / len(pairs), 2) if pairs else 0.0,
+            "termination": dg.MetadataValue.json(sampled["termination"].value_counts().to_dict()),
+            "validity_drops": dg.MetadataValue.json(
+                frame.loc[frame["validity_reason"] != "", "validity_reason"].value_counts().to_dict()
+            ),
+            "mean_steps": round(float(frame["steps"].mean()), 2),
+            "mean_completion_tokens": round(float(frame["completion_tokens"].mean()), 1),
+            "teacher": f"{teacher.role} ({config.cot_mode} CoT)",
+            "teacher_usage": dg.MetadataValue.json(teacher.usage_metadata()),
+            "judge_usage": dg.MetadataValue.json(judge.usage_metadata()),
+            "preview": dg.MetadataValue.md(
+                markdown_preview(frame[["qa_id", "model", "termination", "steps", "accepted", "validity_reason"]])
+            ),
+            "parquet": dg.MetadataValue.path(str(write.parquet_path)),
+        },
+        data_version=dg.DataVersion(_version(frame.drop(columns=["trajectory"]))),
+    )
+
+
+class FunnelAssetConfig(dg.Config):
+    use_llm_grade: bool = Field(
+        default=False, description="Stage (c) LLM grade after the rules (off for the 135M offline default)."
+    )
+    max_actions: int = Field(default=10, description="More tool calls than this: dropped as too_many_actions.")
+    min_grade_mean: float = Field(default=3.0, description="Mean 1-5 grade needed to keep a trajectory.")
+    held_out_share: float = Field(default=0.0, description="Share of solved pairs moved from SFT to the RL pool.")
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec("sft_dataset", deps=[trajectories], group_name="sft", kinds={"python", "duckdb", "parquet"}),
+        dg.AssetSpec("rl_pool", deps=[trajectories], group_name="sft", kinds={"python", "duckdb"}),
+    ],
+)
+def funnel(
+    context: dg.AssetExecutionContext,
+    config: FunnelAssetConfig,
+    warehouse: Warehouse,
+    teacher_short: LLMEndpointResource,
+):
+    """Validity, correctness and quality over every attempt; kept trajectories become SFT data, the rest of the
+    QA pairs (every QA asset, the released ones included) the RL pool."""
+    store = warehouse.store()
+    pairs = read_pairs(store, [*SYNTHESIZED_TABLES, "reference_qa_pairs"])
+    attempted_pairs = {pair.id: pair for pair in read_pairs(store, ["trajectory_pairs"])}
+    attempts = attempts_from_frame(store.read_table("trajectories"), attempted_pairs)
+    settings = FunnelConfig(max_actions=config.max_actions, min_grade_mean=config.min_grade_mean)
+    result = run_funnel(attempts, teacher_short.endpoint() if config.use_llm_grade else None, settings)
+    pool = select_rl_pool(pairs, result, held_out_share=config.held_out_share)
+    sft = pd.DataFrame(sft_records(result, pool.held_out_ids))
+    if sft.empty:
+        raise ValueError("the funnel kept no trajectory: sft_dataset would be empty (see the trajectories asset)")
+    sft["messages"] = sft["messages"].map(lambda messages: json.dumps(messages, ensure_ascii=False))
+    rl = qa_pairs_frame(pool.pairs).assign(rl_reason=[pool.reasons[pair.id] for pair in pool.pairs])
+    stages, drops = result.stage_table(), result.drop_table()
+    writes = store.write_tables(
+        replacements={
+            "sft_dataset": sft,
+            "rl_pool": rl,
+            "funnel_records": result.records_frame(),
+            "funnel_stages": stages,
+            "funnel_drops": drops,
+        }
+    )
+    jsonl_path = store.artifact_dir("exports") / "sft_dataset.jsonl"
+    staging = jsonl_path.with_suffix(".jsonl.tmp")
+    staging.write_text("".join(json.dumps({**row, "messages": json.loads(row["messages"])}) + "\n"
+                               for row in sft.to_dict("records")))  # fmt: skip
+    staging.replace(jsonl_path)
+    context.log.info("funnel: %d attempts, %d kept for SFT, %d pairs in the RL pool", len(attempts), len(sft), len(rl))
+    yield dg.MaterializeResult(
+        asset_key="sft_dataset",
+        metadata={
+            "dagster/row_count": len(sft),
+            "funnel": dg.MetadataValue.md(stages.to_markdown(index=False)),
+            "drops_by_reason": dg.MetadataValue.md(drops.to_markdown(index=False) if len(drops) else "none"),
+            "by_source": dg.MetadataValue.json(sft["source"].value_counts().to_dict()),
+            "llm_grade": config.use_llm_grade,
+            "jsonl": dg.MetadataValue.path(str(jsonl_path)),
+            "parquet": dg.MetadataValue.path(str(writes["sft_dataset"].parquet_path)),
+            "example": dg.MetadataValue.md(_render_example(sft.iloc[0])),
+        },
+        data_version=dg.DataVersion(_version(sft)),
+    )
+    yield dg.MaterializeResult(
+        asset_key="rl_pool",
+        metadata={
+            "dagster/row_count": len(rl),
+            "by_reason": dg.MetadataValue.json(rl["rl_reason"].value_counts().to_dict() if len(rl) else {}),
+            "by_kind": dg.MetadataValue.json(rl["kind"].value_counts().to_dict() if len(rl) else {}),
+            "preview": dg.MetadataValue.md(
+                markdown_preview(rl[["kind", "rl_reason", "question", "answer"]]) if len(rl) else "empty"
+            ),
+            "parquet": dg.MetadataValue.path(str(writes["rl_pool"].parquet_path)),
+        },
+        data_version=dg.DataVersion(_version(rl)),
+    )
+
+
+def _render_example(row: pd.Series) -> str:
+    messages = json.loads(row["messages"])
+    turns = [f"**{m['role']}**\n\n```\n{m['content'][:600]}\n```" for m in messages[2:6]]
+    return f"`{row['id']}` ({row['source']}, {row['cot_mode']} CoT)\n\n" + "\n\n".join(turns)

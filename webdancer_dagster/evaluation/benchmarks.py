@@ -1,0 +1,184 @@
+"""Benchmark question sets, each loaded into one `BenchmarkQuestion` shape whatever its file looks like.
+
+Every scored model must see the same questions with the same ids, or runs could not be compared or resumed, so
+loaders reject what would make ids ambiguous (duplicate ids or questions) and name the file and record at fault.
+MuSiQue is read for its questions and answers only: its `paragraphs` are benchmark evidence and stay unread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from webdancer_dagster.synthesis.qa import stable_id
+
+BenchmarkFormat = Literal["musique", "question_set", "jsonl"]
+
+
+class BenchmarkQuestion(BaseModel):
+    """One question with every accepted gold answer (aliases included)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    answers: list[str] = Field(min_length=1)
+
+
+class BenchmarkFileError(ValueError):
+    """A benchmark file that cannot be loaded as it is; the message names the file and the record or line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkSource:
+    """Where a named benchmark's file lies under the data folder and how it is laid out."""
+
+    path: str
+    format: BenchmarkFormat
+    offline: bool  # its answers are on the local web; the others need a live search backend or run closed-book
+
+
+BENCHMARKS: dict[str, BenchmarkSource] = {
+    "musique": BenchmarkSource("musique/musique_train_100.json", "musique", offline=True),
+    "musique_500": BenchmarkSource("questions/musique_500.json", "question_set", offline=False),
+    "2wiki_500": BenchmarkSource("questions/2wiki_500.json", "question_set", offline=False),
+    "bamboogle": BenchmarkSource("questions/bamboogle.json", "question_set", offline=False),
+    "frames": BenchmarkSource("questions/frames.json", "question_set", offline=False),
+    "webwalkerqa": BenchmarkSource("questions/webwalkerqa_test.json", "question_set", offline=False),
+}
+
+
+def load_benchmark(name: str, data_dir: Path) -> list[BenchmarkQuestion]:
+    """The named benchmark from the shipped data folder; ids of sets without ids are content hashes."""
+    if name not in BENCHMARKS:
+        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
+    source = BENCHMARKS[name]
+    return load_questions(Path(data_dir) / source.path, source.format, id_prefix=f"{name}_")
+
+
+def load_questions(path: Path, format: BenchmarkFormat, *, id_prefix: str = "") -> list[BenchmarkQuestion]:
+    """Load one file in the given layout; raises `BenchmarkFileError` naming the file and record on bad input."""
+    path = Path(path)
+    if format == "musique":
+        return load_musique(path)
+    if format == "question_set":
+        return load_question_set(path, id_prefix=id_prefix)
+    if format == "jsonl":
+        return load_jsonl(path, id_prefix=id_prefix)
+    raise ValueError(f"unknown benchmark format {format!r}; use musique, question_set or jsonl")
+
+
+def load_musique(path: Path) -> list[BenchmarkQuestion]:
+    """MuSiQue (HippoRAG layout): `id`, `question`, `answer` plus `answer_aliases`; `paragraphs` is ignored."""
+
+    def convert(where: str, record: Mapping[str, Any]) -> tuple[str | None, str, list[str]]:
+        answer = _required(path, where, record, "answer")
+        aliases = record.get("answer_aliases") or []
+        if not isinstance(aliases, list):
+            raise BenchmarkFileError(f"{path}: {where}: 'answer_aliases' must be a list, got {type(aliases).__name__}")
+        return record.get("id"), _required(path, where, record, "question"), _answers(path, where, [answer, *aliases])
+
+    return _collect(path, _json_records(path), convert, id_prefix="musique_")
+
+
+def load_question_set(path: Path, *, id_prefix: str = "") -> list[BenchmarkQuestion]:
+    """The question-only sets (Bamboogle, FRAMES, MuSiQue-500, 2Wiki-500, WebWalkerQA): `Question` (or
+    `question`), `answer` as a list or a string, `id` when the set has one."""
+
+    def convert(where: str, record: Mapping[str, Any]) -> tuple[str | None, str, list[str]]:
+        key = "Question" if "Question" in record else "question"
+        question = _required(path, where, record, key)
+        return record.get("id"), question, _answers(path, where, _required(path, where, record, "answer"))
+
+    return _collect(path, _json_records(path), convert, id_prefix=id_prefix)
+
+
+def load_jsonl(path: Path, *, id_prefix: str = "") -> list[BenchmarkQuestion]:
+    """Bring your own: one `{question, answer}` object a line (answer a string or a list; `id` optional)."""
+
+    def convert(where: str, record: Mapping[str, Any]) -> tuple[str | None, str, list[str]]:
+        question = _required(path, where, record, "question")
+        return record.get("id"), question, _answers(path, where, _required(path, where, record, "answer"))
+
+    return _collect(path, _jsonl_records(path), convert, id_prefix=id_prefix)
+
+
+def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BenchmarkFileError(f"{path}: no such benchmark file") from None
+    except json.JSONDecodeError as error:
+        raise BenchmarkFileError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, list):
+        raise BenchmarkFileError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
+    for index, record in enumerate(data, start=1):
+        yield f"record {index}", record
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise BenchmarkFileError(f"{path}: no such benchmark file") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"line {number}", json.loads(line)
+        except json.JSONDecodeError as error:
+            raise BenchmarkFileError(f"{path}: line {number}: not valid JSON ({error})") from None
+
+
+def _collect(
+    path: Path,
+    records: Iterable[tuple[str, Any]],
+    convert: Callable[[str, Mapping[str, Any]], tuple[str | None, str, list[str]]],
+    *,
+    id_prefix: str,
+) -> list[BenchmarkQuestion]:
+    questions: list[BenchmarkQuestion] = []
+    seen_ids: dict[str, str] = {}
+    seen_questions: dict[str, str] = {}
+    for where, record in records:
+        if not isinstance(record, dict):
+            raise BenchmarkFileError(f"{path}: {where}: expected an object, got {type(record).__name__}")
+        record_id, question, answers = convert(where, record)
+        question = question.strip()
+        qid = str(record_id).strip() if record_id not in (None, "") else stable_id(question, prefix=id_prefix)
+        if qid in seen_ids:
+            raise BenchmarkFileError(f"{path}: {where}: duplicate id {qid!r} (first at {seen_ids[qid]})")
+        key = " ".join(question.lower().split())
+        if key in seen_questions:
+            raise BenchmarkFileError(f"{path}: {where}: duplicate question (first at {seen_questions[key]})")
+        seen_ids[qid], seen_questions[key] = where, where
+        questions.append(BenchmarkQuestion(id=qid, question=question, answers=answers))
+    if not questions:
+        raise BenchmarkFileError(f"{path}: no questions")
+    return questions
+
+
+def _required(path: Path, where: str, record: Mapping[str, Any], field: str) -> Any:
+    value = record.get(field)
+    if value is None or (isinstance(value, str) and not value.strip()) or value == []:
+        raise BenchmarkFileError(f"{path}: {where}: missing or empty field {field!r}")
+    return value
+
+
+def _answers(path: Path, where: str, value: Any) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    answers: list[str] = []
+    for answer in values:
+        if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
+            raise BenchmarkFileError(f"{path}: {where}: an answer must be text, got {type(answer).__name__}")
+        text = str(answer).strip()
+        if text and text not in answers:
+            answers.append(text)
+    if not answers:
+        raise BenchmarkFileError(f"{path}: {where}: missing or empty field 'answer'")
+    return answers

@@ -1,0 +1,121 @@
+"""Scores from a table of agent runs: Pass@1, Pass@k, Cons@k and the behaviour numbers beside them.
+
+Pure functions over a pandas DataFrame with one row per (question_id, run), so the same numbers come out of a
+fresh evaluation, a resumed one, or the stored `eval_runs` table read back later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from webdancer_dagster.agent.trajectory import TERMINATIONS
+from webdancer_dagster.synthesis.qa import normalize_answer
+
+REQUIRED_COLUMNS = ("question_id", "run", "correct")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """One model on one benchmark. Rates are shares in [0, 1]; `runs_per_question` is the k of Pass@k/Cons@k."""
+
+    questions: int
+    runs_per_question: int
+    pass_at_1: float
+    pass_at_k: float
+    cons_at_k: float
+    mean_actions: float
+    mean_searches: float
+    mean_visits: float
+    format_error_rate: float
+    mean_tokens: float
+    judge_flagged: int
+    exact_match: float
+    f1: float
+    terminations: dict[str, int]
+
+    def as_row(self) -> dict[str, Any]:
+        """Flat columns for the `scores` table (terminations as one count column each)."""
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "terminations"}
+        row.update({f"termination_{name}": self.terminations.get(name, 0) for name in TERMINATIONS})
+        return row
+
+
+def token_f1(predicted: str, gold_answers: Sequence[str]) -> float:
+    """SQuAD token F1 after normalisation, the best over the gold answers: partial credit EM cannot see."""
+    predicted_tokens = normalize_answer(predicted).split()
+    best = 0.0
+    for gold in gold_answers:
+        gold_tokens = normalize_answer(gold).split()
+        common = sum((Counter(predicted_tokens) & Counter(gold_tokens)).values())
+        if common:
+            precision, recall = common / len(predicted_tokens), common / len(gold_tokens)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def correct_counts(runs: pd.DataFrame, runs_per_question: int) -> pd.Series:
+    """Correct runs per question; raises when a question has other than `runs_per_question` runs, because
+    Pass@k over unequal run counts would compare questions on different footing."""
+    missing = [column for column in REQUIRED_COLUMNS if column not in runs.columns]
+    if missing:
+        raise ValueError(f"runs table lacks columns {missing}")
+    if runs.empty:
+        raise ValueError("no runs to score")
+    if runs.duplicated(["question_id", "run"]).any():
+        duplicated = runs.loc[runs.duplicated(["question_id", "run"]), ["question_id", "run"]].iloc[0].tolist()
+        raise ValueError(f"duplicate run {duplicated} in the runs table")
+    grouped = runs.groupby("question_id")["correct"]
+    sizes = grouped.size()
+    uneven = sizes[sizes != runs_per_question]
+    if len(uneven):
+        raise ValueError(
+            f"{len(uneven)} question(s) have other than {runs_per_question} runs, e.g. {uneven.index[0]!r} with "
+            f"{int(uneven.iloc[0])}"
+        )
+    return grouped.sum().astype(int)
+
+
+def pass_at_1(runs: pd.DataFrame, runs_per_question: int = 3) -> float:
+    """Mean accuracy over the runs (per question first, then over questions)."""
+    return float((correct_counts(runs, runs_per_question) / runs_per_question).mean())
+
+
+def pass_at_k(runs: pd.DataFrame, runs_per_question: int = 3) -> float:
+    """Share of questions answered correctly in at least one run."""
+    return float((correct_counts(runs, runs_per_question) >= 1).mean())
+
+
+def cons_at_k(runs: pd.DataFrame, runs_per_question: int = 3) -> float:
+    """Share of questions answered correctly in a majority of runs (2 of 3)."""
+    return float((correct_counts(runs, runs_per_question) >= runs_per_question // 2 + 1).mean())
+
+
+def score_runs(runs: pd.DataFrame, runs_per_question: int = 3) -> Scores:
+    """Every score of one model on one benchmark. Needs the `eval_runs` columns: correct, searches, visits,
+    format_errors, termination, tokens, judge_flag, em, f1.
+
+    `format_error_rate` is the share of runs with at least one turn that could not be acted on, which shows a
+    weak policy's format trouble before it turns into `format_error` terminations.
+    """
+    counts = correct_counts(runs, runs_per_question)
+    return Scores(
+        questions=len(counts),
+        runs_per_question=runs_per_question,
+        pass_at_1=float((counts / runs_per_question).mean()),
+        pass_at_k=float((counts >= 1).mean()),
+        cons_at_k=float((counts >= runs_per_question // 2 + 1).mean()),
+        mean_actions=float((runs["searches"] + runs["visits"]).mean()),
+        mean_searches=float(runs["searches"].mean()),
+        mean_visits=float(runs["visits"].mean()),
+        format_error_rate=float((runs["format_errors"] > 0).mean()),
+        mean_tokens=float(runs["tokens"].mean()),
+        judge_flagged=int((runs["judge_flag"] != "").sum()),
+        exact_match=float(runs["em"].astype(bool).mean()),
+        f1=float(runs["f1"].mean()),
+        terminations={str(k): int(v) for k, v in runs["termination"].value_counts().sort_index().items()},
+    )
