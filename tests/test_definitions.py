@@ -12,12 +12,12 @@ def test_definitions_load_with_expected_assets_and_checks():
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert {
         "web_sites", "crawl_pages", "search_index", "crawlqa_pairs", "e2hqa_pairs", "reference_qa_pairs",
-        "trajectories", "sft_dataset", "rl_pool",
+        "trajectories", "sft_dataset", "rl_pool", "base_model", "sft_checkpoint",
     } <= keys  # fmt: skip
     checks = {key.name for key in graph.asset_check_keys}
     assert {
         "crawl_pages_are_consistent", "search_index_finds_pages",
-        "crawlqa_pairs_do_not_leak_benchmarks", "e2hqa_pairs_do_not_leak_benchmarks",
+        "crawlqa_pairs_do_not_leak_benchmarks", "e2hqa_pairs_do_not_leak_benchmarks", "sft_checkpoint_loads",
     } <= checks  # fmt: skip
     assert graph.get(dg.AssetKey("crawl_pages")).partitions_def.get_partition_keys() == [
         "python-docs",

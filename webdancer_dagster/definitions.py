@@ -2,17 +2,23 @@
 
 import dagster as dg
 
-from webdancer_dagster.assets import corpus, qa, trajectories
+from webdancer_dagster.assets import corpus, qa, training, trajectories
 from webdancer_dagster.resources.llm import llm_resources
+from webdancer_dagster.resources.torchrun import TorchrunLauncher
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
 
 warehouse = Warehouse()
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([corpus, qa, trajectories]),
-    asset_checks=dg.load_asset_checks_from_modules([corpus, qa, trajectories]),
+    assets=dg.load_assets_from_modules([corpus, qa, trajectories, training]),
+    asset_checks=dg.load_asset_checks_from_modules([corpus, qa, trajectories, training]),
     jobs=[corpus.recrawl_job],
     schedules=[corpus.daily_recrawl],
-    resources={"warehouse": warehouse, "web": WebEnvironment(warehouse=warehouse), **llm_resources(warehouse)},
+    resources={
+        "warehouse": warehouse,
+        "web": WebEnvironment(warehouse=warehouse),
+        "torchrun": TorchrunLauncher(),
+        **llm_resources(warehouse),
+    },
 )

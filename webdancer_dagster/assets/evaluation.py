@@ -72,7 +72,7 @@ def _fingerprint(config: BenchmarkScoresConfig, policy: str, judge: str) -> str:
 def _stored_runs(store: WarehouseStore, partition: str) -> pd.DataFrame:
     if not store.table_exists(RUNS_TABLE):
         return pd.DataFrame()
-    return store.read_table(RUNS_TABLE, 'WHERE "partition" = ?', [partition])
+    return store.read_table(RUNS_TABLE, '"partition" = ?', [partition])
 
 
 def comparison_table(scores: pd.DataFrame) -> pd.DataFrame:
@@ -153,7 +153,7 @@ def benchmark_scores(
         frame = pd.DataFrame([{
             "partition": partition, "model": model, "benchmark": benchmark, **row,
             "fingerprint": fingerprint, "policy": policy_name, "judge": judge_name,
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         }])  # fmt: skip
         store.write_tables(appends={RUNS_TABLE: frame})
 
@@ -182,12 +182,12 @@ def benchmark_scores(
             )
 
     runs = _stored_runs(store, partition)
-    runs = runs[runs.apply(lambda row: (row["question_id"], int(row["run"])) in wanted, axis=1)]
+    runs = runs[[(qid, int(run)) in wanted for qid, run in zip(runs["question_id"], runs["run"], strict=True)]]
     scores = score_runs(runs, config.runs)
     score_row = pd.DataFrame([{
         "partition": partition, "model": model, "benchmark": benchmark, **scores.as_row(),
         "search_backend": web.search_backend, "policy": policy_name, "judge": judge_name,
-        "fingerprint": fingerprint, "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "fingerprint": fingerprint, "scored_at": dt.datetime.now(dt.UTC).isoformat(),
     }])  # fmt: skip
     writes = store.write_tables(partition=("partition", partition), partition_replacements={SCORES_TABLE: score_row})
     all_scores = store.read_table(SCORES_TABLE)

@@ -40,7 +40,9 @@ class BaseModelConfig(dg.Config):
 
 
 @dg.asset(group_name="training", kinds={"pytorch", "huggingface"})
-def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+def base_model(
+    context: dg.AssetExecutionContext, config: BaseModelConfig, warehouse: Warehouse
+) -> dg.MaterializeResult:
     """The full-precision transformers folder SFT starts from (a GGUF is converted once, cached by its hash)."""
     store = warehouse.store()
     source = Path(config.source) if config.source else find_smollm2_gguf()
@@ -48,7 +50,9 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, wareh
     sha256 = model_folder_sha256(model, source)
     store.replace_table(
         BASE_MODEL_TABLE,
-        pd.DataFrame([{"path": str(model.path), "sha256": sha256, "source": model.source, "parameters": model.parameters}]),
+        pd.DataFrame(
+            [{"path": str(model.path), "sha256": sha256, "source": model.source, "parameters": model.parameters}]
+        ),
     )
     context.log.info(f"base model {model.path}: {model.parameters:,} parameters, sha256 {sha256[:12]}")
     return dg.MaterializeResult(
@@ -94,7 +98,9 @@ def sft_checkpoint(
         raise ValueError("table sft_dataset has no rows: materialize the sft_dataset asset (the funnel) first")
     base = store.read_table(BASE_MODEL_TABLE).iloc[0]
     hparams = config.hyperparameters()
-    run = prepare_sft_run(rows.to_dict("records"), base["sha256"], hparams.to_dict(), store.artifact_dir("sft_checkpoint"))
+    run = prepare_sft_run(
+        rows.to_dict("records"), base["sha256"], hparams.to_dict(), store.artifact_dir("sft_checkpoint")
+    )
     record = read_run_record(run.output_dir)
     reused = record is not None
     if record is None:

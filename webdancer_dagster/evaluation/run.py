@@ -26,6 +26,7 @@ RunAgent = Callable[[str, int], Trajectory]
 ResultCallback = Callable[[dict[str, Any]], None]
 JudgeFlag = Literal["", "unparsed", "rejected"]
 RETRY_SEPARATOR = "\n\n--- judge retry ---\n\n"
+RETRY_TEMPERATURE = 0.6  # the least temperature of a retry: a greedy judge would repeat its unclear reply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,13 +41,16 @@ class Verdict:
 
 
 class _Resampled:
-    """The judge endpoint drawing another sample: a retry must not come back from the response cache."""
+    """The judge endpoint drawing another sample: a retry must neither come back from the response cache nor
+    repeat a greedy (temperature 0) reply."""
 
     def __init__(self, endpoint: LLMEndpoint, sample_index: int) -> None:
         self._endpoint, self._sample_index = endpoint, sample_index
+        sampling = endpoint.config.sampling
+        self._sampling = sampling.model_copy(update={"temperature": max(sampling.temperature, RETRY_TEMPERATURE)})
 
     def chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> ChatResult:
-        return self._endpoint.chat(messages, sample_index=self._sample_index, **kwargs)
+        return self._endpoint.chat(messages, sampling=self._sampling, sample_index=self._sample_index, **kwargs)
 
 
 def judge_with_retry(question: str, predicted: str | None, gold_answers: Sequence[str], judge: LLMEndpoint) -> Verdict:

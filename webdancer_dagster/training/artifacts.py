@@ -129,6 +129,7 @@ def plot_loss_curve(history: Sequence[Mapping[str, float]], path: Path, title: s
     """Save the loss per logged step as a PNG; the Agg canvas needs no display and no global pyplot state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(6, 3.5), dpi=100)
     FigureCanvasAgg(figure)
@@ -136,6 +137,7 @@ def plot_loss_curve(history: Sequence[Mapping[str, float]], path: Path, title: s
     steps = [entry["step"] for entry in history]
     losses = [entry["loss"] for entry in history]
     axes.plot(steps, losses, marker="o" if len(steps) < 30 else None)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("loss (assistant tokens)")
     axes.set_title(title)

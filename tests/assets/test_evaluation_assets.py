@@ -1,0 +1,131 @@
+"""benchmark_scores end to end: a scripted policy and judge on a real local endpoint, over the local web."""
+
+import json
+import re
+
+import dagster as dg
+import pytest
+from test_corpus import run_config, small_web  # noqa: F401 (fixture)
+
+from webdancer_dagster.assets import corpus, evaluation
+from webdancer_dagster.evaluation.run import RETRY_SEPARATOR
+from webdancer_dagster.llm.scripted import ScriptedLLMServer
+from webdancer_dagster.resources.llm import LLMEndpointResource, LocalModelServer
+from webdancer_dagster.resources.warehouse import Warehouse
+from webdancer_dagster.resources.web import WebEnvironment
+from webdancer_dagster.warehouse import WarehouseStore
+
+HALL = "G. Stanley Hall"
+QUESTIONS = [
+    {"id": "2hop__1", "question": "Who was a pioneering American psychologist?", "answer": HALL,
+     "answer_aliases": ["Stanley Hall"], "paragraphs": [{"title": "never read", "paragraph_text": "x"}]},
+    {"id": "2hop__2", "question": "Who led the first psychology association?", "answer": HALL, "answer_aliases": []},
+    {"id": "2hop__3", "question": "Which journal is peer-reviewed?", "answer": "Journal of Mathematical Physics",
+     "answer_aliases": []},
+]  # fmt: skip
+# The policy's answer by question and run (the request seed): exact, judged per run, and unjudgeable.
+ANSWERS = {
+    "pioneering": [HALL] * 3,
+    "association": ["Hall, G. S.", "Wundt", "Granville Hall"],
+    "journal": ["unsure"] * 3,
+}
+VERDICTS = {"Hall, G. S.": "Correct", "Wundt": "Incorrect", "Granville Hall": "Correct", "unsure": "I cannot tell."}
+
+
+def responder(request: dict) -> str:
+    messages = request["messages"]
+    last = messages[-1]["content"]
+    if "Judge whether the predicted answer" in last:
+        return VERDICTS[re.search(r"^Predicted answer: (.*)$", last, flags=re.MULTILINE).group(1)]
+    if last.startswith("<tool_response>"):
+        [answers] = [a for key, a in ANSWERS.items() if key in messages[1]["content"]]
+        return f"<think>The results tell.</think>\n<answer>{answers[request['seed']]}</answer>"
+    call = json.dumps({"name": "search", "arguments": {"query": ["Stanley Hall psychologist"]}})
+    return f"<think>I should search.</think>\n<tool_call>\n{call}\n</tool_call>"
+
+
+@pytest.fixture
+def scripted():
+    with ScriptedLLMServer(responder) as server:
+        yield server
+
+
+def resources(home, base_url):
+    warehouse = Warehouse(home=str(home))
+    server = LocalModelServer(mode="external", base_url=base_url, served_model_name="scripted")
+    roles = {
+        role: LLMEndpointResource(
+            role=role, server=server, warehouse=warehouse, base_url=base_url, model="scripted", max_attempts=1,
+            use_cache=False, seed=0 if role == "policy" else None,
+        )
+        for role in ("policy", "judge", "summarizer")
+    }  # fmt: skip
+    return {"warehouse": warehouse, "web": WebEnvironment(warehouse=warehouse), **roles}
+
+
+def test_benchmark_scores_materialize_and_resume(small_web, isolated_home, scripted):  # noqa: F811
+    data, docs = small_web
+    (data / "musique" / "musique_train_100.json").write_text(json.dumps(QUESTIONS))
+    config = run_config(data, docs)
+    assets = [*dg.load_assets_from_modules([corpus, evaluation])]
+    res = resources(isolated_home, scripted.base_url)
+    instance = dg.DagsterInstance.ephemeral()
+    partition = dg.MultiPartitionKey({"model": "base", "benchmark": "musique"})
+
+    def run(selection, partition_key=None, ops=None):
+        result = dg.materialize(
+            assets, selection=selection, partition_key=partition_key, resources=res, instance=instance,
+            run_config={"ops": ops or {k: v for k, v in config["ops"].items() if k in selection}},
+        )  # fmt: skip
+        assert result.success
+        return result
+
+    run(["web_sites"])
+    for site in corpus.SITE_NAMES:
+        run(["crawl_pages"], partition_key=site)
+    run(["search_index"])
+
+    def score(max_questions, max_llm_calls=4):
+        before = len(scripted.requests)
+        settings = {"max_questions": max_questions, "max_llm_calls": max_llm_calls, "data_dir": str(data)}
+        ops = {"benchmark_scores": {"config": settings}}
+        [event] = run(["benchmark_scores"], partition, ops).asset_materializations_for_node("benchmark_scores")
+        return event.metadata, scripted.requests[before:]
+
+    # Two questions, as if an evaluation of three had been killed after the second.
+    meta, requests = score(2)
+    assert len(requests) == 6 + 6 + 3  # two agent turns per run, a judge call for each non-exact answer
+    assert (meta["pass_at_1"].value, meta["pass_at_3"].value, meta["cons_at_3"].value) == (0.8333, 1.0, 1.0)
+
+    meta, requests = score(3)
+    judge_calls = [r for r in requests if "Judge whether" in r["messages"][-1]["content"]]
+    assert len(requests) == 6 + 6 and len(judge_calls) == 6  # only the new question; its unclear verdicts retried
+    assert meta["runs_resumed"].value == 6 and meta["dagster/row_count"].value == 9
+    assert (meta["pass_at_1"].value, meta["pass_at_3"].value, meta["cons_at_3"].value) == (0.5556, 0.6667, 0.6667)
+    assert meta["judge_flagged"].value == 3 and meta["exact_match"].value == pytest.approx(3 / 9, abs=1e-4)
+    assert meta["terminations"].value == {"answer": 9}
+    assert meta["mean_actions"].value == 1.0 and meta["format_error_rate"].value == 0.0
+    assert "| base" in meta["comparison"].value and "data:image/png;base64," in meta["comparison_chart"].value
+
+    meta, requests = score(3)  # everything stored: no agent or judge call
+    assert requests == [] and meta["runs_resumed"].value == 9 and meta["pass_at_1"].value == 0.5556
+
+    store = WarehouseStore(isolated_home)
+    runs = store.read_table("eval_runs")
+    assert len(runs) == 9 and not runs.duplicated(["question_id", "run"]).any()
+    assert set(runs["partition"]) == {str(partition)} and set(runs["model"]) == {"base"}
+    flagged = runs[runs["question_id"] == "2hop__3"]
+    assert set(flagged["judge_flag"]) == {"unparsed"} and not flagged["correct"].any()
+    assert all(raw == f"I cannot tell.{RETRY_SEPARATOR}I cannot tell." for raw in flagged["judge_raw"])
+    judged = runs[runs["question_id"] == "2hop__2"].sort_values("run")
+    assert judged["correct"].tolist() == [True, False, True] and set(judged["judge_method"]) == {"llm"}
+    observations = " ".join(s["observation"] or "" for t in runs["trajectory"] for s in json.loads(t)["steps"])
+    assert "musique.webdancer.test" in observations  # the benchmark site is searched during evaluation
+    scores = store.read_table("scores")
+    assert len(scores) == 1 and scores.loc[0, "pass_at_k"] == pytest.approx(2 / 3)
+    assert (isolated_home / "evaluation" / "scores.png").read_bytes().startswith(b"\x89PNG")
+
+    # Another agent setting is another evaluation: the stored runs are dropped, not mixed in.
+    meta, requests = score(1, max_llm_calls=3)
+    assert len(requests) == 6 and meta["runs_resumed"].value == 0 and meta["pass_at_1"].value == 1.0
+    assert len(store.read_table("eval_runs")) == 3 and len(store.read_table("scores")) == 1

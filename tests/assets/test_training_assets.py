@@ -1,0 +1,180 @@
+"""Training assets: `base_model` from a local folder, `sft_checkpoint` through the real torchrun launcher on a tiny
+random Llama with the real tokenizer, its blocking load check, reuse of a finished run, and an empty SFT set."""
+
+import base64
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from webdancer_dagster.assets.training import base_model, sft_checkpoint, sft_checkpoint_loads
+from webdancer_dagster.llm.model_files import find_smollm2_gguf
+from webdancer_dagster.paths import DATA_DIR
+from webdancer_dagster.resources.torchrun import TorchrunLauncher
+from webdancer_dagster.resources.warehouse import Warehouse
+from webdancer_dagster.training.artifacts import (
+    prepare_sft_run,
+    read_run_record,
+    sft_jsonl,
+    sft_run_key,
+    write_run_record,
+)
+from webdancer_dagster.training.base_model import BaseModel, create_tiny_llama, folder_sha256
+from webdancer_dagster.warehouse import WarehouseStore
+
+SFT_COLUMNS = ["id", "qa_id", "source", "kind", "cot_mode", "model", "messages"]
+TRAINING_ASSETS = [base_model, sft_checkpoint, sft_checkpoint_loads]
+MAX_STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> BaseModel:
+    return create_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model", find_smollm2_gguf())
+
+
+def _sample_rows(count: int) -> pd.DataFrame:
+    """Released WebDancer trajectories in the `sft_dataset` table's shape (messages as JSON text)."""
+    lines = (DATA_DIR / "webdancer_samples" / "sample_traj.jsonl").read_text(encoding="utf-8").splitlines()[:count]
+    return pd.DataFrame(
+        [
+            {
+                "id": f"sample-{index}",
+                "qa_id": f"qa-{index}",
+                "source": "webdancer_sample",
+                "kind": "reference",
+                "cot_mode": "long",
+                "model": "webdancer",
+                "messages": json.dumps(json.loads(line)["messages"], ensure_ascii=False),
+            }
+            for index, line in enumerate(lines)
+        ]
+    )
+
+
+def _materialize(tiny_model: BaseModel, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        TRAINING_ASSETS,
+        resources={"warehouse": Warehouse(), "torchrun": TorchrunLauncher(nproc_per_node=1, device="cpu")},
+        run_config={
+            "ops": {
+                "base_model": {"config": {"source": str(tiny_model.path)}},
+                "sft_checkpoint": {"config": {"max_steps": MAX_STEPS, "learning_rate": 1e-3, "warmup_ratio": 0.0}},
+            }
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def _sft_metadata(result: dg.ExecuteInProcessResult) -> dict[str, dg.MetadataValue]:
+    return result.asset_materializations_for_node("sft_checkpoint")[0].metadata
+
+
+def _check_passed(result: dg.ExecuteInProcessResult) -> bool:
+    evaluations = result.get_asset_check_evaluations()
+    assert [evaluation.check_name for evaluation in evaluations] == ["sft_checkpoint_loads"]
+    return evaluations[0].passed
+
+
+def test_sft_checkpoint_trains_through_torchrun_passes_its_check_and_is_reused(
+    isolated_home: Path, tiny_model: BaseModel
+) -> None:
+    WarehouseStore(isolated_home).replace_table("sft_dataset", _sample_rows(2))
+    instance = dg.DagsterInstance.ephemeral()
+
+    first = _materialize(tiny_model, instance)
+
+    assert first.success
+    base = first.asset_materializations_for_node("base_model")[0].metadata
+    assert base["sha256"].value == tiny_model.sha256 and base["parameters"].value == tiny_model.parameters
+    assert base["tokenizer"].value["chat_template"] is True
+    metadata = _sft_metadata(first)
+    assert metadata["steps"].value == MAX_STEPS and metadata["reused"].value is False
+    assert [entry["step"] for entry in metadata["loss_history"].value] == [1, 2]
+    assert 0 < metadata["final_loss"].value == metadata["loss_history"].value[-1]["loss"] < 20
+    streamed = [record.user_message for record in instance.all_logs(first.run_id)]
+    assert any(f"step 1/{MAX_STEPS} loss" in message for message in streamed), "rank 0 did not stream its loss"
+    prefix = "![SFT loss curve](data:image/png;base64,"
+    plot_markdown = metadata["loss_curve"].value
+    assert plot_markdown.startswith(prefix) and plot_markdown.endswith(")")
+    assert base64.b64decode(plot_markdown[len(prefix) : -1]).startswith(b"\x89PNG\r\n\x1a\n")
+    assert Path(metadata["loss_curve_png"].value).read_bytes().startswith(b"\x89PNG")
+    assert metadata["tokens_seen"].value > 0 and 0 < metadata["masked_token_share"].value < 1
+    assert metadata["examples"].value == metadata["sft_rows"].value == 2
+    assert metadata["seconds_per_step"].value > 0
+    checkpoint = Path(metadata["checkpoint_path"].value)
+    assert metadata["checkpoint_sha256"].value == folder_sha256(checkpoint)
+    assert metadata["upstream_data_versions"].value["base_model"] == tiny_model.sha256
+    assert _check_passed(first)
+    run_dir = checkpoint.parent
+    launches = sorted((run_dir / "logs").glob("torchrun-*"))
+    assert len(launches) == 1
+
+    second = _materialize(tiny_model, instance)
+
+    assert second.success
+    again = _sft_metadata(second)
+    assert again["reused"].value is True
+    assert again["run_key"].value == metadata["run_key"].value
+    assert again["checkpoint_sha256"].value == metadata["checkpoint_sha256"].value
+    assert again["steps"].value == MAX_STEPS
+    assert sorted((run_dir / "logs").glob("torchrun-*")) == launches, "the second materialization trained again"
+    assert any("reusing the finished run" in record.user_message for record in instance.all_logs(second.run_id))
+    assert _check_passed(second)
+
+
+def test_empty_sft_dataset_fails_naming_the_upstream_asset(isolated_home: Path, tiny_model: BaseModel) -> None:
+    empty = pd.DataFrame({column: pd.Series(dtype="string") for column in SFT_COLUMNS})
+    WarehouseStore(isolated_home).replace_table("sft_dataset", empty)
+
+    result = _materialize(tiny_model, dg.DagsterInstance.ephemeral())
+
+    assert not result.success
+    error = result.failure_data_for_node("sft_checkpoint").error.to_string()
+    assert "table sft_dataset has no rows: materialize the sft_dataset asset" in error
+    assert not (isolated_home / "sft_checkpoint").exists() or not any((isolated_home / "sft_checkpoint").iterdir())
+
+
+def test_sft_jsonl_is_ordered_by_id_and_decodes_warehouse_messages() -> None:
+    rows = [
+        {"id": "b", "messages": json.dumps([{"role": "user", "content": "2"}])},
+        {"id": "a", "messages": [{"role": "user", "content": "1"}]},
+    ]
+
+    lines = [json.loads(line) for line in sft_jsonl(rows).splitlines()]
+
+    assert lines == [
+        {"id": "a", "messages": [{"role": "user", "content": "1"}]},
+        {"id": "b", "messages": [{"role": "user", "content": "2"}]},
+    ]
+    assert sft_jsonl(rows) == sft_jsonl(list(reversed(rows)))
+
+
+def test_run_key_changes_with_each_input_and_only_then() -> None:
+    key = sft_run_key("data", "model", {"max_steps": 4})
+
+    assert key == sft_run_key("data", "model", {"max_steps": 4})
+    assert len({key, sft_run_key("other", "model", {"max_steps": 4})}) == 2
+    assert len({key, sft_run_key("data", "other", {"max_steps": 4})}) == 2
+    assert len({key, sft_run_key("data", "model", {"max_steps": 5})}) == 2
+
+
+def test_run_record_is_trusted_only_while_the_checkpoint_is_unchanged(tmp_path: Path) -> None:
+    rows = [{"id": "a", "messages": [{"role": "user", "content": "1"}]}]
+    run = prepare_sft_run(rows, "model-sha", {"max_steps": 1}, tmp_path)
+    checkpoint = run.output_dir / "final"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    assert read_run_record(run.output_dir) is None
+
+    write_run_record(
+        run.output_dir, {"checkpoint_path": str(checkpoint), "checkpoint_sha256": folder_sha256(checkpoint)}
+    )
+    assert read_run_record(run.output_dir)["checkpoint_sha256"] == folder_sha256(checkpoint)
+
+    (checkpoint / "model.safetensors").write_bytes(b"changed")
+    assert read_run_record(run.output_dir) is None
+    with pytest.raises(ValueError, match="no SFT records"):
+        prepare_sft_run([], "model-sha", {"max_steps": 1}, tmp_path)

@@ -1,0 +1,109 @@
+"""Benchmark loaders: the shipped sets load into one shape; bad files fail naming the file and the record."""
+
+import json
+
+import pytest
+
+from webdancer_dagster.evaluation.benchmarks import (
+    BENCHMARKS,
+    BenchmarkFileError,
+    load_benchmark,
+    load_jsonl,
+    load_musique,
+    load_question_set,
+)
+from webdancer_dagster.paths import DATA_DIR
+
+
+@pytest.mark.parametrize(("name", "count"), [("musique", 100), ("bamboogle", 125), ("webwalkerqa", 680)])
+def test_shipped_benchmarks_load(name, count):
+    questions = load_benchmark(name, DATA_DIR)
+    assert len(questions) == count
+    assert len({q.id for q in questions}) == count and all(q.answers for q in questions)
+
+
+def test_musique_answers_include_aliases_and_keep_ids():
+    first = load_benchmark("musique", DATA_DIR)[0]
+    assert first.id == "2hop__150763_14904"
+    assert first.answers == ["G. Stanley Hall", "Stanley Hall"]
+
+
+def test_every_registered_benchmark_file_exists():
+    assert all((DATA_DIR / source.path).is_file() for source in BENCHMARKS.values())
+
+
+def test_question_sets_without_ids_get_stable_ids(tmp_path):
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps([{"Question": "Who?", "answer": "Ada"}, {"Question": "Where?", "answer": ["A", "B"]}]))
+    first, second = load_question_set(path, id_prefix="x_"), load_question_set(path, id_prefix="x_")
+    assert [q.id for q in first] == [q.id for q in second] and first[0].id.startswith("x_")
+    assert first[1].answers == ["A", "B"]
+
+
+def test_bring_your_own_jsonl(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"question": "Who?", "answer": "Ada"}\n\n{"question": "When?", "answer": ["1815", 1815]}\n')
+    questions = load_jsonl(path, id_prefix="mine_")
+    assert [q.answers for q in questions] == [["Ada"], ["1815"]]
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (
+            ['{"question": "Who?", "answer": "Ada"}', '{"question": "When?"}'],
+            r"line 2: missing or empty field 'answer'",
+        ),
+        (['{"answer": "Ada"}'], r"line 1: missing or empty field 'question'"),
+        (['{"question": "Who?", "answer": ""}'], r"line 1: missing or empty field 'answer'"),
+        (
+            ['{"question": "Who?", "answer": "Ada"}', '{"question": " who? ", "answer": "B"}'],
+            r"line 2: duplicate question",
+        ),
+        (
+            ['{"id": "a", "question": "Who?", "answer": "x"}', '{"id": "a", "question": "Q2", "answer": "y"}'],
+            r"line 2: duplicate id 'a' \(first at line 1\)",
+        ),
+        (['{"question": "Who?", "answer": "Ada"}', "{not json"], r"line 2: not valid JSON"),
+        (['["Who?", "Ada"]'], r"line 1: expected an object"),
+        (['{"question": "Who?", "answer": {"a": 1}}'], r"line 1: an answer must be text"),
+        ([], "no questions"),
+    ],
+)
+def test_bad_jsonl_names_file_and_line(tmp_path, lines, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines))
+    with pytest.raises(BenchmarkFileError, match=message) as error:
+        load_jsonl(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ([{"id": "a", "question": "Who?"}], r"record 1: missing or empty field 'answer'"),
+        (
+            [{"id": "a", "question": "Q", "answer": "x"}, {"id": "a", "question": "R", "answer": "y"}],
+            "record 2: duplicate id",
+        ),
+        (
+            [{"id": "a", "question": "Q", "answer": "x", "answer_aliases": "y"}],
+            "record 1: 'answer_aliases' must be a list",
+        ),
+    ],
+)
+def test_bad_musique_names_record(tmp_path, records, message):
+    path = tmp_path / "musique.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(BenchmarkFileError, match=message):
+        load_musique(path)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(BenchmarkFileError, match="no such benchmark file"):
+        load_question_set(tmp_path / "missing.json")
+    (tmp_path / "obj.json").write_text('{"Question": "Who?"}')
+    with pytest.raises(BenchmarkFileError, match="expected a JSON array"):
+        load_question_set(tmp_path / "obj.json")
+    with pytest.raises(KeyError, match="unknown benchmark 'gaia'"):
+        load_benchmark("gaia", tmp_path)

@@ -1,0 +1,109 @@
+"""The evaluation loop: judge retries against a scripted local endpoint, and resuming after a failure."""
+
+import pytest
+
+from webdancer_dagster.agent.trajectory import ChatMessage, Step, Trajectory
+from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion
+from webdancer_dagster.evaluation.run import RETRY_SEPARATOR, evaluate, judge_with_retry
+from webdancer_dagster.llm.client import EndpointConfig, LLMEndpoint, ResponseCache, SamplingParams
+from webdancer_dagster.llm.scripted import ScriptedLLMServer, ScriptedReply
+
+QUESTIONS = [
+    BenchmarkQuestion(id="q1", question="Who founded the journal?", answers=["G. Stanley Hall", "Stanley Hall"]),
+    BenchmarkQuestion(id="q2", question="Which kingdom?", answers=["Lotharingia"]),
+]
+GOLD = {item.question: item.answers[0] for item in QUESTIONS}
+
+
+def trajectory(answer: str | None, actions=("search",)) -> Trajectory:
+    steps = [
+        Step(index=i, thought="", action=a, observation="obs", llm_latency_s=0.0, prompt_tokens=5, completion_tokens=3,
+             context_tokens=5)
+        for i, a in enumerate(actions)
+    ]  # fmt: skip
+    return Trajectory(
+        question="q", messages=[ChatMessage(role="user", content="q")], steps=steps, answer=answer,
+        termination="answer" if answer else "no_answer", llm_calls=len(steps) + 1, tool_calls=len(steps),
+        format_errors=0, prompt_tokens=10, completion_tokens=7, cached_calls=0, latency_s=0.1, endpoint="x",
+        model="m", cot_mode="short",
+    )  # fmt: skip
+
+
+def endpoint(server: ScriptedLLMServer, tmp_path=None) -> LLMEndpoint:
+    cache = ResponseCache(tmp_path / "cache.sqlite") if tmp_path else None
+    sampling = SamplingParams(temperature=0.0, max_tokens=64)
+    config = EndpointConfig(role="judge", base_url=server.base_url, model="scripted", max_attempts=1, sampling=sampling)
+    return LLMEndpoint(config, cache)
+
+
+@pytest.mark.parametrize(
+    ("replies", "expected", "flag", "calls"),
+    [
+        (["Correct"], True, "", 1),
+        (["Incorrect"], False, "", 1),
+        (["Hmm, hard to say.", "Correct"], True, "", 2),
+        (["Hmm, hard to say.", "no idea"], False, "unparsed", 2),
+        ([ScriptedReply(status=400)], False, "rejected", 1),
+    ],
+)
+def test_judge_retries_once_then_flags(tmp_path, replies, expected, flag, calls):
+    with ScriptedLLMServer(replies) as server:
+        # The cache is on: the retry must still reach the server, not replay the unparsed reply.
+        verdict = judge_with_retry("Which kingdom?", "Lothair's realm", ["Lotharingia"], endpoint(server, tmp_path))
+        assert (verdict.correct, verdict.method, verdict.flag, verdict.attempts) == (expected, "llm", flag, calls)
+        assert len(server.requests) == calls
+        # A greedy judge would repeat itself: the retry samples.
+        assert [request["temperature"] for request in server.requests] == [0.0, 0.6][:calls]
+    if calls == 2:
+        assert verdict.raw == f"Hmm, hard to say.{RETRY_SEPARATOR}{replies[1]}"
+
+
+def test_exact_match_and_no_answer_cost_no_judge_call():
+    with ScriptedLLMServer([]) as server:
+        judge = endpoint(server)
+        exact = judge_with_retry("Who?", "stanley hall", ["G. Stanley Hall", "Stanley Hall"], judge)
+        empty = judge_with_retry("Who?", None, ["Stanley Hall"], judge)
+        assert not server.requests
+    assert (exact.correct, exact.method) == (True, "exact")
+    assert (empty.correct, empty.method) == (False, "none")
+
+
+def test_rows_and_resume_after_a_failure():
+    answers: dict[tuple[str, int], str | None] = {
+        ("Who founded the journal?", 0): "Stanley Hall",
+        ("Who founded the journal?", 1): None,
+    }
+    calls: list[tuple[str, int]] = []
+    server_down = [True]
+
+    def run_agent(question: str, run: int) -> Trajectory:
+        calls.append((question, run))
+        if question == "Which kingdom?" and run == 1 and server_down[0]:
+            raise RuntimeError("model server died")
+        return trajectory(answers.get((question, run), GOLD[question]), actions=("search", "visit", "search"))
+
+    stored: list[dict] = []
+    with ScriptedLLMServer([]) as server:  # every answer is an exact match or empty: no judge call
+        judge = endpoint(server)
+        with pytest.raises(RuntimeError, match="model server died"):
+            evaluate(QUESTIONS, run_agent, judge, runs=3, on_result=stored.append)
+        assert [(r["question_id"], r["run"]) for r in stored] == [("q1", 0), ("q1", 1), ("q1", 2), ("q2", 0)]
+        done = {(r["question_id"], r["run"]) for r in stored}
+        calls.clear()
+        server_down[0] = False
+        rows = evaluate(QUESTIONS, run_agent, judge, runs=3, done=done, on_result=stored.append)
+        assert not server.requests
+    assert calls == [("Which kingdom?", 1), ("Which kingdom?", 2)]
+    assert [(r["question_id"], r["run"]) for r in rows] == [("q2", 1), ("q2", 2)]
+    first = stored[0]
+    assert (first["correct"], first["judge_method"], first["em"], first["f1"]) == (True, "exact", True, 1.0)
+    assert (first["searches"], first["visits"], first["actions"], first["tokens"]) == (2, 1, 3, 7)
+    assert (stored[1]["correct"], stored[1]["judge_method"], stored[1]["termination"]) == (False, "none", "no_answer")
+
+
+def test_parallel_evaluation_stores_every_row():
+    stored: list[dict] = []
+    rows = evaluate(QUESTIONS, lambda q, r: trajectory(GOLD[q]), None, runs=2, on_result=stored.append,
+                    max_workers=3)  # fmt: skip
+    assert sorted((r["question_id"], r["run"]) for r in rows) == [("q1", 0), ("q1", 1), ("q2", 0), ("q2", 1)]
+    assert len(stored) == 4
