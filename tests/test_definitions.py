@@ -13,6 +13,7 @@ def test_definitions_load_with_expected_assets_and_checks():
     assert {
         "web_sites", "crawl_pages", "search_index", "crawlqa_pairs", "e2hqa_pairs", "reference_qa_pairs",
         "trajectories", "sft_dataset", "rl_pool", "base_model", "sft_checkpoint",
+        "benchmark_scores",
     } <= keys  # fmt: skip
     checks = {key.name for key in graph.asset_check_keys}
     assert {

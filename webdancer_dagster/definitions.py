@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from webdancer_dagster.assets import corpus, qa, training, trajectories
+from webdancer_dagster.assets import corpus, evaluation, qa, training, trajectories
 from webdancer_dagster.resources.llm import llm_resources
 from webdancer_dagster.resources.torchrun import TorchrunLauncher
 from webdancer_dagster.resources.warehouse import Warehouse
@@ -11,8 +11,8 @@ from webdancer_dagster.resources.web import WebEnvironment
 warehouse = Warehouse()
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([corpus, qa, trajectories, training]),
-    asset_checks=dg.load_asset_checks_from_modules([corpus, qa, trajectories, training]),
+    assets=dg.load_assets_from_modules([corpus, qa, trajectories, training, evaluation]),
+    asset_checks=dg.load_asset_checks_from_modules([corpus, qa, trajectories, training, evaluation]),
     jobs=[corpus.recrawl_job],
     schedules=[corpus.daily_recrawl],
     resources={

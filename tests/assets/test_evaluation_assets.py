@@ -9,6 +9,7 @@ from test_corpus import run_config, small_web  # noqa: F401 (fixture)
 
 from webdancer_dagster.assets import corpus, evaluation
 from webdancer_dagster.evaluation.run import RETRY_SEPARATOR
+from webdancer_dagster.llm.client import EndpointConfig, SamplingParams
 from webdancer_dagster.llm.scripted import ScriptedLLMServer
 from webdancer_dagster.resources.llm import LLMEndpointResource, LocalModelServer
 from webdancer_dagster.resources.warehouse import Warehouse
@@ -129,3 +130,17 @@ def test_benchmark_scores_materialize_and_resume(small_web, isolated_home, scrip
     meta, requests = score(1, max_llm_calls=3)
     assert len(requests) == 6 and meta["runs_resumed"].value == 0 and meta["pass_at_1"].value == 1.0
     assert len(store.read_table("eval_runs")) == 3 and len(store.read_table("scores")) == 1
+
+
+def test_fingerprint_ignores_the_local_server_port():
+    config = evaluation.BenchmarkScoresConfig()
+
+    def endpoint(port, temperature=0.6):
+        sampling = SamplingParams(temperature=temperature)
+        return EndpointConfig(role="policy", base_url=f"http://127.0.0.1:{port}/v1", model="m", sampling=sampling)
+
+    def fingerprint(policy):
+        return evaluation._fingerprint(config, policy, endpoint(1, 0.0))
+
+    assert fingerprint(endpoint(1)) == fingerprint(endpoint(2))
+    assert fingerprint(endpoint(1)) != fingerprint(endpoint(1, temperature=0.0))

@@ -21,6 +21,7 @@ from webdancer_dagster.assets.corpus import search_index
 from webdancer_dagster.evaluation.benchmarks import BENCHMARKS, load_benchmark
 from webdancer_dagster.evaluation.metrics import score_runs
 from webdancer_dagster.evaluation.run import evaluate
+from webdancer_dagster.llm.client import EndpointConfig
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.llm.tokenizer import load_tokenizer
 from webdancer_dagster.paths import DATA_DIR
@@ -56,15 +57,16 @@ class BenchmarkScoresConfig(dg.Config):
     max_workers: int = Field(default=1, description="Runs answered in parallel.")
 
 
-def _fingerprint(config: BenchmarkScoresConfig, policy: str, judge: str) -> str:
-    """Rows from another agent or judge setting are not this evaluation's: resuming must not mix them in."""
+def _fingerprint(config: BenchmarkScoresConfig, policy: EndpointConfig, judge: EndpointConfig) -> str:
+    """Rows from another agent or judge setting are not this evaluation's: resuming must not mix them in.
+    Endpoints count by model and sampling, not URL: the local server takes a new free port on every start."""
     settings = {
         "max_llm_calls": config.max_llm_calls,
         "n_ctx": config.n_ctx,
         "cot_mode": config.cot_mode,
         "tokenizer": config.tokenizer,
-        "policy": policy,
-        "judge": judge,
+        "policy": [policy.model, policy.sampling.model_dump()],
+        "judge": [judge.model, judge.sampling.model_dump()],
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -137,7 +139,7 @@ def benchmark_scores(
     policy_endpoint, judge_endpoint = policy.endpoint(), judge.endpoint()
     policy_name = f"{policy_endpoint.config.model} @ {policy_endpoint.config.base_url}"
     judge_name = f"{judge_endpoint.config.model} @ {judge_endpoint.config.base_url}"
-    fingerprint = _fingerprint(config, policy_name, judge_name)
+    fingerprint = _fingerprint(config, policy_endpoint.config, judge_endpoint.config)
 
     stored = _stored_runs(store, partition)
     if len(stored) and (stored["fingerprint"] != fingerprint).any():

@@ -68,6 +68,9 @@ class TrajectoriesConfig(dg.Config):
         default=None, description="Model folder or GGUF whose tokenizer counts context; default: SmolLM2's GGUF."
     )
     include_reference: bool = Field(default=True, description="Add WebDancer's released trajectories, tagged.")
+    max_reference: int | None = Field(
+        default=20, description="Add at most this many released trajectories (each costs a judge call); empty: all."
+    )
     reference_path: str = Field(default=str(DATA_DIR / "webdancer_samples" / "sample_traj.jsonl"))
     max_workers: int = Field(default=1, description="QA pairs sampled in parallel.")
 
@@ -122,7 +125,7 @@ def trajectories(
     if config.include_reference:
         reference = [
             assess_attempt(item.qa, item.trajectory, judge_endpoint)
-            for item in load_reference_trajectories(Path(config.reference_path))
+            for item in load_reference_trajectories(Path(config.reference_path))[: config.max_reference]
         ]
     frame = attempts_frame([*attempts, *reference])
     if frame.empty:
