@@ -13,6 +13,7 @@ re-crawl of an unchanged site visits the same pages and downstream assets stay f
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
 import hashlib
 import json
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +33,7 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 import pandas as pd
 
 from webdancer_dagster.web.errors import CrawlError
+from webdancer_dagster.web.extract import ExtractedPage, extract_page, page_links
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class CrawlLimits:
     concurrency: int = 16
     timeout_s: float = 10.0
     max_bytes: int = 5_000_000
+    extract_workers: int = 0  # processes extracting text and links; 0 means one per core
 
     def __post_init__(self) -> None:
         if self.max_pages < 1 or self.max_depth < 0 or self.concurrency < 1:
@@ -160,8 +164,6 @@ def _spider_class():  # noqa: ANN202 (built lazily: importing scrapy in the pare
     )
     from scrapy.linkextractors import IGNORED_EXTENSIONS
 
-    from webdancer_dagster.web.extract import extract_page, page_links
-
     ignored_extensions = frozenset(f".{ext}" for ext in (*IGNORED_EXTENSIONS, *_EXTRA_IGNORED_EXTENSIONS))
 
     class SiteSpider(scrapy.Spider):
@@ -184,6 +186,7 @@ def _spider_class():  # noqa: ANN202 (built lazily: importing scrapy in the pare
             self.stored: set[str] = set()
             self.next_level: dict[str, tuple[int, ...]] = {}  # url -> smallest rank key it was found under
             self.level = 0
+            self._extractors = ProcessPoolExecutor(max_workers=limits.extract_workers or os.cpu_count() or 1)
             self.counts = {"requests": 1, "duplicates": 0, "ignored_extension": 0, "beyond_budget": 0}
 
         @classmethod
@@ -210,7 +213,7 @@ def _spider_class():  # noqa: ANN202 (built lazily: importing scrapy in the pare
                 },
             )
 
-        def parse_page(self, response: scrapy.http.Response) -> None:
+        async def parse_page(self, response: scrapy.http.Response) -> None:
             depth, rank = response.meta["page_depth"], response.meta["rank"]
             url = canonical_url(response.url)
             if response.status >= 400:
@@ -228,7 +231,10 @@ def _spider_class():  # noqa: ANN202 (built lazily: importing scrapy in the pare
                 return
             self.stored.add(url)
             encoding = getattr(response, "encoding", None)
-            page = extract_page(response.body, url, encoding)
+            # Extraction is most of a page's cost: worker processes do it while the reactor keeps downloading.
+            page, hrefs = await asyncio.wrap_future(
+                self._extractors.submit(extract_with_links, response.body, url, encoding)
+            )
             self._write(
                 self._pages,
                 {
@@ -242,7 +248,7 @@ def _spider_class():  # noqa: ANN202 (built lazily: importing scrapy in the pare
                     "fetched_at": datetime.now(UTC).isoformat(),
                 },
             )
-            for position, target in enumerate(self._outlinks(page_links(response.body, encoding), url)):
+            for position, target in enumerate(self._outlinks(hrefs, url)):
                 internal = (urlsplit(target).hostname or "").lower() == self.host
                 self._write(self._links, {"src_url": url, "dst_url": target, "internal": internal})
                 if internal and depth < self.limits.max_depth:
@@ -313,6 +319,7 @@ def _spider_class():  # noqa: ANN202 (built lazily: importing scrapy in the pare
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
         def finish(self, spider, reason: str) -> None:  # noqa: ANN001 (Scrapy's signal signature)
+            self._extractors.shutdown(cancel_futures=True)
             for handle in (self._pages, self._links, self._skips):
                 handle.close()
             self._stats_path.write_text(
@@ -327,6 +334,11 @@ def _spider_class():  # noqa: ANN202 (built lazily: importing scrapy in the pare
             )
 
     return SiteSpider
+
+
+def extract_with_links(body: bytes, url: str, encoding: str | None) -> tuple[ExtractedPage, list[str]]:
+    """Title, main text and raw hrefs of one response (runs in a worker process of the spider)."""
+    return extract_page(body, url, encoding), page_links(body, encoding)
 
 
 def run_spider(root_url: str, proxy_url: str, out_dir: Path, limits: CrawlLimits) -> None:
