@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ import pandas as pd
 import tantivy
 
 from webdancer_dagster.web.errors import FetchError, ToolInputError
+from webdancer_dagster.web.files import swap_in_dir
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def build_search_index(docs: pd.DataFrame, index_dir: Path) -> dict:
             "size_bytes": sum(p.stat().st_size for p in tmp_dir.rglob("*") if p.is_file()),
         }
         (tmp_dir / INDEX_MANIFEST).write_text(json.dumps(stats, indent=2))
-        _swap_in(tmp_dir, index_dir)
+        swap_in_dir(tmp_dir, index_dir)
     except BaseException:
         # Dropping the writer joins its indexing threads; alive, they would write segments into tmp_dir after
         # it is removed.
@@ -102,17 +102,6 @@ def build_search_index(docs: pd.DataFrame, index_dir: Path) -> dict:
         index_dir,
     )
     return stats
-
-
-def _swap_in(tmp_dir: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp_dir, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, target)
 
 
 def plain_query(query: str) -> str:

@@ -10,7 +10,6 @@ import hashlib
 import html
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Literal
 
 import ahocorasick
+
+from webdancer_dagster.web.files import swap_in_dir
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def build_site(spec: SiteSpec, out_dir: Path) -> BuiltSite:
             "benchmark": spec.benchmark,
         }
         (tmp_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-        _swap_in(tmp_dir, out_dir)
+        swap_in_dir(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -170,18 +171,6 @@ def _read_manifest(out_dir: Path) -> dict | None:
     except json.JSONDecodeError:
         logger.warning("ignoring unreadable site manifest %s; rebuilding", path)
         return None
-
-
-def _swap_in(tmp_dir: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` with ``tmp_dir``; the old build is moved aside first, then deleted."""
-    if out_dir.exists() or out_dir.is_symlink():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp_dir, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, out_dir)
 
 
 def _source_fingerprint(spec: SiteSpec) -> str:
