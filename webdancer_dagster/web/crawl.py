@@ -28,12 +28,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urldefrag, urljoin, urlsplit
-
-import pandas as pd
 
 from webdancer_dagster.web.errors import CrawlError
 from webdancer_dagster.web.extract import ExtractedPage, extract_page, page_links
+
+if TYPE_CHECKING:
+    # Only the parent reads results into DataFrames; the spider process skips pandas' ~0.4 s import.
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +140,8 @@ def _die_with_parent() -> None:
 
 
 def _read_jsonl(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    import pandas as pd
+
     if not path.exists():
         return pd.DataFrame(columns=list(columns))
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
