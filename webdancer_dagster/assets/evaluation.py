@@ -8,7 +8,6 @@ resumes where it stopped; a changed agent or judge setting (the run fingerprint)
 import base64
 import datetime as dt
 import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from webdancer_dagster.agent.factory import build_web_agent
 from webdancer_dagster.assets.corpus import search_index
 from webdancer_dagster.evaluation.benchmarks import BENCHMARKS, load_benchmark
 from webdancer_dagster.evaluation.metrics import score_runs
+from webdancer_dagster.evaluation.plots import comparison_chart, comparison_table
 from webdancer_dagster.evaluation.run import evaluate
 from webdancer_dagster.llm.client import EndpointConfig
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
@@ -34,7 +34,6 @@ from webdancer_dagster.web.visit import FetchPolicy
 MODELS = ["base"]  # "base": the policy endpoint as configured (the offline SmolLM2 by default)
 OFFLINE_BENCHMARKS = [name for name, source in BENCHMARKS.items() if source.offline]
 RUNS_TABLE, SCORES_TABLE = "eval_runs", "scores"
-COMPARED = ["pass_at_1", "pass_at_k", "cons_at_k"]
 
 benchmark_partitions = dg.MultiPartitionsDefinition(
     {
@@ -75,41 +74,6 @@ def _stored_runs(store: WarehouseStore, partition: str) -> pd.DataFrame:
     if not store.table_exists(RUNS_TABLE):
         return pd.DataFrame()
     return store.read_table(RUNS_TABLE, '"partition" = ?', [partition])
-
-
-def comparison_table(scores: pd.DataFrame) -> pd.DataFrame:
-    """All scored partitions side by side, rounded for reading."""
-    columns = ["model", "benchmark", "questions", *COMPARED, "mean_actions", "format_error_rate", "mean_tokens"]
-    return scores[columns].sort_values(["benchmark", "model"]).round(3).reset_index(drop=True)
-
-
-def comparison_chart(scores: pd.DataFrame, path: Path) -> bytes:
-    """Grouped bars of Pass@1 / Pass@k / Cons@k per (model, benchmark); written to `path`, bytes returned."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    table = comparison_table(scores)
-    labels = [f"{row.model}\n{row.benchmark}" for row in table.itertuples()]
-    figure, axes = plt.subplots(figsize=(max(4.0, 1.6 * len(labels) + 2), 3.2), dpi=100)
-    width = 0.8 / len(COMPARED)
-    for offset, (column, name) in enumerate(zip(COMPARED, ["Pass@1", "Pass@k", "Cons@k"], strict=True)):
-        positions = [index + (offset - 1) * width for index in range(len(labels))]
-        axes.bar(positions, table[column], width, label=name)
-    axes.set_xticks(range(len(labels)), labels)
-    axes.set_ylim(0, 1)
-    axes.set_ylabel("share of questions")
-    axes.legend(loc="upper right", fontsize="small")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    data = buffer.getvalue()
-    staging = path.with_suffix(".png.tmp")
-    staging.write_bytes(data)
-    staging.replace(path)
-    return data
 
 
 @dg.asset(
