@@ -24,6 +24,14 @@ HomeOption = Annotated[
 ]
 
 
+def _use_home(home: Path | None) -> Path:
+    """Resolve the WebDancer home and point this process's Dagster instance at its run history."""
+    home = resolve_home(home)
+    os.environ["WEBDANCER_HOME"] = str(home)
+    os.environ["DAGSTER_HOME"] = str(_dagster_home(home))
+    return home
+
+
 def _dagster_home(home: Path) -> Path:
     from webdancer_dagster.pipeline import ensure_dagster_home
 
@@ -37,9 +45,7 @@ def materialize(
     home: HomeOption = None,
 ) -> None:
     """Materialize the whole asset graph (or a selection) in dependency order."""
-    home = resolve_home(home)
-    os.environ["WEBDANCER_HOME"] = str(home)
-    os.environ["DAGSTER_HOME"] = str(_dagster_home(home))
+    home = _use_home(home)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     import dagster as dg
@@ -97,9 +103,7 @@ def crawl(
     home: HomeOption = None,
 ) -> None:
     """Re-crawl one site (the crawl_pages partition) and print what changed."""
-    home = resolve_home(home)
-    os.environ["WEBDANCER_HOME"] = str(home)
-    os.environ["DAGSTER_HOME"] = str(_dagster_home(home))
+    home = _use_home(home)
     logging.basicConfig(level=logging.WARNING)
 
     import dagster as dg
@@ -127,6 +131,75 @@ def crawl(
         )
     last = store.query("SELECT * FROM crawls WHERE site = ? ORDER BY started_at DESC LIMIT 1", [site])
     console.print_json(json.dumps(last.iloc[0].to_dict(), default=str))
+
+
+@app.command("eval")
+def evaluate(
+    model: Annotated[str, typer.Option(help="Model partition of benchmark_scores.")] = "base",
+    benchmark: Annotated[str, typer.Option(help="Benchmark partition of benchmark_scores.")] = "musique",
+    profile: Annotated[str, typer.Option(help="Profile whose evaluation budget applies.")] = "smoke",
+    home: HomeOption = None,
+) -> None:
+    """Score one model on one benchmark (a benchmark_scores partition; resumes a killed run), then print all scores."""
+    home = _use_home(home)
+    logging.basicConfig(level=logging.WARNING)
+
+    import dagster as dg
+
+    from webdancer_dagster.assets.evaluation import MODELS, OFFLINE_BENCHMARKS
+    from webdancer_dagster.definitions import defs
+    from webdancer_dagster.pipeline import load_profile
+
+    if model not in MODELS or benchmark not in OFFLINE_BENCHMARKS:
+        console.print(
+            f"[red]no partition {model}|{benchmark}[/red]; models: {MODELS}, benchmarks: {OFFLINE_BENCHMARKS}"
+        )
+        raise typer.Exit(2)
+    ops = load_profile(profile).get("ops") or {}
+    run_config = {"ops": {k: v for k, v in ops.items() if k == "benchmark_scores"}}
+    with dg.DagsterInstance.get() as instance:
+        dg.materialize(
+            defs.assets,
+            selection=["benchmark_scores"],
+            partition_key=dg.MultiPartitionKey({"model": model, "benchmark": benchmark}),
+            instance=instance,
+            resources=defs.resources,
+            run_config=run_config,
+        )
+    _print_scores(WarehouseStore(home))
+
+
+@app.command()
+def scores(home: HomeOption = None) -> None:
+    """Print every scored (model, benchmark): Pass@1, Pass@3, Cons@3, actions, format errors."""
+    _print_scores(WarehouseStore(resolve_home(home)))
+
+
+SCORE_HEADERS = {
+    "questions": "questions",
+    "pass_at_1": "Pass@1",
+    "pass_at_k": "Pass@k",
+    "cons_at_k": "Cons@k",
+    "mean_actions": "actions",
+    "format_error_rate": "format errors",
+    "mean_tokens": "tokens",
+}
+
+
+def _print_scores(store: WarehouseStore) -> None:
+    from rich.table import Table
+
+    from webdancer_dagster.assets.evaluation import SCORES_TABLE
+    from webdancer_dagster.evaluation.plots import comparison_table
+
+    if not store.table_exists(SCORES_TABLE):
+        console.print("[red]nothing scored yet[/red]; run `webdancer eval` or materialize benchmark_scores")
+        raise typer.Exit(1)
+    frame = comparison_table(store.read_table(SCORES_TABLE)).rename(columns=SCORE_HEADERS)
+    table = Table(*frame.columns)
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(value) for value in row))
+    console.print(table)
 
 
 @app.command()
