@@ -9,9 +9,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -36,8 +35,9 @@ _QUERY_SYNTAX = re.compile(r"""[+\-&|!(){}\[\]^"'~*?:\\/<>=,;`@#$%]""")
 _SPACES = re.compile(r"\s+")
 
 
-@dataclass(frozen=True)
-class SearchHit:
+class SearchHit(NamedTuple):
+    """One search result. A NamedTuple: built ten times per query, it costs a third of a frozen dataclass."""
+
     title: str
     url: str
     snippet: str
