@@ -14,7 +14,6 @@ from webdancer_dagster.agent.tools import tool_map
 from webdancer_dagster.agent.visit import VisitTool
 from webdancer_dagster.llm.client import LLMEndpoint
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
-from webdancer_dagster.llm.scripted import ScriptedLLMServer
 from webdancer_dagster.llm.tokenizer import load_tokenizer
 from webdancer_dagster.web.search import LocalSearch, build_search_index
 from webdancer_dagster.web.server import SiteServer
@@ -56,18 +55,3 @@ def make_agent(tiny_web: TinyWeb, tokenizer) -> Callable[..., ReactAgent]:
         return ReactAgent(llm, tools, tokenizer, AgentConfig(**config))
 
     return build
-
-
-@pytest.fixture
-def scripted() -> Callable[..., ScriptedLLMServer]:
-    """Start scripted servers that are stopped after the test."""
-    servers: list[ScriptedLLMServer] = []
-
-    def start(script: Any) -> ScriptedLLMServer:
-        server = ScriptedLLMServer(script).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
