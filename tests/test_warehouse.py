@@ -4,7 +4,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from webdancer_dagster.warehouse import WarehouseStore, markdown_preview, resolve_home
+from webdancer_dagster.warehouse import WarehouseStore, frame_version, markdown_preview, resolve_home
 
 
 @pytest.fixture
@@ -71,3 +71,10 @@ def test_append_to_a_table_first_written_empty(tmp_path):
     store.write_tables(appends={"skips": pd.DataFrame(columns=["url", "reason"])})
     store.write_tables(appends={"skips": pd.DataFrame({"url": ["http://a.test/"], "reason": ["http_404"]})})
     assert store.read_table("skips").to_dict("records") == [{"url": "http://a.test/", "reason": "http_404"}]
+
+
+def test_frame_version_follows_contents_only():
+    frame = pd.DataFrame({"url": ["http://a.test/", "http://b.test/"], "text": ["one", "two"]})
+    assert frame_version(frame) == frame_version(frame.copy())
+    assert frame_version(frame) != frame_version(frame.assign(text=["one", "changed"]))
+    assert len(frame_version(frame)) == 32

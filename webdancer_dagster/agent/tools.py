@@ -42,6 +42,11 @@ VISIT_PARAMETERS: Mapping[str, Any] = {
     "required": ["url", "goal"],
 }
 
+ToolSchemas = Mapping[str, Mapping[str, Any]]
+# The tools WebDancer's ReAct prompt declares, with the argument names the recorded calls use: what the funnel and
+# the reference loader check trajectories against when no live tools exist.
+WEBDANCER_TOOL_SCHEMAS: ToolSchemas = {"search": SEARCH_PARAMETERS, "visit": VISIT_PARAMETERS}
+
 
 @dataclasses.dataclass(frozen=True)
 class ToolOutput:

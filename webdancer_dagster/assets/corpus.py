@@ -12,7 +12,7 @@ from pydantic import Field
 from webdancer_dagster.paths import DATA_DIR, PYTHON_DOC_DIR
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import SEARCH_INDEX_DIR, WebEnvironment
-from webdancer_dagster.warehouse import markdown_preview
+from webdancer_dagster.warehouse import frame_version, markdown_preview
 from webdancer_dagster.web.crawl import CrawlLimits, crawl_site
 from webdancer_dagster.web.search import LocalSearch, build_search_index, search_tool
 from webdancer_dagster.web.sites import build_site, default_site_specs
@@ -62,7 +62,6 @@ def web_sites(context: dg.AssetExecutionContext, config: WebSitesConfig, warehou
     )
     write = store.replace_table("sites", frame)
     context.log.info("built %d sites: %s", len(built), ", ".join(f"{s.name}={s.pages}" for s in built))
-    version = hashlib.sha256(frame.drop(columns=["directory"]).to_csv(index=False).encode()).hexdigest()[:32]
     return dg.MaterializeResult(
         metadata={
             "sites": dg.MetadataValue.md(markdown_preview(frame.drop(columns=["directory"]), rows=20)),
@@ -71,7 +70,7 @@ def web_sites(context: dg.AssetExecutionContext, config: WebSitesConfig, warehou
             "dagster/row_count": write.rows,
             "parquet": dg.MetadataValue.path(str(write.parquet_path)),
         },
-        data_version=dg.DataVersion(version),
+        data_version=dg.DataVersion(frame_version(frame.drop(columns=["directory"]))),
     )
 
 

@@ -4,9 +4,9 @@ Synthesis reads only non-benchmark sites (the `benchmark` column of `sites`); a 
 pair cites a benchmark page and that no question overlaps a benchmark question.
 """
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 import pandas as pd
@@ -27,7 +27,7 @@ from webdancer_dagster.synthesis.qa import (
     qa_pairs_from_frame,
 )
 from webdancer_dagster.synthesis.reference import load_reference_qa
-from webdancer_dagster.warehouse import WarehouseStore, markdown_preview
+from webdancer_dagster.warehouse import WarehouseStore, frame_version, markdown_preview
 
 QA_TABLES = {"crawlqa_pairs": "crawlqa", "e2hqa_pairs": "e2hqa", "reference_qa_pairs": "webdancer_sample"}
 DROPS_TABLE = "qa_drops"
@@ -43,12 +43,23 @@ BENCHMARK_QUESTION_FILES = [
 JSON_FORMAT_DESCRIPTION = "response_format: none, object, object_with_schema (llama.cpp), json_schema (OpenAI, vLLM)."
 
 
-def synthesis_sites(store: WarehouseStore) -> tuple[list[str], list[str]]:
-    """(sites synthesis may read, hosts of benchmark sites it must never read)."""
+class SynthesisWeb(NamedTuple):
+    """The part of the local web synthesis may read, and the benchmark hosts it must never read."""
+
+    sites: list[str]
+    hosts: frozenset[str]
+    blocked_hosts: list[str]
+
+
+def synthesis_sites(store: WarehouseStore) -> SynthesisWeb:
+    """Split the `sites` table by its `benchmark` flag."""
     sites = store.read_table("sites")
-    allowed = sites.loc[~sites["benchmark"].astype(bool), "name"].tolist()
-    blocked = sites.loc[sites["benchmark"].astype(bool), "host"].tolist()
-    return allowed, blocked
+    benchmark = sites["benchmark"].astype(bool)
+    return SynthesisWeb(
+        sites=sites.loc[~benchmark, "name"].tolist(),
+        hosts=frozenset(sites.loc[~benchmark, "host"]),
+        blocked_hosts=sites.loc[benchmark, "host"].tolist(),
+    )
 
 
 def _existing_questions(store: WarehouseStore, other_tables: Sequence[str]) -> list[str]:
@@ -88,12 +99,8 @@ def _store_result(
             ),
             "parquet": dg.MetadataValue.path(str(writes[table].parquet_path)),
         },
-        data_version=dg.DataVersion(_frame_version(pairs)),
+        data_version=dg.DataVersion(frame_version(pairs)),
     )
-
-
-def _frame_version(frame: pd.DataFrame) -> str:
-    return hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()[:32]
 
 
 class CrawlQAAssetConfig(dg.Config):
@@ -114,7 +121,7 @@ def crawlqa_pairs(
 ) -> dg.MaterializeResult:
     """COUNT, MULTI-HOP and INTERSECTION questions the teacher wrote from clusters of linked, crawled pages."""
     store = warehouse.store()
-    allowed, _ = synthesis_sites(store)
+    allowed = synthesis_sites(store).sites
     pages = store.query("SELECT url, site, title, text FROM pages WHERE site IN (SELECT unnest(?))", [allowed])
     links = store.query("SELECT src_url, dst_url, internal FROM links WHERE site IN (SELECT unnest(?))", [allowed])
     settings = CrawlQAConfig(
@@ -151,7 +158,7 @@ def e2hqa_pairs(
 ) -> dg.MaterializeResult:
     """Simple fact questions made hard by replacing entities with descriptions found by search; answer unchanged."""
     store = warehouse.store()
-    allowed, blocked = synthesis_sites(store)
+    allowed, _, blocked = synthesis_sites(store)
     pages = store.query("SELECT url, site, title, text FROM pages WHERE site IN (SELECT unnest(?))", [allowed])
     settings = E2HQAConfig(
         seeds=config.seeds,
@@ -193,7 +200,7 @@ def reference_qa_pairs(
             "by_kind": dg.MetadataValue.json({str(k): int(v) for k, v in frame.groupby("kind").size().items()}),
             "preview": dg.MetadataValue.md(markdown_preview(frame[["kind", "question", "answer"]])),
         },
-        data_version=dg.DataVersion(_frame_version(frame)),
+        data_version=dg.DataVersion(frame_version(frame)),
     )
 
 
@@ -206,7 +213,7 @@ def _leakage_check(table: str) -> dg.AssetChecksDefinition:
     )
     def check(warehouse: Warehouse) -> dg.AssetCheckResult:
         store = warehouse.store()
-        _, blocked = synthesis_sites(store)
+        blocked = synthesis_sites(store).blocked_hosts
         pairs = qa_pairs_from_frame(store.read_table(table))
         guard = LeakageGuard(load_benchmark_questions(DATA_DIR / name for name in BENCHMARK_QUESTION_FILES))
         hits = guard.check(pairs, blocked)

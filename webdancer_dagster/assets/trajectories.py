@@ -5,7 +5,6 @@ released trajectories join as tagged attempts so SFT has real long trajectories 
 is weak. `sft_dataset` and `rl_pool` come out of one funnel run, so they always agree.
 """
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from pydantic import Field
 from webdancer_dagster.agent.factory import build_web_agent
 from webdancer_dagster.assets.corpus import search_index
 from webdancer_dagster.assets.qa import crawlqa_pairs, e2hqa_pairs, reference_qa_pairs, synthesis_sites
+from webdancer_dagster.files import write_text_atomic
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.llm.tokenizer import load_tokenizer
 from webdancer_dagster.paths import DATA_DIR
@@ -34,18 +34,11 @@ from webdancer_dagster.synthesis.funnel import (
 )
 from webdancer_dagster.synthesis.qa import QAPair, qa_pairs_frame, qa_pairs_from_frame
 from webdancer_dagster.synthesis.reference import load_reference_trajectories
-from webdancer_dagster.warehouse import WarehouseStore, markdown_preview
+from webdancer_dagster.warehouse import WarehouseStore, frame_version, markdown_preview
 from webdancer_dagster.web.search import ExcludeHosts
 from webdancer_dagster.web.visit import FetchPolicy
 
 SYNTHESIZED_TABLES = ["crawlqa_pairs", "e2hqa_pairs"]
-
-
-def _version(*frames: pd.DataFrame) -> str:
-    digest = hashlib.sha256()
-    for frame in frames:
-        digest.update(frame.to_csv(index=False).encode())
-    return digest.hexdigest()[:32]
 
 
 def read_pairs(store: WarehouseStore, tables: list[str]) -> list[QAPair]:
@@ -95,9 +88,7 @@ def trajectories(
         raise ValueError(f"cot_mode must be 'short' or 'long', got {config.cot_mode!r}")
     store = warehouse.store()
     pairs = read_pairs(store, SYNTHESIZED_TABLES)[: config.max_pairs]
-    allowed, blocked = synthesis_sites(store)
-    sites = store.read_table("sites")
-    allowed_hosts = frozenset(sites.loc[sites["name"].isin(allowed), "host"])
+    _, allowed_hosts, blocked = synthesis_sites(store)
     teacher = teacher_short if config.cot_mode == "short" else teacher_long
     judge_endpoint = judge.endpoint() if pairs or config.include_reference else None
     attempts = []
@@ -160,7 +151,7 @@ def trajectories(
             ),
             "parquet": dg.MetadataValue.path(str(write.parquet_path)),
         },
-        data_version=dg.DataVersion(_version(frame.drop(columns=["trajectory"]))),
+        data_version=dg.DataVersion(frame_version(frame.drop(columns=["trajectory"]))),
     )
 
 
@@ -194,9 +185,10 @@ def funnel(
     settings = FunnelConfig(max_actions=config.max_actions, min_grade_mean=config.min_grade_mean)
     result = run_funnel(attempts, teacher_short.endpoint() if config.use_llm_grade else None, settings)
     pool = select_rl_pool(pairs, result, held_out_share=config.held_out_share)
-    sft = pd.DataFrame(sft_records(result, pool.held_out_ids))
-    if sft.empty:
+    records = sft_records(result, pool.held_out_ids)
+    if not records:
         raise ValueError("the funnel kept no trajectory: sft_dataset would be empty (see the trajectories asset)")
+    sft = pd.DataFrame(records)
     sft["messages"] = sft["messages"].map(lambda messages: json.dumps(messages, ensure_ascii=False))
     rl = qa_pairs_frame(pool.pairs).assign(rl_reason=[pool.reasons[pair.id] for pair in pool.pairs])
     stages, drops = result.stage_table(), result.drop_table()
@@ -210,10 +202,7 @@ def funnel(
         }
     )
     jsonl_path = store.artifact_dir("exports") / "sft_dataset.jsonl"
-    staging = jsonl_path.with_suffix(".jsonl.tmp")
-    staging.write_text("".join(json.dumps({**row, "messages": json.loads(row["messages"])}) + "\n"
-                               for row in sft.to_dict("records")))  # fmt: skip
-    staging.replace(jsonl_path)
+    write_text_atomic(jsonl_path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     context.log.info("funnel: %d attempts, %d kept for SFT, %d pairs in the RL pool", len(attempts), len(sft), len(rl))
     yield dg.MaterializeResult(
         asset_key="sft_dataset",
@@ -227,7 +216,7 @@ def funnel(
             "parquet": dg.MetadataValue.path(str(writes["sft_dataset"].parquet_path)),
             "example": dg.MetadataValue.md(_render_example(sft.iloc[0])),
         },
-        data_version=dg.DataVersion(_version(sft)),
+        data_version=dg.DataVersion(frame_version(sft)),
     )
     yield dg.MaterializeResult(
         asset_key="rl_pool",
@@ -240,7 +229,7 @@ def funnel(
             ),
             "parquet": dg.MetadataValue.path(str(writes["rl_pool"].parquet_path)),
         },
-        data_version=dg.DataVersion(_version(rl)),
+        data_version=dg.DataVersion(frame_version(rl)),
     )
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from webdancer_dagster.agent.parser import ParsedTurn, parse_turn
-from webdancer_dagster.agent.tools import SEARCH_PARAMETERS, VISIT_PARAMETERS
+from webdancer_dagster.agent.tools import WEBDANCER_TOOL_SCHEMAS, ToolSchemas
 from webdancer_dagster.agent.trajectory import Trajectory
 from webdancer_dagster.llm.client import LLMEndpoint
 from webdancer_dagster.synthesis.judge import judge_answer
@@ -34,9 +34,6 @@ logger = logging.getLogger(__name__)
 
 Stage = Literal["validity", "correctness", "quality"]
 STAGES: tuple[Stage, ...] = ("validity", "correctness", "quality")
-ToolSchemas = Mapping[str, Mapping[str, Any]]
-# The tools WebDancer's ReAct prompt declares, with the argument names the recorded calls use.
-WEBDANCER_TOOL_SCHEMAS: ToolSchemas = {"search": SEARCH_PARAMETERS, "visit": VISIT_PARAMETERS}
 RunAgent = Callable[[str, int], Trajectory]
 _YES_NO = frozenset({"yes", "no"})
 

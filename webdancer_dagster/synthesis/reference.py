@@ -20,8 +20,8 @@ from typing import Any
 
 from webdancer_dagster.agent.parser import parse_turn
 from webdancer_dagster.agent.prompts import USER_PROMPT
+from webdancer_dagster.agent.tools import WEBDANCER_TOOL_SCHEMAS, ToolSchemas
 from webdancer_dagster.agent.trajectory import ChatMessage, Step, Termination, Trajectory
-from webdancer_dagster.synthesis.funnel import WEBDANCER_TOOL_SCHEMAS, ToolSchemas
 from webdancer_dagster.synthesis.qa import QAPair
 
 logger = logging.getLogger(__name__)

@@ -11,13 +11,12 @@ import base64
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from webdancer_dagster.files import write_text_atomic
 from webdancer_dagster.training.base_model import BaseModel, folder_sha256
 
 TRAIN_FILE = "train.jsonl"
@@ -74,18 +73,6 @@ def prepare_sft_run(
     if not train_file.is_file():
         write_text_atomic(train_file, text)
     return SFTRunInputs(output_dir, train_file, run_key, dataset_sha256, len(records))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
 
 
 def write_run_record(output_dir: Path, record: Mapping[str, Any]) -> Path:

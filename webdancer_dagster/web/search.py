@@ -17,8 +17,8 @@ import httpx
 import pandas as pd
 import tantivy
 
+from webdancer_dagster.files import swap_in_dir
 from webdancer_dagster.web.errors import FetchError, ToolInputError
-from webdancer_dagster.web.files import swap_in_dir
 
 logger = logging.getLogger(__name__)
 

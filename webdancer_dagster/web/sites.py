@@ -21,7 +21,7 @@ from typing import Literal
 
 import ahocorasick
 
-from webdancer_dagster.web.files import swap_in_dir
+from webdancer_dagster.files import swap_in_dir
 
 logger = logging.getLogger(__name__)
 
