@@ -23,10 +23,10 @@ def teacher(request: dict) -> str:
     last = messages[-1]["content"]
     if "Judge whether the predicted answer" in last:
         return "Correct"
-    if '"source_urls"' in last:
-        urls = re.findall(r"^URL: (\S+)", last, flags=re.MULTILINE)
-        wiki = [url for url in urls if "wiki.webdancer.test" in url] or urls
-        return json.dumps({"question": "Which kingdom did these people rule?", "answer": ANSWER, "source_urls": wiki})
+    if '"source_pages"' in last:  # CRAWLQA: cite the wiki pages by their labels
+        pages = re.findall(r"^\[(Page \d+)\]\nURL: (\S+)", last, flags=re.MULTILINE)
+        wiki = [label for label, url in pages if "wiki.webdancer.test" in url] or [label for label, _ in pages]
+        return json.dumps({"question": "Which kingdom did these people rule?", "answer": ANSWER, "source_pages": wiki})
     if messages[0]["content"].startswith("You write and rewrite factual questions"):
         return "not json at all"  # E2HQA gets nothing usable: every seed is a counted drop
     if last.startswith("<tool_response>"):
@@ -59,7 +59,7 @@ def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, script
     config["ops"].update(
         {
             "crawlqa_pairs": {"config": {"clusters": 2, "subpages": 2, "min_page_chars": 20, "json_format": "none"}},
-            "e2hqa_pairs": {"config": {"seeds": 2, "min_page_chars": 20, "json_format": "none"}},
+            "e2hqa_pairs": {"config": {"seeds": 2, "min_page_chars": 20, "json_format": "none", "answer_check": True}},
             "trajectories": {"config": {"attempts": 2, "max_pairs": 2, "max_llm_calls": 4, "max_reference": 30}},
         }
     )
@@ -94,6 +94,7 @@ def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, script
     crawlqa = store.read_table("crawlqa_pairs")
     assert len(crawlqa) >= 1 and set(crawlqa["answer"]) == {ANSWER}
     assert not crawlqa["source_urls"].str.contains("musique").any()
+    assert crawlqa["source_urls"].str.contains("http://wiki.webdancer.test/").all()  # labels became URLs
     drops = store.read_table("qa_drops")
     e2hqa_drops = drops[drops["asset"] == "e2hqa_pairs"]
     assert len(store.read_table("e2hqa_pairs")) == 0 and set(e2hqa_drops["reason"]) == {"not_json"}

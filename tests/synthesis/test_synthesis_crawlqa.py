@@ -8,7 +8,15 @@ import pytest
 from synth_helpers import ADA, BABBAGE, BENCH_PAGE, ENGINE, PAGE_TEXT, STUB, WIKI, endpoint, user_prompt
 
 from webdancer_dagster.llm.scripted import ScriptedLLMServer, ScriptedReply
-from webdancer_dagster.synthesis.crawlqa import CrawlQAConfig, sample_clusters, synthesize_crawlqa
+from webdancer_dagster.synthesis.crawlqa import (
+    ANSWER_PLACEHOLDER,
+    EVIDENCE_PLACEHOLDER,
+    QUESTION_PLACEHOLDER,
+    CrawlQAConfig,
+    resolve_citation,
+    sample_clusters,
+    synthesize_crawlqa,
+)
 
 MULTI_HOP = {
     "question": "Which English polymath born in 1791 designed the machine that Ada Lovelace wrote an algorithm for?",
@@ -110,8 +118,15 @@ def test_a_count_question_is_grounded_by_its_evidence(pages, links):
         ("", "empty"),
         ('{"question": "", "answer": "", "source_urls": []}', "empty"),
         ('{"question": "Who designed the engine?", "answer": "Charles Babbage"}', "wrong_schema"),
-        (reply(source_urls=[ADA, f"{WIKI}/nowhere.html"]), "cites_unknown_url"),
-        (reply(source_urls=[ADA, BENCH_PAGE]), "cites_unknown_url"),
+        (reply(source_urls=[ADA, f"{WIKI}/nowhere.html"]), "cites_unknown_page"),
+        (reply(source_urls=[ADA, BENCH_PAGE]), "cites_unknown_page"),
+        (reply(source_urls=["Page 1", "Page 4"]), "cites_unknown_page"),  # the cluster has three pages
+        (reply(source_urls=["Page 0", "Page 1"]), "cites_unknown_page"),
+        (reply(source_urls=["the URLs of the pages that support the answer"]), "cites_unknown_page"),
+        (reply(source_urls=["see Page 2", "Page 1"]), "cites_unknown_page"),
+        (reply(question=QUESTION_PLACEHOLDER), "copied_prompt_example"),
+        (reply(question="..."), "copied_prompt_example"),
+        (reply(answer=ANSWER_PLACEHOLDER.upper() + "."), "copied_prompt_example"),
         (reply(source_urls=[BABBAGE]), "needs_two_pages"),
         (
             reply(answer="Charles Babbage the English polymath and mechanical engineer born in Walworth"),
@@ -133,6 +148,68 @@ def test_every_bad_reply_is_a_counted_drop_with_its_reason(pages, links, teacher
     assert drop.raw == (teacher_reply if isinstance(teacher_reply, str) else "")
     assert result.drop_counts() == {reason: 1}
     assert list(result.drops_table["reason"]) == [reason]
+
+
+def the_cluster(pages, links):
+    (cluster,) = sample_clusters(pages, links, ["wiki"], clusters=1, subpages=2, min_page_chars=50)
+    return cluster
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        ["Page {ada}", "Page {babbage}"],
+        ["[Page {ada}]", "[Page {babbage}]"],
+        ["page #{ada}", " PAGE {babbage} "],
+        ["{ada}", "[{babbage}]"],
+        [None, "Page {babbage}"],  # None: Ada's URL, so labels and URLs mix
+        ["Page {ada}", "Page {babbage}", "Page {ada}", BABBAGE],  # one page cited twice counts once
+    ],
+)
+def test_pages_are_cited_by_their_label_in_the_prompt(pages, links, labels):
+    cluster = the_cluster(pages, links)
+    numbers = {"ada": cluster.urls.index(ADA) + 1, "babbage": cluster.urls.index(BABBAGE) + 1}
+    citations = [ADA if label is None else label.format(**numbers) for label in labels]
+    fields = {key: value for key, value in MULTI_HOP.items() if key != "source_urls"}
+    teacher_reply = json.dumps({**fields, "source_pages": citations})
+    with ScriptedLLMServer([teacher_reply]) as server:
+        result = synthesize_crawlqa(pages, links, ["wiki"], endpoint(server), config())
+    assert result.drops == []
+    (pair,) = result.pairs
+    assert pair.source_urls == [ADA, BABBAGE] and pair.difficulty == 2
+
+
+def test_numbers_cite_pages_by_label_too(pages, links):
+    cluster = the_cluster(pages, links)
+    numbers = [cluster.urls.index(ADA) + 1, cluster.urls.index(BABBAGE) + 1]
+    with ScriptedLLMServer([json.dumps({**MULTI_HOP, "source_urls": numbers})]) as server:
+        result = synthesize_crawlqa(pages, links, ["wiki"], endpoint(server), config())
+    assert [p.source_urls for p in result.pairs] == [[ADA, BABBAGE]]
+
+
+def test_resolve_citation(pages, links):
+    cluster = the_cluster(pages, links)
+    assert [resolve_citation(f"Page {n}", cluster) for n in range(1, 4)] == cluster.urls
+    assert resolve_citation(f"{ENGINE}#History", cluster) == ENGINE
+    for citation in ("Page 4", "Page -1", "Page 1 and Page 2", STUB, BENCH_PAGE, "", "Ada Lovelace"):
+        assert resolve_citation(citation, cluster) is None
+
+
+def test_the_prompt_labels_pages_and_asks_for_labels(pages, links):
+    with ScriptedLLMServer([reply()]) as server:
+        synthesize_crawlqa(pages, links, ["wiki"], endpoint(server), config())
+    prompt = user_prompt(server.requests[0])
+    cluster = the_cluster(pages, links)
+    for number, url in enumerate(cluster.urls, start=1):
+        assert f"[Page {number}]\nURL: {url}\n" in prompt
+    assert '"source_pages": ["Page 1", "Page 2"]' in prompt
+
+
+def test_a_copied_evidence_placeholder_is_no_evidence(pages, links):
+    evidence = [EVIDENCE_PLACEHOLDER, "", "worked with Charles Babbage on his"]
+    with ScriptedLLMServer([reply(evidence=evidence)]) as server:
+        result = synthesize_crawlqa(pages, links, ["wiki"], endpoint(server), config())
+    assert [p.evidence for p in result.pairs] == [["worked with Charles Babbage on his"]]
 
 
 def test_near_duplicate_questions_are_dropped_in_task_order(pages, links):

@@ -49,9 +49,9 @@ def seed_pages(pages) -> pd.DataFrame:
 class Teacher:
     """Answers each of the three E2HQA prompts from its own queue."""
 
-    def __init__(self, seeds=(), entities=(), rewrites=()) -> None:
-        self.queues = {"seed": list(seeds), "entity": list(entities), "rewrite": list(rewrites)}
-        self.prompts: dict[str, list[str]] = {"seed": [], "entity": [], "rewrite": []}
+    def __init__(self, seeds=(), entities=(), rewrites=(), checks=()) -> None:
+        self.queues = {"seed": list(seeds), "entity": list(entities), "rewrite": list(rewrites), "check": list(checks)}
+        self.prompts: dict[str, list[str]] = {kind: [] for kind in self.queues}
 
     def __call__(self, request):
         prompt = user_prompt(request)
@@ -59,6 +59,8 @@ class Teacher:
             kind = "seed"
         elif "Pick one named entity" in prompt:
             kind = "entity"
+        elif prompt.startswith("Check a rewritten question"):
+            kind = "check"
         else:
             kind = "rewrite"
         self.prompts[kind].append(prompt)
@@ -76,6 +78,8 @@ def config(**overrides) -> E2HQAConfig:
 
 def run(teacher: Teacher, seed_pages, search, cfg: E2HQAConfig, blocked=(BENCH_HOST,), **kwargs):
     with ScriptedLLMServer(teacher) as server:
+        if cfg.answer_check:
+            kwargs.setdefault("checker", endpoint(server, "judge"))
         return synthesize_e2hqa(seed_pages, ["wiki"], endpoint(server), search, blocked, cfg, **kwargs)
 
 
@@ -104,6 +108,61 @@ def test_two_rewrites_keep_the_answer_and_store_the_whole_chain(seed_pages, sear
     assert all(BENCH_PAGE not in prompt and "benchmark" not in prompt for prompt in teacher.prompts["rewrite"])
     assert LeakageGuard(["an unrelated benchmark question"]).check(result.pairs, [BENCH_HOST]) == []
     assert PAGE_TEXT[ADA] in teacher.prompts["seed"][0]
+    assert teacher.prompts["check"] == [] and first.answer_check == second.answer_check == ""  # the check is off
+
+
+SAME = {"same_answer": True}
+
+
+def test_the_answer_check_confirms_every_rewrite_and_is_stored(seed_pages, search):
+    teacher = Teacher([SEED], [{"entity": "Ada Lovelace"}, {"entity": "Charles Babbage"}], [FIRST, SECOND])
+    checker = Teacher(checks=[SAME, SAME])
+    with ScriptedLLMServer(teacher) as server, ScriptedLLMServer(checker) as judge:
+        result = synthesize_e2hqa(
+            seed_pages, ["wiki"], endpoint(server), search, [BENCH_HOST], config(rewrites=(2,), answer_check=True),
+            checker=endpoint(judge, "judge"),
+        )  # fmt: skip
+    assert result.drops == []
+    (pair,) = result.pairs
+    assert [step.answer_check for step in pair.rewrite_chain] == [json.dumps(SAME)] * 2
+    assert teacher.prompts["check"] == []  # the checker, not the teacher, answers the check
+    first, second = checker.prompts["check"]
+    assert SEED["question"] in first and FIRST["question"] in first and "'1815'" in first
+    assert FIRST["question"] in second and SECOND["question"] in second and "'Charles Babbage'" in second
+    assert judge.requests[0]["model"] == "scripted-judge"
+
+
+@pytest.mark.parametrize(
+    ("check_reply", "reason"),
+    [
+        ({"same_answer": False}, "answer_changed"),
+        ('{"same_answer": "no"}', "answer_changed"),
+        ("I think so.", "answer_check_failed"),
+        ({"same_answer": "maybe"}, "answer_check_failed"),
+        ("", "answer_check_failed"),
+        (ScriptedReply(status=400), "answer_check_failed"),
+    ],
+)
+def test_a_rewrite_the_checker_rejects_is_a_counted_drop(seed_pages, search, check_reply, reason):
+    teacher = Teacher([SEED], [{"entity": "Ada Lovelace"}], [FIRST], [check_reply])
+    result = run(teacher, seed_pages, search, config(answer_check=True))
+    assert result.pairs == []
+    (drop,) = result.drops
+    assert (drop.stage, drop.reason, drop.kind) == ("e2hqa_rewrite", reason, "e2hqa")
+    assert drop.detail.startswith("rewrite 1/1, attempt 1: ")
+
+
+def test_a_rejected_rewrite_is_retried_with_another_sample(seed_pages, search):
+    entities = [{"entity": "Ada Lovelace"}] * 2
+    teacher = Teacher([SEED], entities, [FIRST, FIRST], [{"same_answer": False}, SAME])
+    result = run(teacher, seed_pages, search, config(answer_check=True, attempts_per_rewrite=2))
+    assert [p.question for p in result.pairs] == [FIRST["question"]] and result.drops == []
+    assert len(teacher.prompts["check"]) == 2
+
+
+def test_the_answer_check_needs_a_checker(seed_pages, search):
+    with pytest.raises(ValueError, match="checker"):
+        synthesize_e2hqa(seed_pages, ["wiki"], None, search, [BENCH_HOST], config(answer_check=True))
 
 
 def test_seeds_come_only_from_allowed_sites_and_rewrite_counts_are_seeded(pages):

@@ -146,6 +146,11 @@ class E2HQAAssetConfig(dg.Config):
     min_page_chars: int = Field(default=200, description="Pages with less text are never seed pages.")
     page_chars: int = Field(default=1500, description="Text of the seed page shown in the teacher's prompt.")
     json_format: str = Field(default="object_with_schema", description=JSON_FORMAT_DESCRIPTION)
+    answer_check: bool = Field(
+        default=False,
+        description="After each rewrite, ask the judge whether the seed's answer still answers the new question; "
+        "a 'no' is counted as the drop reason answer_changed.",
+    )
 
 
 @dg.asset(deps=[crawl_pages, search_index], group_name="qa", kinds={"python", "duckdb"})
@@ -155,6 +160,7 @@ def e2hqa_pairs(
     warehouse: Warehouse,
     web: WebEnvironment,
     teacher_short: LLMEndpointResource,
+    judge: LLMEndpointResource,
 ) -> dg.MaterializeResult:
     """Simple fact questions made hard by replacing entities with descriptions found by search; answer unchanged."""
     store = warehouse.store()
@@ -167,9 +173,11 @@ def e2hqa_pairs(
         min_page_chars=config.min_page_chars,
         page_chars=config.page_chars,
         json_format=config.json_format,
+        answer_check=config.answer_check,
     )
     result = synthesize_e2hqa(
         pages, allowed, teacher_short.endpoint(), web.search(), blocked, settings,
+        checker=judge.endpoint() if config.answer_check else None,
         existing_questions=_existing_questions(store, ["crawlqa_pairs"]),
     )  # fmt: skip
     return _store_result(context, store, "e2hqa_pairs", result, teacher_short)

@@ -4,13 +4,15 @@ WebDancer collects a root page and the sub-pages reached by clicking its links, 
 MULTI-HOP and INTERSECTION questions whose answers need those pages. Here the clusters come from the crawl
 graph (`pages` and `links` tables) of non-benchmark sites only, the teacher answers in JSON, and a pair survives
 only if it cites pages of its cluster, its answer (or the teacher's quoted evidence) is found in them, and it
-is not a near-duplicate of a question already kept.
+is not a near-duplicate of a question already kept. The teacher cites a page by its label in the prompt
+(`Page 2`) or by its URL: small models cannot copy URLs reliably, and the label is mapped back to the URL here.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import Literal
 from urllib.parse import urldefrag
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from webdancer_dagster.llm.client import LLMEndpoint
 from webdancer_dagster.synthesis.qa import (
@@ -28,6 +30,7 @@ from webdancer_dagster.synthesis.qa import (
     contains_phrase,
     deduplicate,
     is_grounded,
+    normalize_answer,
     stable_id,
 )
 from webdancer_dagster.synthesis.replies import JSON_FORMAT_HELP, JsonFormat, JsonReply, NonEmpty, ask_json
@@ -83,16 +86,17 @@ class PageCluster:
 
 
 class CrawlQAReply(BaseModel):
-    """The JSON object the teacher must answer with."""
+    """The JSON object the teacher must answer with. `source_pages` holds page labels or URLs (`source_urls` is
+    accepted as its name too, as teachers prompted with older formats write it)."""
 
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
     question: NonEmpty
     answer: NonEmpty
-    source_urls: list[NonEmpty] = Field(min_length=1)
+    source_pages: list[NonEmpty] = Field(min_length=1, validation_alias=AliasChoices("source_pages", "source_urls"))
     evidence: list[str] = Field(default_factory=list)
 
-    @field_validator("source_urls", "evidence", mode="before")
+    @field_validator("source_pages", "evidence", mode="before")
     @classmethod
     def _listify(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
@@ -185,12 +189,30 @@ SYSTEM_PROMPT = (
     "You write hard, factual questions for training web-research agents. Every fact you use must come from the "
     "pages you are given. Reply with one JSON object and nothing else."
 )
+# The placeholders of the reply format: a reply that repeats one of them wrote no question of its own.
+QUESTION_PLACEHOLDER = "your question"
+ANSWER_PLACEHOLDER = "a short answer of a few words"
+EVIDENCE_PLACEHOLDER = "sentences copied word for word from those pages that support the answer"
 REPLY_FORMAT = (
-    'Reply with one JSON object: {"question": "...", "answer": "a short answer of a few words", '
-    '"source_urls": ["the URLs of the pages the answer needs"], '
-    '"evidence": ["sentences copied word for word from those pages that support the answer"]}. '
+    f'Reply with one JSON object: {{"question": "{QUESTION_PLACEHOLDER}", "answer": "{ANSWER_PLACEHOLDER}", '
+    f'"source_pages": ["Page 1", "Page 2"], "evidence": ["{EVIDENCE_PLACEHOLDER}"]}}. '
+    "In source_pages, list the pages the answer needs by their labels (Page 1, Page 2, ...). "
     "The question must not contain the answer."
 )
+_PLACEHOLDERS = frozenset(normalize_answer(text) for text in ("...", QUESTION_PLACEHOLDER, ANSWER_PLACEHOLDER))
+_NOT_EVIDENCE = _PLACEHOLDERS | {normalize_answer(EVIDENCE_PLACEHOLDER)}  # copied placeholders quote nothing
+# "Page 2", "[Page 2]", "page #2", "[2]", "2": a page label as teachers write it; nothing else around it.
+_PAGE_LABEL = re.compile(r"^\[?\s*(?:page\s*#?\s*)?(\d+)\s*\]?$", re.IGNORECASE)
+
+
+def resolve_citation(citation: str, cluster: PageCluster) -> str | None:
+    """The cluster URL a citation names, by page label (1-based, as numbered in the prompt) or by URL; else None."""
+    label = _PAGE_LABEL.match(citation.strip())
+    if label:
+        number = int(label.group(1))
+        return cluster.pages[number - 1].url if 1 <= number <= len(cluster.pages) else None
+    url = _defrag(citation)
+    return url if url in cluster.urls else None
 
 
 def crawlqa_messages(cluster: PageCluster, kind: CrawlQAKind, page_chars: int) -> list[dict[str, str]]:
@@ -215,18 +237,22 @@ def check_crawlqa_reply(
         return Drop(STAGE, reason, item, detail, kind, reply.raw)
 
     value = reply.value
+    copied = [text for text in (value.question, value.answer) if normalize_answer(text) in _PLACEHOLDERS]
+    if copied:
+        return drop("copied_prompt_example", f"the reply repeats the format's placeholder {copied[0]!r}")
     pages = {page.url: page for page in cluster.pages}
-    cited = list(dict.fromkeys(_defrag(url) for url in value.source_urls))
-    unknown = [url for url in cited if url not in pages]
+    resolved = {citation: resolve_citation(citation, cluster) for citation in value.source_pages}
+    unknown = [citation for citation, url in resolved.items() if url is None]
     if unknown:
-        return drop("cites_unknown_url", f"not in the cluster: {', '.join(unknown)}")
+        return drop("cites_unknown_page", f"neither a page label nor a URL of the cluster: {', '.join(unknown)}")
+    cited = list(dict.fromkeys(url for url in resolved.values() if url is not None))
     if kind != "count" and len(cited) < 2:
         return drop("needs_two_pages", f"a {kind} question must cite at least two pages; it cites {len(cited)}")
     if len(value.answer.split()) > config.max_answer_words:
         return drop("answer_too_long", f"{len(value.answer.split())} words > {config.max_answer_words}")
     if contains_phrase(value.question, value.answer):
         return drop("answer_in_question", f"the question contains the answer {value.answer!r}")
-    evidence = [quote.strip() for quote in value.evidence if quote.strip()]
+    evidence = [quote.strip() for quote in value.evidence if normalize_answer(quote) not in _NOT_EVIDENCE]
     cited_text = "\n".join(pages[url].text for url in cited)
     if not is_grounded(value.answer, evidence, cited_text, config.min_evidence_words):
         return drop("ungrounded", f"neither the answer {value.answer!r} nor all evidence quotes are in the cited pages")

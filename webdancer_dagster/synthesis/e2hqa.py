@@ -6,7 +6,8 @@ stays the same, so each rewrite adds one search the agent must do. Here the seed
 non-benchmark site, search runs through any `SearchBackend` (hits on benchmark hosts are discarded before the
 teacher sees them), and every step of the chain is stored on the pair. A rewrite that puts the answer into the
 question, changes nothing, keeps the entity's name, or drops the entity instead of describing it ends the pair
-as a counted drop.
+as a counted drop. With `answer_check` on, an LLM (the checker, e.g. the judge) also confirms after every rewrite
+that the seed's answer still answers the new question; a rewrite it rejects fails like any other.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class E2HQAConfig(BaseModel):
     description_overlap: float = Field(
         0.5, gt=0, le=1, description="share of the description's content words the new question must contain"
     )
+    answer_check: bool = Field(
+        False, description="after each rewrite, ask the checker LLM whether the answer is unchanged (one more call)"
+    )
     duplicate_threshold: float = Field(0.7, gt=0, le=1)
     json_format: JsonFormat = Field("object", description=JSON_FORMAT_HELP)
     max_workers: int | None = Field(None, ge=1, description="seeds rewritten in parallel; default: endpoint's limit")
@@ -84,6 +88,10 @@ class EntityReply(BaseModel):
 class RewriteReply(BaseModel):
     description: NonEmpty
     question: NonEmpty
+
+
+class AnswerCheckReply(BaseModel):
+    same_answer: bool
 
 
 SYSTEM_PROMPT = (
@@ -128,6 +136,23 @@ def rewrite_messages(question: str, answer: str, entity: str, hits: Sequence[Sea
         'question.\n\nReply with one JSON object: {"description": "...", "question": "the rewritten question"}'
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+CHECK_SYSTEM_PROMPT = (
+    "You check rewritten questions for a dataset of web-research questions. Reply with one JSON object and nothing "
+    "else."
+)
+
+
+def answer_check_messages(before: str, after: str, entity: str, answer: str) -> list[dict[str, str]]:
+    """Ask whether `answer`, the answer to `before`, still answers `after` (where `entity` became a description)."""
+    user = (
+        f"Check a rewritten question.\n\nOriginal question: {before}\nIts answer: {answer}\n"
+        f"Rewritten question: {after}\n\nThe rewritten question should describe {entity!r} instead of naming it "
+        f"and ask for exactly the same thing. Is {answer!r} still the correct answer to the rewritten question?\n\n"
+        'Reply with one JSON object: {"same_answer": true} if it is, {"same_answer": false} if it is not.'
+    )
+    return [{"role": "system", "content": CHECK_SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
 def sample_seed_pages(
@@ -197,9 +222,15 @@ class _Rewriter:
     """One seed's chain of rewrites; keeps `synthesize_e2hqa` readable."""
 
     def __init__(
-        self, teacher: LLMEndpoint, search: SearchBackend, blocked_hosts: Collection[str], config: E2HQAConfig
+        self,
+        teacher: LLMEndpoint,
+        search: SearchBackend,
+        blocked_hosts: Collection[str],
+        config: E2HQAConfig,
+        checker: LLMEndpoint | None,
     ) -> None:
         self.teacher = teacher
+        self.checker = checker
         self.search = search
         self.blocked = {host.lower().split(":")[0] for host in blocked_hosts}
         self.config = config
@@ -252,6 +283,22 @@ class _Rewriter:
         problem = check_rewrite(question, after, description, entity, seed.answer, self.config.description_overlap)
         if problem:
             return drop(*problem, written.raw)
+        verdict = ""
+        if self.checker is not None:
+            checked = ask_json(
+                self.checker,
+                answer_check_messages(question, after, entity, seed.answer),
+                AnswerCheckReply,
+                sample_index=attempt,
+                json_format=json_format,
+            )
+            if checked.value is None:
+                detail = f"the checker's reply is unusable ({checked.reason}): {checked.detail}"
+                return drop("answer_check_failed", detail, checked.raw)
+            if not checked.value.same_answer:
+                detail = f"the checker says {seed.answer!r} no longer answers {after!r}"
+                return drop("answer_changed", detail, checked.raw)
+            verdict = checked.raw
         return RewriteStep(
             question_before=question,
             entity=entity,
@@ -259,6 +306,7 @@ class _Rewriter:
             results=[SearchRecord(title=h.title, url=h.url, snippet=h.snippet) for h in hits],
             description=description,
             question_after=after,
+            answer_check=verdict,
         )
 
 
@@ -275,21 +323,25 @@ def synthesize_e2hqa(
     blocked_hosts: Collection[str],
     config: E2HQAConfig | None = None,
     *,
+    checker: LLMEndpoint | None = None,
     existing_questions: Iterable[str] = (),
 ) -> SynthesisResult:
     """Seed one simple question per sampled page of `allowed_sites`, then rewrite each n times (n = difficulty).
 
     `blocked_hosts` are the benchmark sites' hosts: search hits there are discarded, so no benchmark page
-    ever reaches the teacher. Seeds run in parallel; results are checked in seed order.
+    ever reaches the teacher. `checker` answers the answer-unchanged check and is required when
+    `config.answer_check` is on. Seeds run in parallel; results are checked in seed order.
     """
     config = config or E2HQAConfig()
+    if config.answer_check and checker is None:
+        raise ValueError("E2HQA answer_check is on but no checker endpoint was given")
     seed_pages = sample_seed_pages(
         pages, allowed_sites, seeds=config.seeds, seed=config.seed, min_page_chars=config.min_page_chars
     )
     if not seed_pages:
         logger.warning("e2hqa: no seed page on sites %s", sorted(allowed_sites))
         return SynthesisResult([], [], 0)
-    rewriter = _Rewriter(teacher, search, blocked_hosts, config)
+    rewriter = _Rewriter(teacher, search, blocked_hosts, config, checker if config.answer_check else None)
 
     def run(page: ClusterPage) -> QAPair | Drop:
         reply = ask_json(teacher, seed_messages(page, config.page_chars), SeedReply, json_format=config.json_format)

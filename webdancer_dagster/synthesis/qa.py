@@ -121,6 +121,7 @@ class RewriteStep(BaseModel):
     results: list[SearchRecord]
     description: str
     question_after: str
+    answer_check: str = Field("", description="the checker's raw reply saying the answer is unchanged; '' if off")
 
 
 class QAPair(BaseModel):
