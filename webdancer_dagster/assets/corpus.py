@@ -9,16 +9,32 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from webdancer_dagster.evaluation.registry import Registry, default_registry
 from webdancer_dagster.paths import DATA_DIR, PYTHON_DOC_DIR
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import SEARCH_INDEX_DIR, WebEnvironment
 from webdancer_dagster.warehouse import frame_version, markdown_preview
 from webdancer_dagster.web.crawl import CrawlLimits, crawl_site
 from webdancer_dagster.web.search import LocalSearch, build_search_index, search_tool
-from webdancer_dagster.web.sites import build_site, default_site_specs
+from webdancer_dagster.web.sites import LISTING_PAGE_SIZE, SiteSpec, build_site, default_site_specs
 from webdancer_dagster.web.versioning import diff_snapshot
 
-SITE_NAMES = [spec.name for spec in default_site_specs(DATA_DIR, PYTHON_DOC_DIR)]
+
+def site_specs(data_dir: Path, python_doc_dir: Path, registry: Registry) -> list[SiteSpec]:
+    """The project's sites plus one benchmark-flagged site per declared benchmark that brings a corpus."""
+    specs = default_site_specs(data_dir, python_doc_dir)
+    taken = {spec.name for spec in specs}
+    for name, source in registry.corpus_benchmarks.items():
+        if name in taken:
+            raise ValueError(f"declared benchmark {name!r} would replace the site of the same name; rename it")
+        description = source.description or f"corpus of the declared benchmark {name}; never read by synthesis"
+        specs.append(SiteSpec(name, "corpus", Path(str(source.corpus)), benchmark=True, description=description))
+    return specs
+
+
+# Read once when the definitions load: its models and benchmarks are partition keys ("Reload definitions" rereads).
+REGISTRY = default_registry()
+SITE_NAMES = [spec.name for spec in site_specs(DATA_DIR, PYTHON_DOC_DIR, REGISTRY)]
 site_partitions = dg.StaticPartitionsDefinition(SITE_NAMES)
 
 PAGE_COLUMNS = ["site", "url", "title", "text", "content_hash", "depth", "status", "bytes", "fetched_at"]
@@ -45,9 +61,10 @@ class WebSitesConfig(dg.Config):
 
 @dg.asset(group_name="corpus", kinds={"python", "duckdb"})
 def web_sites(context: dg.AssetExecutionContext, config: WebSitesConfig, warehouse: Warehouse) -> dg.MaterializeResult:
-    """The local web: real Debian documentation plus Wikipedia-like sites rendered from the shipped corpora."""
+    """The local web: real Debian documentation, Wikipedia-like sites rendered from the shipped corpora, and the
+    corpus of every benchmark declared in the evaluation registry (flagged as benchmark sites)."""
     store = warehouse.store()
-    specs = default_site_specs(Path(config.data_dir), Path(config.python_doc_dir))
+    specs = site_specs(Path(config.data_dir), Path(config.python_doc_dir), REGISTRY)
     built = [build_site(spec, store.artifact_dir("sites") / spec.name) for spec in specs]
     frame = pd.DataFrame(
         {
@@ -85,9 +102,14 @@ class CrawlConfig(dg.Config):
     timeout_s: float = Field(default=10.0, description="Per-request timeout.")
     max_bytes: int = Field(default=5_000_000, description="Responses larger than this are skipped as too_large.")
 
-    def limits_for(self, site: str) -> CrawlLimits:
+    def limits_for(self, site: str, benchmark_pages: int | None = None) -> CrawlLimits:
+        """`benchmark_pages`: the article count of a benchmark site, crawled whole (articles, listings, root)
+        unless `max_pages_by_site` names it, so every gold page is searchable."""
+        max_pages = self.max_pages
+        if benchmark_pages is not None:
+            max_pages = max(max_pages, benchmark_pages + benchmark_pages // LISTING_PAGE_SIZE + 2)
         return CrawlLimits(
-            max_pages=self.max_pages_by_site.get(site, self.max_pages),
+            max_pages=self.max_pages_by_site.get(site, max_pages),
             max_depth=self.max_depth,
             concurrency=self.concurrency,
             timeout_s=self.timeout_s,
@@ -111,13 +133,14 @@ def crawl_pages(
     if site_row.empty:
         raise LookupError(f"site {site!r} is not in the sites table; materialize web_sites first")
     root_url = site_row.iloc[0]["root_url"]
+    benchmark_pages = int(site_row.iloc[0]["pages"]) if bool(site_row.iloc[0]["benchmark"]) else None
     started = datetime.now(UTC)
     crawl_id = f"{site}-{started:%Y%m%dT%H%M%S}-{context.run_id[:8]}"
     with web.serve() as proxy_url:
         result = crawl_site(
             root_url,
             proxy_url=proxy_url,
-            limits=config.limits_for(site),
+            limits=config.limits_for(site, benchmark_pages),
             work_dir=store.artifact_dir("crawls", crawl_id),
         )
     previous = (

@@ -1,5 +1,8 @@
 """Stage 6: every model scored on every benchmark the same way, one partition per (model, benchmark).
 
+Models: `base` (the policy endpoint as configured), `sft` and `rl` (their recorded checkpoints, served locally),
+and every endpoint declared in the evaluation registry. Benchmarks: MuSiQue on the local web, the five
+question-only sets (live web with a search key, else closed-book), and every declared benchmark.
 Each finished run is appended to `eval_runs` before the next starts, so a killed or failed materialization
 resumes where it stopped; a changed agent or judge setting (the run fingerprint) starts the partition afresh.
 `scores` holds one row per partition, and every materialization shows the comparison across all of them.
@@ -9,6 +12,8 @@ import base64
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -16,29 +21,36 @@ import pandas as pd
 from pydantic import Field
 
 from webdancer_dagster.agent.factory import build_web_agent
-from webdancer_dagster.assets.corpus import search_index
-from webdancer_dagster.evaluation.benchmarks import BENCHMARKS, load_benchmark
-from webdancer_dagster.evaluation.metrics import score_runs
+from webdancer_dagster.assets.corpus import REGISTRY, search_index
+from webdancer_dagster.evaluation.benchmarks import load_benchmark
+from webdancer_dagster.evaluation.metrics import audit_scores, score_runs
+from webdancer_dagster.evaluation.models import checkpoint_server_config, recorded_checkpoint
 from webdancer_dagster.evaluation.plots import comparison_chart, comparison_table
+from webdancer_dagster.evaluation.registry import ModelSpec
 from webdancer_dagster.evaluation.run import evaluate
-from webdancer_dagster.llm.client import EndpointConfig
+from webdancer_dagster.evaluation.settings import ClosedBookSearch, Setting, benchmark_setting
+from webdancer_dagster.llm.client import EndpointConfig, LLMEndpoint, TokenUsage
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
+from webdancer_dagster.llm.server import ModelServer, ModelServerConfig
 from webdancer_dagster.llm.tokenizer import load_tokenizer
 from webdancer_dagster.paths import DATA_DIR
 from webdancer_dagster.resources.llm import LLMEndpointResource
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
 from webdancer_dagster.warehouse import WarehouseStore, markdown_preview
+from webdancer_dagster.web.search import SearchBackend
 from webdancer_dagster.web.visit import FetchPolicy
 
-MODELS = ["base"]  # "base": the policy endpoint as configured (the offline SmolLM2 by default)
-OFFLINE_BENCHMARKS = [name for name, source in BENCHMARKS.items() if source.offline]
+MODELS = list(REGISTRY.models)
+BENCHMARK_NAMES = list(REGISTRY.benchmarks)
+OFFLINE_BENCHMARKS = [name for name, source in REGISTRY.benchmarks.items() if source.offline]
 RUNS_TABLE, SCORES_TABLE = "eval_runs", "scores"
+GGUF_CACHE_DIR = "gguf"
 
 benchmark_partitions = dg.MultiPartitionsDefinition(
     {
         "model": dg.StaticPartitionsDefinition(MODELS),
-        "benchmark": dg.StaticPartitionsDefinition(OFFLINE_BENCHMARKS),
+        "benchmark": dg.StaticPartitionsDefinition(BENCHMARK_NAMES),
     }
 )
 
@@ -50,15 +62,24 @@ class BenchmarkScoresConfig(dg.Config):
     n_ctx: int = Field(default=8192, description="The policy's context window in tokens.")
     cot_mode: str = Field(default="short", description="'short' or 'long' (how the policy's turns are prompted).")
     tokenizer: str | None = Field(
-        default=None, description="Model folder or GGUF whose tokenizer counts context; default: SmolLM2's GGUF."
+        default=None,
+        description="Model folder or GGUF whose tokenizer counts context; default: the checkpoint's own for sft/rl, "
+        "SmolLM2's GGUF otherwise.",
+    )
+    gguf_outtype: str = Field(
+        default="f16",
+        description="sft/rl on llama.cpp: weights of the GGUF export ('f32', 'f16' or 'q8_0'; cached by checkpoint).",
     )
     data_dir: str = Field(default=str(DATA_DIR), description="Folder holding the benchmark files.")
     max_workers: int = Field(default=1, description="Runs answered in parallel.")
 
 
-def _fingerprint(config: BenchmarkScoresConfig, policy: EndpointConfig, judge: EndpointConfig) -> str:
+def _fingerprint(
+    config: BenchmarkScoresConfig, policy: EndpointConfig, judge: EndpointConfig, setting: Setting = "local_web"
+) -> str:
     """Rows from another agent or judge setting are not this evaluation's: resuming must not mix them in.
-    Endpoints count by model and sampling, not URL: the local server takes a new free port on every start."""
+    Endpoints count by model and sampling, not URL: the local server takes a new free port on every start.
+    A checkpoint's served name carries its sha256, so a retrained checkpoint starts afresh."""
     settings = {
         "max_llm_calls": config.max_llm_calls,
         "n_ctx": config.n_ctx,
@@ -67,7 +88,90 @@ def _fingerprint(config: BenchmarkScoresConfig, policy: EndpointConfig, judge: E
         "policy": [policy.model, policy.sampling.model_dump()],
         "judge": [judge.model, judge.sampling.model_dump()],
     }
+    if setting != "local_web":  # the default is left out so fingerprints stored before settings existed still match
+        settings["setting"] = setting
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Policy:
+    """The model under evaluation: its endpoint config now, its own server (if any) only once there is work."""
+
+    def __init__(
+        self,
+        endpoint_config: EndpointConfig,
+        tokenizer: str,
+        shared: LLMEndpointResource | None = None,
+        server: Callable[[], ModelServerConfig] | None = None,
+    ) -> None:
+        self.config, self.tokenizer, self._shared, self._server = endpoint_config, tokenizer, shared, server
+        self.usage = TokenUsage()
+
+    @property
+    def name(self) -> str:
+        base_url = "a local server" if self._server is not None else self.config.base_url
+        return f"{self.config.model} @ {base_url}"
+
+    @contextmanager
+    def endpoint(self) -> Iterator[LLMEndpoint]:
+        if self._shared is not None:
+            yield self._shared.endpoint()
+            return
+        with ExitStack() as stack:
+            config = self.config
+            if self._server is not None:
+                server = stack.enter_context(ModelServer(self._server()))
+                config = config.model_copy(update={"base_url": server.base_url})
+            endpoint = LLMEndpoint(config)
+            stack.callback(endpoint.close)
+            self.usage = endpoint.usage
+            yield endpoint
+
+    def usage_metadata(self) -> dict[str, int]:
+        return self._shared.usage_metadata() if self._shared is not None else self.usage.as_metadata()
+
+
+def resolve_policy(
+    spec: ModelSpec,
+    policy: LLMEndpointResource,
+    store: WarehouseStore,
+    config: BenchmarkScoresConfig,
+) -> _Policy:
+    """`base`: the policy role as configured; `sft`/`rl`: the recorded checkpoint behind its own server (the judge
+    and summarizer stay on theirs); a declared endpoint: its URL, model and key variable with the policy's sampling.
+    Raises `CheckpointMissingError` naming the asset to materialize when a checkpoint was never trained."""
+    default_tokenizer = config.tokenizer or str(find_smollm2_gguf())
+    if spec.kind == "base":
+        return _Policy(policy.endpoint().config, default_tokenizer, shared=policy)
+    if spec.kind == "endpoint":
+        endpoint = policy.endpoint_config(base_url=spec.base_url, model=spec.model, api_key_env=spec.api_key_env)
+        return _Policy(endpoint, default_tokenizer)
+    checkpoint = recorded_checkpoint(store, str(spec.checkpoint_table))
+    template = policy.server.server_config()  # the same resources (mode, threads, context) as llm_server
+    # Known before the server starts: the fingerprint needs the model id, not the URL.
+    endpoint = policy.endpoint_config(base_url="http://127.0.0.1/v1", model=checkpoint.served_name)
+    return _Policy(
+        endpoint,
+        config.tokenizer or str(checkpoint.path),
+        server=lambda: checkpoint_server_config(
+            checkpoint,
+            store.artifact_dir(GGUF_CACHE_DIR),
+            template,
+            config.gguf_outtype,  # type: ignore[arg-type]
+        ),
+    )
+
+
+def _tools(
+    setting: Setting, web: WebEnvironment, live: SearchBackend | None, store: WarehouseStore, stack: ExitStack
+) -> tuple[SearchBackend, FetchPolicy]:
+    """Search and fetch rules of the setting: the local web behind its proxy, the live web, or nothing."""
+    if setting == "local_web":
+        sites = store.read_table("sites")
+        proxy_url = stack.enter_context(web.serve())
+        return web.local_search(), FetchPolicy(allowed_hosts=frozenset(sites["host"]), proxy_url=proxy_url)
+    if setting == "live_web" and live is not None:
+        return live, FetchPolicy()
+    return ClosedBookSearch(), FetchPolicy(allowed_hosts=frozenset())
 
 
 def _stored_runs(store: WarehouseStore, partition: str) -> pd.DataFrame:
@@ -77,7 +181,8 @@ def _stored_runs(store: WarehouseStore, partition: str) -> pd.DataFrame:
 
 
 @dg.asset(
-    deps=[search_index],
+    # sft_checkpoint and rl_checkpoint for lineage: the sft and rl partitions score what they recorded.
+    deps=[search_index, "sft_checkpoint", "rl_checkpoint"],
     partitions_def=benchmark_partitions,
     group_name="evaluation",
     kinds={"python", "duckdb"},
@@ -91,19 +196,23 @@ def benchmark_scores(
     summarizer: LLMEndpointResource,
     judge: LLMEndpointResource,
 ) -> dg.MaterializeResult:
-    """Each question answered `runs` times by the agent over the whole local web, every answer judged and
-    stored with the raw judge reply; Pass@1 / Pass@k / Cons@k and the comparison with every scored partition."""
+    """Each question answered `runs` times by the model's agent (local web, live web or closed-book), every answer
+    judged and stored with the raw judge reply; Pass@1 / Pass@k / Cons@k and the comparison with every partition."""
     keys = context.partition_key.keys_by_dimension
     model, benchmark = keys["model"], keys["benchmark"]
     partition = context.partition_key
     if config.cot_mode not in ("short", "long"):
         raise ValueError(f"cot_mode must be 'short' or 'long', got {config.cot_mode!r}")
-    questions = load_benchmark(benchmark, Path(config.data_dir))[: config.max_questions]
+    source = REGISTRY.benchmarks[benchmark]
+    questions = load_benchmark(benchmark, Path(config.data_dir), REGISTRY.benchmarks)[: config.max_questions]
     store = warehouse.store()
-    policy_endpoint, judge_endpoint = policy.endpoint(), judge.endpoint()
-    policy_name = f"{policy_endpoint.config.model} @ {policy_endpoint.config.base_url}"
+    model_policy = resolve_policy(REGISTRY.models[model], policy, store, config)
+    live = None if source.offline else web.live_search()
+    setting = benchmark_setting(source, live is not None)
+    judge_endpoint = judge.endpoint()
+    policy_name = model_policy.name
     judge_name = f"{judge_endpoint.config.model} @ {judge_endpoint.config.base_url}"
-    fingerprint = _fingerprint(config, policy_endpoint.config, judge_endpoint.config)
+    fingerprint = _fingerprint(config, model_policy.config, judge_endpoint.config, setting)
 
     stored = _stored_runs(store, partition)
     if len(stored) and (stored["fingerprint"] != fingerprint).any():
@@ -118,20 +227,22 @@ def benchmark_scores(
     def store_row(row: dict) -> None:
         frame = pd.DataFrame([{
             "partition": partition, "model": model, "benchmark": benchmark, **row,
-            "fingerprint": fingerprint, "policy": policy_name, "judge": judge_name,
+            "fingerprint": fingerprint, "policy": policy_name, "judge": judge_name, "setting": setting,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         }])  # fmt: skip
         store.write_tables(appends={RUNS_TABLE: frame})
 
     if len(wanted - done):
-        sites = store.read_table("sites")
-        tokenizer = load_tokenizer(config.tokenizer or str(find_smollm2_gguf()), str(store.home / "tokenizers"))
-        with web.serve() as proxy_url:
+        context.log.info("%s: %s setting, %d runs to go", partition, setting, len(wanted - done))
+        tokenizer = load_tokenizer(model_policy.tokenizer, str(store.home / "tokenizers"))
+        with ExitStack() as stack:
+            search, fetch_policy = _tools(setting, web, live, store, stack)
+            policy_endpoint = stack.enter_context(model_policy.endpoint())
             agent = build_web_agent(
                 policy_endpoint,
                 summarizer.endpoint(),
-                web.search(),
-                FetchPolicy(allowed_hosts=frozenset(sites["host"]), proxy_url=proxy_url),
+                search,
+                fetch_policy,
                 tokenizer,
                 n_ctx=config.n_ctx,
                 max_llm_calls=config.max_llm_calls,
@@ -150,9 +261,10 @@ def benchmark_scores(
     runs = _stored_runs(store, partition)
     runs = runs[[(qid, int(run)) in wanted for qid, run in zip(runs["question_id"], runs["run"], strict=True)]]
     scores = score_runs(runs, config.runs)
+    search_backend = {"local_web": "local", "live_web": getattr(live, "name", "live"), "closed_book": "none"}[setting]
     score_row = pd.DataFrame([{
         "partition": partition, "model": model, "benchmark": benchmark, **scores.as_row(),
-        "search_backend": web.search_backend, "policy": policy_name, "judge": judge_name,
+        "search_backend": search_backend, "setting": setting, "policy": policy_name, "judge": judge_name,
         "fingerprint": fingerprint, "scored_at": dt.datetime.now(dt.UTC).isoformat(),
     }])  # fmt: skip
     writes = store.write_tables(partition=("partition", partition), partition_replacements={SCORES_TABLE: score_row})
@@ -161,8 +273,8 @@ def benchmark_scores(
     chart = comparison_chart(all_scores, chart_path)
     chart_md = f"![scores](data:image/png;base64,{base64.b64encode(chart).decode()})"
     context.log.info(
-        "%s: Pass@1 %.3f Pass@%d %.3f Cons@%d %.3f over %d questions (%d runs resumed)",
-        partition, scores.pass_at_1, config.runs, scores.pass_at_k, config.runs, scores.cons_at_k,
+        "%s (%s): Pass@1 %.3f Pass@%d %.3f Cons@%d %.3f over %d questions (%d runs resumed)",
+        partition, setting, scores.pass_at_1, config.runs, scores.pass_at_k, config.runs, scores.cons_at_k,
         scores.questions, resumed,
     )  # fmt: skip
     return dg.MaterializeResult(
@@ -181,10 +293,11 @@ def benchmark_scores(
             "exact_match": round(scores.exact_match, 4),
             "f1": round(scores.f1, 4),
             "terminations": dg.MetadataValue.json(scores.terminations),
+            "setting": setting,
             "policy": policy_name,
             "judge": judge_name,
-            "search_backend": web.search_backend,
-            "policy_usage": dg.MetadataValue.json(policy.usage_metadata()),
+            "search_backend": search_backend,
+            "policy_usage": dg.MetadataValue.json(model_policy.usage_metadata()),
             "judge_usage": dg.MetadataValue.json(judge.usage_metadata()),
             "preview": dg.MetadataValue.md(
                 markdown_preview(runs[["question_id", "run", "answer", "termination", "correct", "judge_method"]])
@@ -193,5 +306,31 @@ def benchmark_scores(
             "comparison_chart": dg.MetadataValue.md(chart_md),
             "comparison_chart_path": dg.MetadataValue.path(str(chart_path)),
             "scores_parquet": dg.MetadataValue.path(str(writes[SCORES_TABLE].parquet_path)),
+        },
+    )
+
+
+MAX_JUDGE_UNREADABLE_SHARE = 0.2
+
+
+@dg.asset_check(
+    asset=benchmark_scores,
+    description="Every scored question has k runs, Pass@1/Pass@k/Cons@k and rates lie in [0, 1] and agree, and at "
+    f"most {MAX_JUDGE_UNREADABLE_SHARE:.0%} of judge replies were unreadable, in every scored partition.",
+)
+def benchmark_scores_are_sound(warehouse: Warehouse) -> dg.AssetCheckResult:
+    store = warehouse.store()
+    if not store.table_exists(SCORES_TABLE):
+        return dg.AssetCheckResult(passed=False, metadata={"actual": "no scores table"})
+    scores, runs = store.read_table(SCORES_TABLE), store.read_table(RUNS_TABLE)
+    problems = audit_scores(scores, runs, MAX_JUDGE_UNREADABLE_SHARE)
+    return dg.AssetCheckResult(
+        passed=problems.empty,
+        metadata={
+            "partitions_checked": len(scores),
+            "expected_problems": 0,
+            "actual_problems": len(problems),
+            "max_judge_unreadable_share": MAX_JUDGE_UNREADABLE_SHARE,
+            "problems": dg.MetadataValue.md(markdown_preview(problems, rows=20) if len(problems) else "none"),
         },
     )

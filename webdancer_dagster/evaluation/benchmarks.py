@@ -38,9 +38,11 @@ class BenchmarkFileError(ValueError):
 class BenchmarkSource:
     """Where a named benchmark's file lies under the data folder and how it is laid out."""
 
-    path: str
+    path: str  # relative to the data folder, or absolute (declared benchmarks)
     format: BenchmarkFormat
     offline: bool  # its answers are on the local web; the others need a live search backend or run closed-book
+    corpus: Path | None = None  # a declared benchmark's own corpus, served as a benchmark-flagged site
+    description: str = ""
 
 
 BENCHMARKS: dict[str, BenchmarkSource] = {
@@ -53,11 +55,14 @@ BENCHMARKS: dict[str, BenchmarkSource] = {
 }
 
 
-def load_benchmark(name: str, data_dir: Path) -> list[BenchmarkQuestion]:
-    """The named benchmark from the shipped data folder; ids of sets without ids are content hashes."""
-    if name not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
-    source = BENCHMARKS[name]
+def load_benchmark(
+    name: str, data_dir: Path, sources: Mapping[str, BenchmarkSource] = BENCHMARKS
+) -> list[BenchmarkQuestion]:
+    """The named benchmark (built-in under `data_dir`, or declared in `sources`); ids of sets without ids are
+    content hashes."""
+    if name not in sources:
+        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(sorted(sources))}")
+    source = sources[name]
     return load_questions(Path(data_dir) / source.path, source.format, id_prefix=f"{name}_")
 
 

@@ -119,3 +119,38 @@ def score_runs(runs: pd.DataFrame, runs_per_question: int = 3) -> Scores:
         f1=float(runs["f1"].mean()),
         terminations={str(k): int(v) for k, v in runs["termination"].value_counts().sort_index().items()},
     )
+
+
+RATE_COLUMNS = ("pass_at_1", "pass_at_k", "cons_at_k", "format_error_rate", "exact_match", "f1")
+
+
+def audit_scores(scores: pd.DataFrame, runs: pd.DataFrame, max_flagged_share: float) -> pd.DataFrame:
+    """Problems with stored scores, one row per (partition, problem): a question without exactly k runs, fewer
+    complete questions than scored, judge replies left unreadable above `max_flagged_share`, a rate outside
+    [0, 1] or Pass@1 / Cons@k above Pass@k. Runs count when they carry the score's fingerprint."""
+    problems: list[dict[str, Any]] = []
+    for score in scores.itertuples(index=False):
+        mine = runs[(runs["partition"] == score.partition) & (runs["fingerprint"] == score.fingerprint)]
+        k = int(score.runs_per_question)
+
+        def problem(kind: str, detail: str, partition: str = score.partition) -> None:
+            problems.append({"partition": partition, "problem": kind, "detail": detail})
+
+        per_question = mine.groupby("question_id").size()
+        wrong = per_question[per_question != k]
+        if len(wrong):
+            problem("runs_per_question", f"{len(wrong)} questions without {k} runs, e.g. {wrong.index[0]}")
+        if int((per_question == k).sum()) < int(score.questions):
+            problem("questions", f"{int((per_question == k).sum())} complete questions, {score.questions} scored")
+        flagged = float((mine["judge_flag"].fillna("") != "").mean()) if len(mine) else 0.0
+        if flagged > max_flagged_share:
+            problem("judge_unreadable", f"{flagged:.1%} of judgements unreadable (threshold {max_flagged_share:.0%})")
+        for column in RATE_COLUMNS:
+            value = float(getattr(score, column))
+            if not 0.0 <= value <= 1.0:
+                problem("out_of_range", f"{column} = {value}")
+        if score.pass_at_1 > score.pass_at_k + 1e-9 or score.cons_at_k > score.pass_at_k + 1e-9:
+            problem(
+                "inconsistent", f"Pass@1 {score.pass_at_1}, Cons@k {score.cons_at_k} above Pass@k {score.pass_at_k}"
+            )
+    return pd.DataFrame(problems, columns=["partition", "problem", "detail"])

@@ -120,9 +120,15 @@ class LLMEndpointResource(dg.ConfigurableResource):
     _endpoint: LLMEndpoint | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
-    def endpoint_config(self) -> EndpointConfig:
-        """Resolve the URL and model, starting the local server if this role has no URL of its own."""
-        base_url, model = self.base_url, self.model
+    def endpoint_config(
+        self, base_url: str | None = None, model: str | None = None, api_key_env: str | None = None
+    ) -> EndpointConfig:
+        """Resolve the URL and model, starting the local server if this role has no URL of its own.
+
+        Arguments point the role at another endpoint (e.g. a checkpoint under evaluation) with its sampling intact.
+        """
+        if base_url is None:
+            base_url, model, api_key_env = self.base_url, model or self.model, api_key_env or self.api_key_env
         if base_url is None:
             server = self.server.ensure_running()
             base_url, model = server.base_url, model or server.model
@@ -133,7 +139,7 @@ class LLMEndpointResource(dg.ConfigurableResource):
             role=self.role,
             base_url=base_url,
             model=model,
-            api_key_env=self.api_key_env,
+            api_key_env=api_key_env,
             sampling=SamplingParams(
                 temperature=self.temperature,
                 top_p=self.top_p,

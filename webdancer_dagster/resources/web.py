@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,12 @@ class WebEnvironment(dg.ConfigurableResource):
     serper_api_key: str | None = Field(
         default=None, description="Serper API key; set it with dg.EnvVar('SERPER_API_KEY'), never inline."
     )
+    live_search_api_key_env: str = Field(
+        default="SERPER_API_KEY",
+        description="Evaluation of the question-only benchmarks searches the live web with Serper when this "
+        "environment variable holds a key, and runs closed-book otherwise (the key is read, never stored).",
+    )
+    serper_base_url: str = Field(default="https://google.serper.dev", description="Serper-compatible API URL.")
 
     @contextmanager
     def serve(self) -> Iterator[str]:
@@ -43,6 +50,18 @@ class WebEnvironment(dg.ConfigurableResource):
             return SerperSearch(api_key=self.serper_api_key)
         if self.search_backend != "local":
             raise ValueError(f"unknown search_backend {self.search_backend!r}; use 'local' or 'serper'")
+        return self.local_search()
+
+    def live_search(self) -> SearchBackend | None:
+        """A live web search backend if one is configured (`search_backend='serper'`, or a key in
+        `live_search_api_key_env`); None means there is no live web to search."""
+        if self.search_backend == "serper" and self.serper_api_key:
+            return SerperSearch(api_key=self.serper_api_key, base_url=self.serper_base_url)
+        key = os.environ.get(self.live_search_api_key_env, "").strip()
+        return SerperSearch(api_key=key, base_url=self.serper_base_url) if key else None
+
+    def local_search(self) -> SearchBackend:
+        """BM25 over the crawled local web, whatever `search_backend` says."""
         index_dir = self.warehouse.store().home / SEARCH_INDEX_DIR
         if not index_dir.exists():
             raise LookupError(f"no search index at {index_dir}; materialize search_index first")
