@@ -12,6 +12,7 @@ that the seed's answer still answers the new question; a rewrite it rejects fail
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Collection, Iterable, Sequence
@@ -100,16 +101,34 @@ SYSTEM_PROMPT = (
 )
 
 
-def seed_messages(page: ClusterPage, page_chars: int) -> list[dict[str, str]]:
+# A worked example in the seed prompt: small models answer in whole sentences unless they see a short answer.
+# A reply that repeats it (or the format's placeholders) wrote no seed of its own: `copied_prompt_example`.
+SEED_EXAMPLE = {
+    "question": "In which year did the Eiffel Tower open to the public?",
+    "answer": "1889",
+    "evidence": "The tower opened to the public on 15 May 1889.",
+}
+SEED_EVIDENCE_PLACEHOLDER = "the sentence of the page that states the answer, copied word for word"
+SEED_PLACEHOLDERS = ("...", "your question", "the short answer", SEED_EVIDENCE_PLACEHOLDER)
+
+
+def seed_messages(page: ClusterPage, page_chars: int, max_answer_words: int = 6) -> list[dict[str, str]]:
     """Ask for one simple question whose short answer the page states."""
     user = (
-        "Write one simple factual question that the page below answers. The answer must be a short entity (a "
-        "name, place, date or number) stated in the page, and the question must not contain it.\n\n"
+        "Write one simple factual question that the page below answers. The answer must be a short entity stated "
+        f"in the page (a name, place, date or number of at most {max_answer_words} words, not a sentence), and the "
+        "question must not contain it.\n\n"
         f"URL: {page.url}\nTitle: {page.title}\nText: {page.text[:page_chars]}\n\n"
-        'Reply with one JSON object: {"question": "...", "answer": "...", '
-        '"evidence": "the sentence of the page that states the answer, copied word for word"}'
+        'Reply with one JSON object: {"question": "your question", "answer": "the short answer", '
+        f'"evidence": "{SEED_EVIDENCE_PLACEHOLDER}"}}\n'
+        f"Example of the format for another page: {json.dumps(SEED_EXAMPLE)}"
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+_SEED_COPIES = frozenset(
+    normalize_answer(text) for text in (*SEED_PLACEHOLDERS, SEED_EXAMPLE["question"], SEED_EXAMPLE["evidence"])
+)
 
 
 def entity_messages(question: str, answer: str) -> list[dict[str, str]]:
@@ -173,11 +192,14 @@ def check_seed(reply: JsonReply[SeedReply], page: ClusterPage, config: E2HQAConf
     def drop(reason: str, detail: str) -> Drop:
         return Drop(SEED_STAGE, reason, page.url, detail, STAGE, reply.raw)
 
+    copied = [text for text in (value.question, value.answer) if normalize_answer(text) in _SEED_COPIES]
+    if copied:
+        return drop("copied_prompt_example", f"the reply repeats the prompt's example or placeholder {copied[0]!r}")
     if len(value.answer.split()) > config.max_answer_words:
         return drop("answer_too_long", f"{len(value.answer.split())} words > {config.max_answer_words}")
     if contains_phrase(value.question, value.answer):
         return drop("answer_in_question", f"the question contains the answer {value.answer!r}")
-    evidence = [value.evidence.strip()] if value.evidence.strip() else []
+    evidence = [value.evidence.strip()] if normalize_answer(value.evidence) not in _SEED_COPIES else []
     if not is_grounded(value.answer, evidence, page.text, config.min_evidence_words):
         return drop("ungrounded", f"neither the answer {value.answer!r} nor the evidence is in the page")
     return QAPair(
@@ -344,7 +366,8 @@ def synthesize_e2hqa(
     rewriter = _Rewriter(teacher, search, blocked_hosts, config, checker if config.answer_check else None)
 
     def run(page: ClusterPage) -> QAPair | Drop:
-        reply = ask_json(teacher, seed_messages(page, config.page_chars), SeedReply, json_format=config.json_format)
+        messages = seed_messages(page, config.page_chars, config.max_answer_words)
+        reply = ask_json(teacher, messages, SeedReply, json_format=config.json_format)
         seed = check_seed(reply, page, config, teacher.config.model)
         if isinstance(seed, Drop):
             return seed
