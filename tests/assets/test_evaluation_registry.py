@@ -1,0 +1,164 @@
+"""Models and benchmarks declared in the evaluation registry, end to end: a declared endpoint scores a declared
+benchmark on its own local site and a question-only set closed-book; sft scores its recorded checkpoint through
+llama.cpp, and fails with the asset to materialize while none is recorded."""
+
+import importlib
+import json
+
+import dagster as dg
+import pandas as pd
+import pytest
+from test_corpus import run_config, small_web  # noqa: F401 (fixture)
+
+from webdancer_dagster.assets import corpus, evaluation
+from webdancer_dagster.evaluation.registry import REGISTRY_ENV
+from webdancer_dagster.evaluation.settings import CLOSED_BOOK_MESSAGE
+from webdancer_dagster.llm.model_files import find_smollm2_gguf
+from webdancer_dagster.llm.scripted import ScriptedLLMServer
+from webdancer_dagster.resources.llm import LLMEndpointResource, LocalModelServer
+from webdancer_dagster.resources.warehouse import Warehouse
+from webdancer_dagster.resources.web import WebEnvironment
+from webdancer_dagster.training.base_model import create_tiny_llama
+from webdancer_dagster.warehouse import WarehouseStore
+from webdancer_dagster.web.search import SerperSearch
+
+CORPUS = [
+    {"title": "Zorblax Institute", "text": "The Zorblax Institute was founded by Ada Quill in 1901 in Tromso."},
+    {"title": "Ada Quill", "text": "Ada Quill was a Norwegian chemist who founded the Zorblax Institute."},
+]
+QUESTIONS = [
+    {"question": "Who founded the Zorblax Institute?", "answer": "Ada Quill"},
+    {"question": "In which town was the Zorblax Institute founded?", "answer": ["Tromso", "Tromsø"]},
+]
+
+
+def responder(request: dict) -> str:
+    messages = request["messages"]
+    last = messages[-1]["content"]
+    if "Judge whether the predicted answer" in last:
+        return "Incorrect"
+    if last.startswith("<tool_response>"):
+        answer = "Ada Quill" if "founded the" in messages[1]["content"] else "Tromso"
+        return f"<think>The results tell.</think>\n<answer>{answer}</answer>"
+    call = json.dumps({"name": "search", "arguments": {"query": ["Zorblax Institute"]}})
+    return f"<think>I should search.</think>\n<tool_call>\n{call}\n</tool_call>"
+
+
+@pytest.fixture
+def declared(tmp_path, monkeypatch):
+    """A registry with a declared endpoint (the scripted server), a benchmark with a corpus and one without;
+    the asset modules are reloaded so their partitions include them, and restored afterwards."""
+    with ScriptedLLMServer(responder) as server:
+        folder = tmp_path / "registry"
+        folder.mkdir()
+        (folder / "qs.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+        (folder / "corpus.json").write_text(json.dumps(CORPUS))
+        (folder / "evaluation.yaml").write_text(
+            f"models:\n  - {{name: hosted, base_url: '{server.base_url}', model: scripted}}\n"
+            "benchmarks:\n  - {name: zorblax, questions: qs.jsonl, corpus: corpus.json}\n"
+            "  - {name: zorblax-closed, questions: qs.jsonl}\n"
+        )
+        monkeypatch.setenv(REGISTRY_ENV, str(folder / "evaluation.yaml"))
+        monkeypatch.delenv("SERPER_API_KEY", raising=False)
+        importlib.reload(corpus)
+        importlib.reload(evaluation)
+        try:
+            yield server
+        finally:
+            monkeypatch.delenv(REGISTRY_ENV)
+            importlib.reload(corpus)
+            importlib.reload(evaluation)
+
+
+def resources(home, base_url):
+    warehouse = Warehouse(home=str(home))
+    server = LocalModelServer(mode="external", base_url=base_url, served_model_name="scripted")
+    roles = {
+        role: LLMEndpointResource(
+            role=role, server=server, warehouse=warehouse, base_url=None if role == "policy" else base_url,
+            model="scripted", max_attempts=1, use_cache=False, seed=0, max_tokens=24, temperature=0.0,
+        )
+        for role in ("policy", "judge", "summarizer")
+    }  # fmt: skip
+    return {"warehouse": warehouse, "web": WebEnvironment(warehouse=warehouse), **roles}
+
+
+def test_declared_models_and_benchmarks_are_partitions_and_score(small_web, isolated_home, declared, tmp_path):  # noqa: F811
+    data, docs = small_web
+    assert corpus.SITE_NAMES == ["python-docs", "wiki", "musique", "zorblax"]
+    assets = [*dg.load_assets_from_modules([corpus, evaluation])]
+    checks = [*dg.load_asset_checks_from_modules([evaluation])]
+    res = resources(isolated_home, declared.base_url)
+    instance = dg.DagsterInstance.ephemeral()
+    ops = run_config(data, docs)["ops"]
+    ops["benchmark_scores"] = {"config": {"max_llm_calls": 3, "runs": 2, "data_dir": str(data)}}
+
+    def run(selection, partition_key=None, raise_on_error=True):
+        names = {"benchmark_scores"} if isinstance(selection, dg.AssetSelection) else set(selection)
+        return dg.materialize(
+            [*assets, *checks], selection=selection, partition_key=partition_key, resources=res, instance=instance,
+            run_config={"ops": {k: v for k, v in ops.items() if k in names}}, raise_on_error=raise_on_error,
+        )  # fmt: skip
+
+    run(["web_sites"])
+    sites = WarehouseStore(isolated_home).read_table("sites").set_index("name")
+    assert bool(sites.loc["zorblax", "benchmark"]) and sites.loc["zorblax", "pages"] == 2
+    for site in corpus.SITE_NAMES:
+        run(["crawl_pages"], partition_key=site)
+    run(["search_index"])
+
+    keys = evaluation.benchmark_partitions.get_partition_keys()
+    assert {"hosted", "sft", "rl", "base"} == {k.keys_by_dimension["model"] for k in keys}
+    assert {"zorblax", "zorblax-closed", "frames"} <= {k.keys_by_dimension["benchmark"] for k in keys}
+
+    scores = dg.AssetSelection.assets("benchmark_scores") | dg.AssetSelection.checks_for_assets("benchmark_scores")
+    local = run(scores, dg.MultiPartitionKey({"model": "hosted", "benchmark": "zorblax"}))
+    [event] = local.asset_materializations_for_node("benchmark_scores")
+    assert event.metadata["setting"].value == "local_web" and event.metadata["pass_at_1"].value == 1.0
+    assert event.metadata["policy"].value == f"scripted @ {declared.base_url}"
+    [check] = local.get_asset_check_evaluations()
+    assert check.passed and check.metadata["partitions_checked"].value == 1
+
+    closed = run(scores, dg.MultiPartitionKey({"model": "hosted", "benchmark": "zorblax-closed"}))
+    [event] = closed.asset_materializations_for_node("benchmark_scores")
+    assert event.metadata["setting"].value == "closed_book" and event.metadata["search_backend"].value == "none"
+
+    store = WarehouseStore(isolated_home)
+    runs = store.read_table("eval_runs")
+    by_setting = runs.groupby("setting")
+    assert by_setting.size().to_dict() == {"closed_book": 4, "local_web": 4}
+    observations = {
+        setting: " ".join(s["observation"] or "" for t in group["trajectory"] for s in json.loads(t)["steps"])
+        for setting, group in by_setting
+    }
+    assert "zorblax.webdancer.test" in observations["local_web"]
+    assert CLOSED_BOOK_MESSAGE in observations["closed_book"] and "webdancer.test" not in observations["closed_book"]
+    assert runs.loc[runs["setting"] == "closed_book", "searches"].sum() == 0
+    table = store.read_table("scores").set_index("benchmark")
+    assert table.loc["zorblax", "setting"] == "local_web" and table.loc["zorblax-closed", "setting"] == "closed_book"
+
+    # sft was never trained: a clear failure that names the asset to materialize.
+    failed = run(["benchmark_scores"], dg.MultiPartitionKey({"model": "sft", "benchmark": "zorblax-closed"}), False)
+    assert not failed.success
+    [failure] = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    error = failure.step_failure_data.error
+    assert "materialize the sft_checkpoint asset first" in error.cause.message
+
+    # A recorded checkpoint is exported to GGUF and served by llama.cpp; the judge stays on its own endpoint.
+    pytest.importorskip("llama_cpp")
+    model = create_tiny_llama(tmp_path / "sft-final", find_smollm2_gguf())
+    store.replace_table("sft_checkpoint", pd.DataFrame([{"path": str(model.path), "sha256": model.sha256}]))
+    ops["benchmark_scores"] = {"config": {"max_llm_calls": 2, "runs": 1, "max_questions": 1, "data_dir": str(data)}}
+    sft = run(["benchmark_scores"], dg.MultiPartitionKey({"model": "sft", "benchmark": "zorblax-closed"}))
+    [event] = sft.asset_materializations_for_node("benchmark_scores")
+    assert event.metadata["policy"].value == f"sft-{model.sha256[:12]} @ a local server"
+    assert event.metadata["policy_usage"].value["requests"] >= 1
+    assert list((isolated_home / "gguf").rglob("model-f16.gguf"))
+
+
+def test_live_search_comes_from_the_key_variable(isolated_home, monkeypatch):
+    web = WebEnvironment(warehouse=Warehouse(home=str(isolated_home)), live_search_api_key_env="MY_SERPER")
+    monkeypatch.delenv("MY_SERPER", raising=False)
+    assert web.live_search() is None
+    monkeypatch.setenv("MY_SERPER", "secret")
+    assert isinstance(web.live_search(), SerperSearch) and "secret" not in repr(web.live_search())
