@@ -146,13 +146,14 @@ def evaluate(
 
     import dagster as dg
 
-    from webdancer_dagster.assets.evaluation import MODELS, OFFLINE_BENCHMARKS
+    from webdancer_dagster.assets.evaluation import BENCHMARK_NAMES, MODELS
     from webdancer_dagster.definitions import defs
     from webdancer_dagster.pipeline import load_profile
 
-    if model not in MODELS or benchmark not in OFFLINE_BENCHMARKS:
+    if model not in MODELS or benchmark not in BENCHMARK_NAMES:
         console.print(
-            f"[red]no partition {model}|{benchmark}[/red]; models: {MODELS}, benchmarks: {OFFLINE_BENCHMARKS}"
+            f"[red]no partition {model}|{benchmark}[/red]; models: {MODELS}, benchmarks: {BENCHMARK_NAMES} "
+            "(declare more in evaluation.yaml)"
         )
         raise typer.Exit(2)
     ops = load_profile(profile).get("ops") or {}
@@ -215,6 +216,10 @@ def ask(
     gguf: Annotated[
         Path | None, typer.Option(help="GGUF for the local llama.cpp server; default: SmolLM2-135M-Instruct.")
     ] = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(help="Serve a trained checkpoint: 'sft', 'rl' (the recorded one) or a transformers folder."),
+    ] = None,
     tokenizer: Annotated[
         str | None, typer.Option(help="Model folder or GGUF whose tokenizer counts context; default: the GGUF.")
     ] = None,
@@ -231,6 +236,7 @@ def ask(
     from contextlib import ExitStack
 
     from webdancer_dagster.agent.factory import build_web_agent
+    from webdancer_dagster.evaluation.models import GGUF_CACHE_DIR, checkpoint_server_config
     from webdancer_dagster.llm.client import (
         LLM_CACHE_FILE,
         EndpointConfig,
@@ -252,6 +258,8 @@ def ask(
         raise typer.BadParameter("--cot must be 'short' or 'long'")
     if base_url and not model:
         raise typer.BadParameter("--base-url needs --model (the model id that endpoint serves)")
+    if sum(option is not None for option in (base_url, gguf, checkpoint)) > 1:
+        raise typer.BadParameter("give at most one of --base-url, --gguf and --checkpoint")
     store = WarehouseStore(home)
     index_dir = store.home / SEARCH_INDEX_DIR
     if not store.table_exists("sites") or not index_dir.exists():
@@ -259,9 +267,16 @@ def ask(
         raise typer.Exit(1)
     sites = store.read_table("sites")
     hosts = {row.host: Path(row.directory) for row in sites.itertuples()}
-    model_file = gguf or (None if base_url else find_smollm2_gguf())
+    model_file = gguf or (None if base_url or checkpoint else find_smollm2_gguf())
     if base_url:
         server_config = ModelServerConfig(mode="external", base_url=base_url, served_model_name=model, n_ctx=n_ctx)
+    elif checkpoint:
+        with out.status(f"exporting the {checkpoint} checkpoint to GGUF (once per checkpoint)…"):
+            recorded = _recorded_checkpoint(store, checkpoint)
+            # The template lends only its settings (context, threads); the model path is the export's.
+            template = ModelServerConfig(model_path=str(recorded.path), n_ctx=n_ctx)
+            server_config = checkpoint_server_config(recorded, store.artifact_dir(GGUF_CACHE_DIR), template)
+        model_file = recorded.path
     else:
         server_config = ModelServerConfig(model_path=str(model_file), n_ctx=n_ctx)
     tokenizer_source = tokenizer or str(model_file or find_smollm2_gguf())
@@ -306,6 +321,23 @@ def ask(
     )
     if json_output:
         typer.echo(trajectory.model_dump_json(indent=2))
+
+
+def _recorded_checkpoint(store: WarehouseStore, checkpoint: str):
+    """'sft' / 'rl': the folder the asset of that name recorded; anything else: a transformers folder."""
+    from webdancer_dagster.evaluation.models import CheckpointMissingError, RecordedCheckpoint, recorded_checkpoint
+    from webdancer_dagster.training.base_model import folder_sha256
+
+    if checkpoint in ("sft", "rl"):
+        try:
+            return recorded_checkpoint(store, f"{checkpoint}_checkpoint")
+        except CheckpointMissingError as error:
+            console.print(f"[red]{error}[/red]")
+            raise typer.Exit(1) from error
+    folder = Path(checkpoint)
+    if not (folder / "config.json").is_file():
+        raise typer.BadParameter(f"--checkpoint {checkpoint!r} is neither sft, rl nor a transformers model folder")
+    return RecordedCheckpoint(folder, folder_sha256(folder), "folder_checkpoint")
 
 
 def _print_step(out: Console, step: Step) -> None:

@@ -45,13 +45,35 @@ def _config_for(run_config: Mapping[str, Any], op_names: set[str]) -> dict[str, 
     return {"ops": ops} if ops else {}
 
 
+def partition_keys(partitions_def: dg.PartitionsDefinition, wanted: Any = None) -> list[str]:
+    """Every key, or the profile's choice: a list of keys, or for a multi-partitioned asset one list per
+    dimension (`{model: [base, sft], benchmark: [musique]}`, a missing dimension meaning all of its keys)."""
+    keys = list(partitions_def.get_partition_keys())
+    if wanted is None:
+        return keys
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition) and isinstance(wanted, Mapping):
+        unknown = set(wanted) - {dimension.name for dimension in partitions_def.partitions_defs}
+        if unknown:
+            raise ValueError(f"unknown partition dimensions {sorted(unknown)} in the profile's partitions")
+        return [
+            key
+            for key in keys
+            if all(value in wanted[dim] for dim, value in key.keys_by_dimension.items() if dim in wanted)  # type: ignore[attr-defined]
+        ]
+    missing = [key for key in wanted if key not in keys]
+    if missing:
+        raise ValueError(f"partitions {missing} do not exist; known: {keys}")
+    return [key for key in keys if key in wanted]
+
+
 def materialize_all(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
     run_config: Mapping[str, Any] | None = None,
     selection: list[str] | None = None,
 ) -> list[dg.ExecuteInProcessResult]:
-    """Run every asset (or `selection`) level by level: partitioned assets once per partition key.
+    """Run every asset (or `selection`) level by level: partitioned assets once per partition key, or per key of
+    the run config's `partitions:` section (not Dagster run config: it picks which partitions a profile runs).
 
     Raises on the first failed run, so a broken stage never feeds the next one.
     """
@@ -70,7 +92,8 @@ def materialize_all(
         plain = [key for key in keys if key not in partitioned]
         batches: list[tuple[list[dg.AssetKey], str | None]] = [(plain, None)] if plain else []
         for key in partitioned:
-            batches += [([key], pk) for pk in graph.get(key).partitions_def.get_partition_keys()]
+            wanted_partitions = (run_config.get("partitions") or {}).get(key.to_user_string())
+            batches += [([key], pk) for pk in partition_keys(graph.get(key).partitions_def, wanted_partitions)]
         for keys_in_run, partition_key in batches:
             names = {key.to_user_string() for key in keys_in_run}
             op_names = {defs.get_assets_def(key).node_def.name for key in keys_in_run}

@@ -117,3 +117,24 @@ def test_audit_passes_sound_scores_and_names_each_problem():
     assert flagged["problem"].tolist() == ["judge_unreadable"] and "25.0%" in flagged["detail"].iloc[0]
     other_fingerprint = _runs().assign(fingerprint="old")
     assert "questions" in set(audit_scores(_scores(), other_fingerprint, 0.2)["problem"])
+
+
+def test_a_profile_picks_the_partitions_it_runs():
+    import dagster as dg
+
+    from webdancer_dagster.pipeline import partition_keys
+
+    grid = dg.MultiPartitionsDefinition(
+        {
+            "model": dg.StaticPartitionsDefinition(["base", "sft", "rl"]),
+            "benchmark": dg.StaticPartitionsDefinition(["a", "b"]),
+        }
+    )
+    assert len(partition_keys(grid)) == 6
+    assert partition_keys(grid, {"model": ["base", "sft"], "benchmark": ["a"]}) == ["a|base", "a|sft"]
+    assert partition_keys(grid, {"benchmark": ["b"]}) == ["b|base", "b|sft", "b|rl"]
+    assert partition_keys(grid, ["b|rl"]) == ["b|rl"]
+    with pytest.raises(ValueError, match="unknown partition dimensions"):
+        partition_keys(grid, {"models": ["base"]})
+    with pytest.raises(ValueError, match="do not exist"):
+        partition_keys(grid, ["c|base"])

@@ -24,7 +24,7 @@ from webdancer_dagster.agent.factory import build_web_agent
 from webdancer_dagster.assets.corpus import REGISTRY, search_index
 from webdancer_dagster.evaluation.benchmarks import load_benchmark
 from webdancer_dagster.evaluation.metrics import audit_scores, score_runs
-from webdancer_dagster.evaluation.models import checkpoint_server_config, recorded_checkpoint
+from webdancer_dagster.evaluation.models import GGUF_CACHE_DIR, checkpoint_server_config, recorded_checkpoint
 from webdancer_dagster.evaluation.plots import comparison_chart, comparison_table
 from webdancer_dagster.evaluation.registry import ModelSpec
 from webdancer_dagster.evaluation.run import evaluate
@@ -45,7 +45,6 @@ MODELS = list(REGISTRY.models)
 BENCHMARK_NAMES = list(REGISTRY.benchmarks)
 OFFLINE_BENCHMARKS = [name for name, source in REGISTRY.benchmarks.items() if source.offline]
 RUNS_TABLE, SCORES_TABLE = "eval_runs", "scores"
-GGUF_CACHE_DIR = "gguf"
 
 benchmark_partitions = dg.MultiPartitionsDefinition(
     {
