@@ -202,7 +202,7 @@ def test_the_prompt_labels_pages_and_asks_for_labels(pages, links):
     cluster = the_cluster(pages, links)
     for number, url in enumerate(cluster.urls, start=1):
         assert f"[Page {number}]\nURL: {url}\n" in prompt
-    assert '"source_pages": ["Page 1", "Page 2"]' in prompt
+    assert '"source_pages" (the labels of the pages the answer needs, such as "Page 2")' in prompt
 
 
 def test_a_copied_evidence_placeholder_is_no_evidence(pages, links):

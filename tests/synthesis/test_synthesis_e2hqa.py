@@ -10,8 +10,7 @@ from synth_helpers import ADA, BABBAGE, BENCH_PAGE, ENGINE, PAGE_TEXT, STUB, TIT
 
 from webdancer_dagster.llm.scripted import ScriptedLLMServer, ScriptedReply
 from webdancer_dagster.synthesis.e2hqa import (
-    SEED_EVIDENCE_PLACEHOLDER,
-    SEED_EXAMPLE,
+    SEED_FORMAT,
     E2HQAConfig,
     rewrite_count,
     sample_seed_pages,
@@ -189,10 +188,9 @@ def test_seeds_come_only_from_allowed_sites_and_rewrite_counts_are_seeded(pages)
         ("", "empty"),
         ({"question": "When was Ada Lovelace born?"}, "wrong_schema"),
         ({**SEED, "answer": "in the year of our lord eighteen fifteen"}, "answer_too_long"),
-        (SEED_EXAMPLE, "copied_prompt_example"),
-        ({**SEED, "question": SEED_EXAMPLE["question"].lower()}, "copied_prompt_example"),
-        ({**SEED, "question": "your question"}, "copied_prompt_example"),
-        ({**SEED, "answer": "The short answer."}, "copied_prompt_example"),
+        ({**SEED, "question": "The question you wrote."}, "copied_prompt_example"),
+        ({**SEED, "question": "..."}, "copied_prompt_example"),
+        ({**SEED, "answer": "its short answer"}, "copied_prompt_example"),
         ({**SEED, "question": "Was Ada Lovelace born in 1815?"}, "answer_in_question"),
         ({**SEED, "answer": "1820", "evidence": ""}, "ungrounded"),
         ({**SEED, "answer": "1820", "evidence": "she was born in 1820 in Paris"}, "ungrounded"),
@@ -208,12 +206,13 @@ def test_bad_seeds_are_counted_drops(seed_pages, search, seed_reply, reason):
     assert teacher.prompts["entity"] == []  # a bad seed is never rewritten
 
 
-def test_the_seed_prompt_asks_for_a_short_answer_and_shows_one(seed_pages, search):
-    teacher = Teacher([{**SEED, "evidence": SEED_EVIDENCE_PLACEHOLDER}], [{"entity": "Ada Lovelace"}], [FIRST])
+def test_the_seed_prompt_states_the_word_limit_and_describes_the_keys(seed_pages, search):
+    copied = "the sentence of the page that states the answer, copied word for word"
+    teacher = Teacher([{**SEED, "evidence": copied}], [{"entity": "Ada Lovelace"}], [FIRST])
     result = run(teacher, seed_pages, search, config(max_answer_words=3))
     (prompt,) = teacher.prompts["seed"]
-    assert "at most 3 words" in prompt and json.dumps(SEED_EXAMPLE) in prompt
-    assert [p.evidence for p in result.pairs] == [[]]  # a copied placeholder quotes nothing; the answer grounds it
+    assert "at most 3 words" in prompt and prompt.endswith(SEED_FORMAT) and "{" not in SEED_FORMAT
+    assert [p.evidence for p in result.pairs] == [[]]  # a copied description quotes nothing; the answer grounds it
 
 
 REWRITE_CASES = [

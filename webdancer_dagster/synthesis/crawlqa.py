@@ -189,15 +189,15 @@ SYSTEM_PROMPT = (
     "You write hard, factual questions for training web-research agents. Every fact you use must come from the "
     "pages you are given. Reply with one JSON object and nothing else."
 )
-# The placeholders of the reply format: a reply that repeats one of them wrote no question of its own.
-QUESTION_PLACEHOLDER = "your question"
-ANSWER_PLACEHOLDER = "a short answer of a few words"
+# The keys are described in prose, not as a JSON template: SmolLM2-135M copied a template's placeholder values
+# verbatim in every reply. A reply that still repeats a description wrote no question of its own.
+QUESTION_PLACEHOLDER = "the question you wrote"
+ANSWER_PLACEHOLDER = "its short answer"
 EVIDENCE_PLACEHOLDER = "sentences copied word for word from those pages that support the answer"
 REPLY_FORMAT = (
-    f'Reply with one JSON object: {{"question": "{QUESTION_PLACEHOLDER}", "answer": "{ANSWER_PLACEHOLDER}", '
-    f'"source_pages": ["Page 1", "Page 2"], "evidence": ["{EVIDENCE_PLACEHOLDER}"]}}. '
-    "In source_pages, list the pages the answer needs by their labels (Page 1, Page 2, ...). "
-    "The question must not contain the answer."
+    f'Reply with one JSON object with four keys: "question" ({QUESTION_PLACEHOLDER}), "answer" ({ANSWER_PLACEHOLDER}: '
+    'a few words copied from the pages), "source_pages" (the labels of the pages the answer needs, such as "Page 2") '
+    f'and "evidence" ({EVIDENCE_PLACEHOLDER}). The question must not contain the answer.'
 )
 _PLACEHOLDERS = frozenset(normalize_answer(text) for text in ("...", QUESTION_PLACEHOLDER, ANSWER_PLACEHOLDER))
 _NOT_EVIDENCE = _PLACEHOLDERS | {normalize_answer(EVIDENCE_PLACEHOLDER)}  # copied placeholders quote nothing

@@ -12,7 +12,6 @@ that the seed's answer still answers the new question; a rewrite it rejects fail
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Collection, Iterable, Sequence
@@ -101,15 +100,22 @@ SYSTEM_PROMPT = (
 )
 
 
-# A worked example in the seed prompt: small models answer in whole sentences unless they see a short answer.
-# A reply that repeats it (or the format's placeholders) wrote no seed of its own: `copied_prompt_example`.
-SEED_EXAMPLE = {
-    "question": "In which year did the Eiffel Tower open to the public?",
-    "answer": "1889",
-    "evidence": "The tower opened to the public on 15 May 1889.",
-}
-SEED_EVIDENCE_PLACEHOLDER = "the sentence of the page that states the answer, copied word for word"
-SEED_PLACEHOLDERS = ("...", "your question", "the short answer", SEED_EVIDENCE_PLACEHOLDER)
+# The reply's keys are described in prose, with no JSON template: SmolLM2-135M copies any template's
+# placeholder values verbatim. Replies that still repeat a phrase of the prompt are `copied_prompt_example`.
+SEED_FORMAT = (
+    'Reply with one JSON object with three keys: "question" (the question you wrote), "answer" (its short answer, '
+    'copied from the page) and "evidence" (the sentence of the page that states the answer, copied word for word).'
+)
+_SEED_COPIES = frozenset(
+    normalize_answer(text)
+    for text in (
+        "...",
+        "the question you wrote",
+        "its short answer",
+        "the sentence of the page that states the answer",
+        "the sentence of the page that states the answer, copied word for word",
+    )
+)
 
 
 def seed_messages(page: ClusterPage, page_chars: int, max_answer_words: int = 6) -> list[dict[str, str]]:
@@ -117,18 +123,10 @@ def seed_messages(page: ClusterPage, page_chars: int, max_answer_words: int = 6)
     user = (
         "Write one simple factual question that the page below answers. The answer must be a short entity stated "
         f"in the page (a name, place, date or number of at most {max_answer_words} words, not a sentence), and the "
-        "question must not contain it.\n\n"
-        f"URL: {page.url}\nTitle: {page.title}\nText: {page.text[:page_chars]}\n\n"
-        'Reply with one JSON object: {"question": "your question", "answer": "the short answer", '
-        f'"evidence": "{SEED_EVIDENCE_PLACEHOLDER}"}}\n'
-        f"Example of the format for another page: {json.dumps(SEED_EXAMPLE)}"
+        f"question must not contain it.\n\nURL: {page.url}\nTitle: {page.title}\nText: {page.text[:page_chars]}"
+        f"\n\n{SEED_FORMAT}"
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-
-
-_SEED_COPIES = frozenset(
-    normalize_answer(text) for text in (*SEED_PLACEHOLDERS, SEED_EXAMPLE["question"], SEED_EXAMPLE["evidence"])
-)
 
 
 def entity_messages(question: str, answer: str) -> list[dict[str, str]]:
@@ -137,7 +135,7 @@ def entity_messages(question: str, answer: str) -> list[dict[str, str]]:
         f"Question: {question}\nAnswer: {answer}\n\n"
         "Pick one named entity (a person, place, work, organisation, event) that appears word for word in the "
         "question and is not the answer. It will be replaced by a description, to make the question harder.\n\n"
-        'Reply with one JSON object: {"entity": "the entity, exactly as written in the question"}'
+        'Reply with one JSON object with one key, "entity": the entity, exactly as written in the question.'
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
@@ -152,7 +150,8 @@ def rewrite_messages(question: str, answer: str, entity: str, hits: Sequence[Sea
         "Using only these search results, describe the entity so that it can be identified without its name. "
         "Then rewrite the question, replacing the entity with your description and keeping everything else, so "
         "that the answer stays exactly the same. Neither the entity's name nor the answer may appear in the new "
-        'question.\n\nReply with one JSON object: {"description": "...", "question": "the rewritten question"}'
+        'question.\n\nReply with one JSON object with two keys: "description" (your description of the entity) and '
+        '"question" (the rewritten question).'
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
