@@ -9,20 +9,32 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from webdancer_dagster.assets.training import base_model, sft_checkpoint, sft_checkpoint_loads
+from webdancer_dagster.assets.training import (
+    base_model,
+    rl_checkpoint,
+    rl_checkpoint_loads,
+    sft_checkpoint,
+    sft_checkpoint_loads,
+)
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
+from webdancer_dagster.llm.scripted import ScriptedLLMServer
 from webdancer_dagster.paths import DATA_DIR
+from webdancer_dagster.resources.llm import LLMEndpointResource, LocalModelServer
 from webdancer_dagster.resources.torchrun import TorchrunLauncher
 from webdancer_dagster.resources.warehouse import Warehouse
+from webdancer_dagster.resources.web import SEARCH_INDEX_DIR, WebEnvironment
+from webdancer_dagster.synthesis.qa import QAPair, qa_pairs_frame
 from webdancer_dagster.training.artifacts import (
-    prepare_sft_run,
+    prepare_run,
     read_run_record,
+    rl_jsonl,
+    run_key,
     sft_jsonl,
-    sft_run_key,
     write_run_record,
 )
 from webdancer_dagster.training.base_model import BaseModel, create_tiny_llama, folder_sha256
 from webdancer_dagster.warehouse import WarehouseStore
+from webdancer_dagster.web.search import build_search_index
 
 SFT_COLUMNS = ["id", "qa_id", "source", "kind", "cot_mode", "model", "messages"]
 TRAINING_ASSETS = [base_model, sft_checkpoint, sft_checkpoint_loads]
@@ -153,17 +165,17 @@ def test_sft_jsonl_is_ordered_by_id_and_decodes_warehouse_messages() -> None:
 
 
 def test_run_key_changes_with_each_input_and_only_then() -> None:
-    key = sft_run_key("data", "model", {"max_steps": 4})
+    key = run_key("data", "model", {"max_steps": 4})
 
-    assert key == sft_run_key("data", "model", {"max_steps": 4})
-    assert len({key, sft_run_key("other", "model", {"max_steps": 4})}) == 2
-    assert len({key, sft_run_key("data", "other", {"max_steps": 4})}) == 2
-    assert len({key, sft_run_key("data", "model", {"max_steps": 5})}) == 2
+    assert key == run_key("data", "model", {"max_steps": 4})
+    assert len({key, run_key("other", "model", {"max_steps": 4})}) == 2
+    assert len({key, run_key("data", "other", {"max_steps": 4})}) == 2
+    assert len({key, run_key("data", "model", {"max_steps": 5})}) == 2
 
 
 def test_run_record_is_trusted_only_while_the_checkpoint_is_unchanged(tmp_path: Path) -> None:
     rows = [{"id": "a", "messages": [{"role": "user", "content": "1"}]}]
-    run = prepare_sft_run(rows, "model-sha", {"max_steps": 1}, tmp_path)
+    run = prepare_run(sft_jsonl(rows), len(rows), "model-sha", {"max_steps": 1}, tmp_path)
     checkpoint = run.output_dir / "final"
     checkpoint.mkdir()
     (checkpoint / "model.safetensors").write_bytes(b"weights")
@@ -176,5 +188,85 @@ def test_run_record_is_trusted_only_while_the_checkpoint_is_unchanged(tmp_path: 
 
     (checkpoint / "model.safetensors").write_bytes(b"changed")
     assert read_run_record(run.output_dir) is None
-    with pytest.raises(ValueError, match="no SFT records"):
-        prepare_sft_run([], "model-sha", {"max_steps": 1}, tmp_path)
+    with pytest.raises(ValueError, match="no training records"):
+        prepare_run("", 0, "model-sha", {"max_steps": 1}, tmp_path)
+
+
+def test_rl_jsonl_lists_every_accepted_answer_in_id_order() -> None:
+    rows = [
+        {"id": "b", "question": "Q2?", "answer": "Two", "answer_aliases": json.dumps(["2"])},
+        {"id": "a", "question": "Q1?", "answer": "One", "answer_aliases": "[]"},
+    ]
+
+    lines = [json.loads(line) for line in rl_jsonl(rows).splitlines()]
+
+    assert lines == [
+        {"id": "a", "question": "Q1?", "answers": ["One"]},
+        {"id": "b", "question": "Q2?", "answers": ["Two", "2"]},
+    ]
+
+
+def _rl_world(home: Path) -> None:
+    """The tables and files `rl_checkpoint` reads: an RL pool, one non-benchmark site and its search index."""
+    site_dir = home / "sites" / "geo"
+    site_dir.mkdir(parents=True)
+    (site_dir / "france.html").write_text("<html><body><p>Paris is the capital of France.</p></body></html>")
+    store = WarehouseStore(home)
+    sites = {"name": "geo", "host": "geo.webdancer.test", "root_url": "http://geo.webdancer.test/",
+             "directory": str(site_dir), "pages": 1, "benchmark": False, "source": "test"}  # fmt: skip
+    store.replace_table("sites", pd.DataFrame([sites]))
+    docs = pd.DataFrame(
+        [{"url": "http://geo.webdancer.test/france.html", "title": "France", "text": "Paris is the capital of France.",
+          "site": "geo"}]
+    )  # fmt: skip
+    build_search_index(docs, home / SEARCH_INDEX_DIR)
+    pairs = [
+        QAPair(question=question, answer="Paris", kind="e2hqa", source="e2hqa")
+        for question in ("Which city is the capital of France?", "Where does the French government sit?")
+    ]
+    store.replace_table("rl_pool", qa_pairs_frame(pairs).assign(reason="unsolved"))
+
+
+def test_rl_checkpoint_runs_dapo_on_the_rl_pool_and_records_its_dynamic_sampling(
+    isolated_home: Path, tiny_model: BaseModel
+) -> None:
+    _rl_world(isolated_home)
+    warehouse = Warehouse()
+    with ScriptedLLMServer(lambda request: "Incorrect") as judge:
+        server = LocalModelServer(mode="external", base_url=judge.base_url, served_model_name="scripted")
+        roles = {
+            role: LLMEndpointResource(role=role, server=server, warehouse=warehouse, base_url=judge.base_url,
+                                      model="scripted", max_attempts=1)
+            for role in ("judge", "summarizer")
+        }  # fmt: skip
+        result = dg.materialize(
+            [base_model, rl_checkpoint, rl_checkpoint_loads],
+            resources={
+                "warehouse": warehouse,
+                "web": WebEnvironment(warehouse=warehouse),
+                "torchrun": TorchrunLauncher(nproc_per_node=1, device="cpu"),
+                **roles,
+            },
+            run_config={
+                "ops": {
+                    "base_model": {"config": {"source": str(tiny_model.path)}},
+                    "rl_checkpoint": {
+                        "config": {"start_from": "base", "max_steps": 1, "max_turn_tokens": 16, "max_llm_calls": 2}
+                    },
+                }
+            },
+            instance=dg.DagsterInstance.ephemeral(),
+        )
+
+    metadata = result.asset_materializations_for_node("rl_checkpoint")[0].metadata
+    # A random model never answers: every group is all-zero, dropped, and kept only as a masked filler.
+    assert metadata["steps"].value == 1 and metadata["prompts"].value == 2
+    assert metadata["dropped_group_share"].value == 1.0 and metadata["tokens_trained"].value == 0
+    assert metadata["groups_sampled"].value == 2, "the sampled group, then the other prompt in the refill round"
+    assert metadata["reward_curve"].value.startswith("![DAPO reward curve](data:image/png;base64,")
+    assert metadata["train_history"].value[0]["dynamic_sampling/dropped_group_share"] == 1.0
+    assert metadata["upstream_data_versions"].value["base_model"] == tiny_model.sha256
+    recorded = WarehouseStore(isolated_home).read_table("rl_checkpoint").iloc[0]
+    assert recorded["sha256"] == metadata["checkpoint_sha256"].value == folder_sha256(Path(recorded["path"]))
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "rl_checkpoint_loads" and check.passed

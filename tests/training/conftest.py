@@ -1,15 +1,22 @@
-"""A tiny random Llama that carries the real SmolLM2 tokenizer and chat template, built once per session."""
+"""Tiny Llamas with the real SmolLM2 tokenizer and chat template (one random, one taught to answer), built once per
+session, and the two-page web the RL tests search."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from webdancer_dagster.agent.prompts import system_message, tool_response, user_message
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.training.base_model import BaseModel, create_tiny_llama
+from webdancer_dagster.training.masking import IGNORE_INDEX, tokenize_chat
+from webdancer_dagster.web.search import LocalSearch, build_search_index, search_tool
 
 
 def _webdancer_chat(question: str, query: str, observation: str, answer: str) -> list[dict[str, str]]:
@@ -53,3 +60,63 @@ def short_chats_file(tmp_path: Path, short_chats: list[list[dict[str, str]]]) ->
     path = tmp_path / "chats.jsonl"
     path.write_text("".join(json.dumps({"messages": chat}) + "\n" for chat in short_chats))
     return path
+
+
+RL_DATE = dt.date(2025, 7, 18)
+RL_QUESTION = "Which city is the capital of France?"
+RL_QUERY = "capital of France"
+RL_DOCS = [
+    ("http://geo.webdancer.test/france.html", "France", "Paris is the capital of France."),
+    ("http://geo.webdancer.test/uk.html", "United Kingdom", "London is the capital of the United Kingdom."),
+]
+
+
+@pytest.fixture(scope="session")
+def rl_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-page BM25 index: the web the RL rollouts search."""
+    docs = pd.DataFrame([{"url": url, "title": title, "text": text, "site": "geo"} for url, title, text in RL_DOCS])
+    index_dir = tmp_path_factory.mktemp("rl-web") / "index"
+    build_search_index(docs, index_dir)
+    return index_dir
+
+
+def rl_chat(observation: str, answer: str) -> list[dict[str, str]]:
+    """The two-turn rollout the answering model learned: search, read, answer `answer`."""
+    call = json.dumps({"name": "search", "arguments": {"query": [RL_QUERY]}})
+    return [
+        {"role": "system", "content": system_message(RL_DATE)},
+        {"role": "user", "content": user_message(RL_QUESTION)},
+        {"role": "assistant", "content": f"<think>\nI should search.\n</think>\n<tool_call>\n{call}\n</tool_call>"},
+        {"role": "user", "content": tool_response(observation)},
+        {"role": "assistant", "content": f"<think>\nThe page says it.\n</think>\n<answer>\n{answer}\n</answer>"},
+    ]
+
+
+@pytest.fixture(scope="session")
+def answering_model(tmp_path_factory: pytest.TempPathFactory, rl_index: Path) -> Path:
+    """A tiny Llama taught to search once and then answer Paris or London with equal odds.
+
+    Its groups of rollouts therefore disagree (the judge accepts only Paris), which is what a DAPO step needs to
+    move the weights; a random model never answers, so every group would be dropped. Trained on the assistant
+    positions only (the LM head on 70 positions, not 900), about 100 AdamW steps reach a loss near ln 2 / 70.
+    """
+    folder = tmp_path_factory.mktemp("answering") / "model"
+    create_tiny_llama(folder, find_smollm2_gguf(), seed=1)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    observation = search_tool(LocalSearch(rl_index), [RL_QUERY])
+    examples = [tokenize_chat(tokenizer, rl_chat(observation, answer)) for answer in ("Paris", "London")]
+    input_ids = torch.tensor([example.input_ids for example in examples])
+    targets = torch.tensor([example.labels for example in examples])[:, 1:]
+    learned = targets != IGNORE_INDEX
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(100):
+        hidden = model.model(input_ids=input_ids).last_hidden_state[:, :-1]
+        loss = torch.nn.functional.cross_entropy(model.lm_head(hidden[learned]), targets[learned])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss.item() < 0.1, f"the answering model did not learn its two rollouts (loss {loss.item():.3f})"
+    model.save_pretrained(folder)
+    return folder

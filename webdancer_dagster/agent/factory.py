@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from transformers import PreTrainedTokenizerBase
 
 from webdancer_dagster.agent.loop import AgentConfig, ReactAgent
@@ -9,7 +11,7 @@ from webdancer_dagster.agent.search import SearchTool
 from webdancer_dagster.agent.tools import tool_map
 from webdancer_dagster.agent.trajectory import CotMode
 from webdancer_dagster.agent.visit import VisitTool
-from webdancer_dagster.llm.client import LLMEndpoint
+from webdancer_dagster.llm.client import ChatModel, LLMEndpoint
 from webdancer_dagster.web.search import SearchBackend
 from webdancer_dagster.web.visit import FetchPolicy
 
@@ -18,7 +20,7 @@ FORCED_ANSWER_MARGIN = 128
 
 
 def build_web_agent(
-    policy: LLMEndpoint,
+    policy: ChatModel,
     summarizer: LLMEndpoint,
     search: SearchBackend,
     fetch_policy: FetchPolicy,
@@ -27,6 +29,7 @@ def build_web_agent(
     n_ctx: int,
     max_llm_calls: int = 20,
     cot_mode: CotMode = "short",
+    current_date: dt.date | None = None,
 ) -> ReactAgent:
     """A ReAct agent with WebDancer's `search` and `visit` tools whose prompts always fit in `n_ctx` tokens."""
     max_tokens = policy.config.sampling.max_tokens
@@ -38,5 +41,6 @@ def build_web_agent(
             max_llm_calls=max_llm_calls,
             max_context_tokens=n_ctx - 2 * max_tokens - FORCED_ANSWER_MARGIN,
             cot_mode=cot_mode,
+            **({"current_date": current_date} if current_date is not None else {}),
         ),
     )

@@ -23,7 +23,7 @@ from webdancer_dagster.agent.parser import ParsedTurn, parse_turn
 from webdancer_dagster.agent.prompts import FORCED_ANSWER_PROMPT, system_message, tool_response, user_message
 from webdancer_dagster.agent.tools import Tool, ToolOutput
 from webdancer_dagster.agent.trajectory import ChatMessage, CotMode, Step, Termination, Trajectory
-from webdancer_dagster.llm.client import ChatResult, LLMEndpoint
+from webdancer_dagster.llm.client import ChatModel, ChatResult
 from webdancer_dagster.web.errors import FetchError, ToolInputError
 
 if TYPE_CHECKING:  # importing transformers takes seconds; the agent only calls the tokenizer it is given
@@ -62,7 +62,7 @@ class ReactAgent:
 
     def __init__(
         self,
-        llm: LLMEndpoint,
+        llm: ChatModel,
         tools: Mapping[str, Tool],
         tokenizer: PreTrainedTokenizerBase,
         config: AgentConfig | None = None,

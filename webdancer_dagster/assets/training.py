@@ -1,35 +1,54 @@
-"""Stage 5, training: the base model folder, then SFT on the funnel's trajectories through the torchrun launcher.
+"""Stage 5, training: the base model folder, SFT on the funnel's trajectories, then DAPO on the RL pool.
 
-`base_model` and `sft_checkpoint` each record their folder (path, sha256) in a one-row warehouse table, so the next
-step and the checks find it there. SFT runs go to a folder named by a hash of their inputs: a rerun with the same
-data, base model and hyperparameters reuses the finished run (or resumes a killed one) instead of training again.
+`base_model`, `sft_checkpoint` and `rl_checkpoint` each record their folder (path, sha256) in a one-row warehouse
+table, so the next step, the checks and evaluation find it there. Training runs go through the torchrun launcher
+to a folder named by a hash of their inputs: a rerun with the same data, start model and settings reuses the
+finished run (or resumes a killed one) instead of training again.
 """
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from webdancer_dagster.assets.qa import synthesis_sites
+from webdancer_dagster.files import write_text_atomic
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
+from webdancer_dagster.resources.llm import LLMEndpointResource
 from webdancer_dagster.resources.torchrun import TorchrunLauncher
 from webdancer_dagster.resources.warehouse import Warehouse
+from webdancer_dagster.resources.web import SEARCH_INDEX_DIR, WebEnvironment
 from webdancer_dagster.training.artifacts import (
+    RunInputs,
     describe_tokenizer,
     model_folder_sha256,
-    plot_loss_curve,
+    plot_curves,
     png_markdown,
-    prepare_sft_run,
+    prepare_run,
     probe_checkpoint,
     read_run_record,
+    rl_jsonl,
+    sft_jsonl,
     write_run_record,
 )
 from webdancer_dagster.training.base_model import folder_sha256, prepare_base_model
-from webdancer_dagster.training.config import SFTHyperparameters, to_cli_args
+from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment, SFTHyperparameters, to_cli_args
+from webdancer_dagster.warehouse import WarehouseStore
 
 SFT_MODULE = "webdancer_dagster.training.sft"
+DAPO_MODULE = "webdancer_dagster.training.dapo"
 BASE_MODEL_TABLE = "base_model"
 SFT_CHECKPOINT_TABLE = "sft_checkpoint"
+RL_CHECKPOINT_TABLE = "rl_checkpoint"
+ENVIRONMENT_FILE = "rollout_environment.json"
+REWARD_SERIES = {
+    "reward": "reward (0.1 format + 0.9 answer)",
+    "rewards/format_reward/mean": "format",
+    "rewards/answer_reward/mean": "answer",
+    "dynamic_sampling/dropped_group_share": "dropped group share",
+}
 
 
 class BaseModelConfig(dg.Config):
@@ -87,31 +106,51 @@ class SFTCheckpointConfig(dg.Config):
         return SFTHyperparameters(**self.model_dump())
 
 
+def _train_or_reuse(
+    context: dg.AssetExecutionContext,
+    torchrun: TorchrunLauncher,
+    module: str,
+    run: RunInputs,
+    args: list[str],
+) -> tuple[dict[str, Any], bool]:
+    """The record of the finished run in `run.output_dir`, launching (or resuming) the run when there is none."""
+    record = read_run_record(run.output_dir)
+    if record is not None:
+        context.log.info(f"reusing the finished run {run.output_dir} (same data, start model and settings)")
+        return record, True
+    invocation = torchrun.run(context, module, args, run.output_dir / "logs")
+    reported = invocation.get_materialize_result().metadata
+    record = {key: value.value for key, value in reported.items()}
+    write_run_record(run.output_dir, record)
+    return record, False
+
+
+def _read_rows(store: WarehouseStore, table: str, hint: str) -> pd.DataFrame:
+    rows = store.read_table(table) if store.table_exists(table) else pd.DataFrame()
+    if rows.empty:
+        raise ValueError(f"table {table} has no rows: {hint}")
+    return rows
+
+
 @dg.asset(deps=["sft_dataset", base_model], group_name="training", kinds={"pytorch", "huggingface"})
 def sft_checkpoint(
     context: dg.AssetExecutionContext, config: SFTCheckpointConfig, warehouse: Warehouse, torchrun: TorchrunLauncher
 ) -> dg.MaterializeResult:
     """SFT of the base model on `sft_dataset` (assistant turns only), launched under torchrun through Pipes."""
     store = warehouse.store()
-    rows = store.read_table("sft_dataset")
-    if rows.empty:
-        raise ValueError("table sft_dataset has no rows: materialize the sft_dataset asset (the funnel) first")
+    rows = _read_rows(store, "sft_dataset", "materialize the sft_dataset asset (the funnel) first")
     base = store.read_table(BASE_MODEL_TABLE).iloc[0]
     hparams = config.hyperparameters()
-    run = prepare_sft_run(
-        rows.to_dict("records"), base["sha256"], hparams.to_dict(), store.artifact_dir("sft_checkpoint")
+    records = rows.to_dict("records")
+    run = prepare_run(
+        sft_jsonl(records), len(records), base["sha256"], hparams.to_dict(), store.artifact_dir("sft_checkpoint")
     )
-    record = read_run_record(run.output_dir)
-    reused = record is not None
-    if record is None:
-        args = ["--train_file", str(run.train_file), "--model_dir", base["path"], "--output_dir", str(run.output_dir)]
-        invocation = torchrun.run(context, SFT_MODULE, [*args, *to_cli_args(hparams)], run.output_dir / "logs")
-        reported = invocation.get_materialize_result().metadata
-        record = {key: value.value for key, value in reported.items()}
-        write_run_record(run.output_dir, record)
-    else:
-        context.log.info(f"reusing the finished run {run.output_dir} (same data, base model and hyperparameters)")
-    plot = plot_loss_curve(record["loss_curve"], run.output_dir / "loss_curve.png")
+    args = ["--train_file", str(run.train_file), "--model_dir", base["path"], "--output_dir", str(run.output_dir)]
+    record, reused = _train_or_reuse(context, torchrun, SFT_MODULE, run, [*args, *to_cli_args(hparams)])
+    plot = plot_curves(
+        record["loss_curve"], {"loss": "loss"}, run.output_dir / "loss_curve.png", "SFT training loss",
+        "loss (assistant tokens)",
+    )  # fmt: skip
     store.replace_table(
         SFT_CHECKPOINT_TABLE,
         pd.DataFrame(
@@ -159,8 +198,11 @@ def sft_checkpoint(
 
 @dg.asset_check(asset=sft_checkpoint, blocking=True)
 def sft_checkpoint_loads(warehouse: Warehouse) -> dg.AssetCheckResult:
-    """The final checkpoint loads with `from_pretrained`, is the one recorded, and gives finite logits."""
-    recorded = warehouse.store().read_table(SFT_CHECKPOINT_TABLE).iloc[0]
+    """The SFT checkpoint loads with `from_pretrained`, is the one recorded, and gives finite logits."""
+    return _checkpoint_check(warehouse.store().read_table(SFT_CHECKPOINT_TABLE).iloc[0])
+
+
+def _checkpoint_check(recorded: pd.Series) -> dg.AssetCheckResult:
     folder = Path(recorded["path"])
     actual_sha256 = folder_sha256(folder)
     probe = probe_checkpoint(folder)
@@ -176,3 +218,133 @@ def sft_checkpoint_loads(warehouse: Warehouse) -> dg.AssetCheckResult:
             "checkpoint_path": dg.MetadataValue.path(str(folder)),
         },
     )
+
+
+class RLCheckpointConfig(dg.Config):
+    """DAPO hyperparameters (see `DAPOHyperparameters`); the defaults are the CPU smoke run."""
+
+    start_from: str = Field(default="sft", description="'sft' (WebDancer: RL after the cold start) or 'base'.")
+    max_prompts: int | None = Field(default=None, description="Use the first N RL-pool prompts (by id); empty: all.")
+    max_steps: int = Field(default=2, description="Optimizer steps.")
+    learning_rate: float = Field(default=1e-6, description="Constant AdamW learning rate.")
+    num_generations: int = Field(default=4, description="Rollouts per prompt (the group size).")
+    per_device_train_batch_size: int = Field(default=4, description="Rollouts per device per micro-batch.")
+    gradient_accumulation_steps: int = Field(default=1, description="Micro-batches per optimizer step.")
+    temperature: float = Field(default=1.0, description="Sampling temperature of rollouts.")
+    max_prompt_length: int = Field(default=2048, description="Longest prompt in tokens; longer ones are dropped.")
+    max_completion_length: int = Field(default=1024, description="Longest multi-turn completion in tokens.")
+    max_turn_tokens: int = Field(default=256, description="Longest assistant turn in tokens.")
+    max_llm_calls: int = Field(default=3, description="Agent turns per rollout.")
+    oversample_factor: float = Field(default=1.0, description="Prompts sampled per needed group (>= 1).")
+    max_refill_rounds: int = Field(default=1, description="Rounds that refill groups dropped by dynamic sampling.")
+    save_steps: int = Field(default=25, description="Save a resumable checkpoint every N steps.")
+    seed: int = Field(default=42, description="Seed for prompt order and sampling.")
+
+    def hyperparameters(self) -> DAPOHyperparameters:
+        return DAPOHyperparameters(**self.model_dump(exclude={"start_from", "max_prompts"}))
+
+
+@dg.asset(
+    deps=["rl_pool", sft_checkpoint, base_model, "search_index"],
+    group_name="training",
+    kinds={"pytorch", "huggingface"},
+)
+def rl_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: RLCheckpointConfig,
+    warehouse: Warehouse,
+    web: WebEnvironment,
+    judge: LLMEndpointResource,
+    summarizer: LLMEndpointResource,
+    torchrun: TorchrunLauncher,
+) -> dg.MaterializeResult:
+    """DAPO on `rl_pool`: the agent's multi-turn rollouts on the non-benchmark local web, judged by `judge`."""
+    if config.start_from not in ("sft", "base"):
+        raise ValueError(f"start_from must be 'sft' or 'base', got {config.start_from!r}")
+    store = warehouse.store()
+    pool = _read_rows(store, "rl_pool", "materialize rl_pool (the funnel); it holds the pairs SFT could not solve")
+    records = sorted(pool.to_dict("records"), key=lambda row: str(row["id"]))[: config.max_prompts]
+    start_table = SFT_CHECKPOINT_TABLE if config.start_from == "sft" else BASE_MODEL_TABLE
+    start = _read_rows(store, start_table, f"materialize {start_table} first, or set start_from").iloc[0]
+    index_dir = store.home / SEARCH_INDEX_DIR
+    if not index_dir.is_dir():
+        raise LookupError(f"no search index at {index_dir}; materialize search_index first")
+    hparams = config.hyperparameters()
+    judge_config, summarizer_config = judge.endpoint_config(), summarizer.endpoint_config()
+    settings = {**hparams.to_dict(), "judge_model": judge_config.model, "search_index": folder_sha256(index_dir)}
+    run = prepare_run(rl_jsonl(records), len(records), start["sha256"], settings, store.artifact_dir("rl_checkpoint"))
+    _, allowed_hosts, blocked_hosts = synthesis_sites(store)
+    with web.serve() as proxy_url:
+        environment = RolloutEnvironment(
+            search_index=str(index_dir),
+            blocked_hosts=blocked_hosts,
+            allowed_hosts=sorted(allowed_hosts),
+            proxy_url=proxy_url,
+            judge=judge_config,
+            summarizer=summarizer_config,
+        )
+        environment_file = run.output_dir / ENVIRONMENT_FILE
+        write_text_atomic(environment_file, environment.model_dump_json(indent=1))
+        args = [
+            *["--train_file", str(run.train_file), "--environment_file", str(environment_file)],
+            *["--model_dir", start["path"], "--output_dir", str(run.output_dir)],
+        ]
+        record, reused = _train_or_reuse(context, torchrun, DAPO_MODULE, run, [*args, *to_cli_args(hparams)])
+    history = record["train_history"]
+    rewards_plot = plot_curves(
+        history, REWARD_SERIES, run.output_dir / "reward_curve.png", "DAPO rewards per step", "mean reward"
+    )
+    loss_plot = plot_curves(history, {"loss": "loss"}, run.output_dir / "loss_curve.png", "DAPO loss", "loss")
+    store.replace_table(
+        RL_CHECKPOINT_TABLE,
+        pd.DataFrame(
+            [
+                {
+                    "path": record["checkpoint_path"],
+                    "sha256": record["checkpoint_sha256"],
+                    "run_key": run.run_key,
+                    "steps": record["steps"],
+                    "dataset_sha256": run.dataset_sha256,
+                    "start_model_sha256": start["sha256"],
+                    "start_from": config.start_from,
+                }
+            ]
+        ),
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "reward_curve": dg.MetadataValue.md(png_markdown(rewards_plot, "DAPO reward curve")),
+            "loss_curve": dg.MetadataValue.md(png_markdown(loss_plot, "DAPO loss curve")),
+            "train_history": dg.MetadataValue.json(history),
+            "final_reward": dg.MetadataValue.float(float(record["final_reward"] or 0.0)),
+            "steps": record["steps"],
+            "resumed_from_step": record["resumed_from_step"],
+            "reused": reused,
+            "prompts": record["prompts"],
+            "dropped_prompts": dg.MetadataValue.json(record["dropped_prompts"]),
+            "groups_sampled": record["groups_sampled"],
+            "dropped_group_share": dg.MetadataValue.float(float(record["dropped_group_share"])),
+            "tokens_generated": record["tokens_generated"],
+            "tokens_trained": record["tokens_trained"],
+            "trained_token_share": dg.MetadataValue.float(float(record["trained_token_share"])),
+            "rollout_time_share": dg.MetadataValue.float(float(record["rollout_time_share"])),
+            "masked_token_share": dg.MetadataValue.float(float(record["masked_token_share"])),
+            "seconds_per_step": dg.MetadataValue.float(float(record["seconds_per_step"])),
+            "checkpoint_path": dg.MetadataValue.path(record["checkpoint_path"]),
+            "checkpoint_sha256": record["checkpoint_sha256"],
+            "run_key": run.run_key,
+            "start_from": config.start_from,
+            "judge": judge_config.describe(),
+            "upstream_data_versions": dg.MetadataValue.json(
+                {"rl_pool": run.dataset_sha256, start_table: start["sha256"], "search_index": settings["search_index"]}
+            ),
+            "hyperparameters": dg.MetadataValue.json(hparams.to_dict()),
+        },
+        data_version=dg.DataVersion(record["checkpoint_sha256"]),
+    )
+
+
+@dg.asset_check(asset=rl_checkpoint, blocking=True)
+def rl_checkpoint_loads(warehouse: Warehouse) -> dg.AssetCheckResult:
+    """The RL checkpoint loads with `from_pretrained`, is the one recorded, and gives finite logits."""
+    return _checkpoint_check(warehouse.store().read_table(RL_CHECKPOINT_TABLE).iloc[0])

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessage
@@ -214,6 +214,19 @@ def _failure_message(config: EndpointConfig, attempts: int, error: BaseException
     else:
         what = f"returned malformed responses on all {attempts} tries"
     return f"{config.describe()} {what}: {error}"
+
+
+class ChatModel(Protocol):
+    """What the agent needs of a model: `LLMEndpoint` over HTTP, or the trainer's own weights during RL rollouts."""
+
+    config: EndpointConfig
+
+    @property
+    def max_concurrency(self) -> int: ...
+
+    def chat(
+        self, messages: Sequence[Mapping[str, str]], *, sampling: SamplingParams | None = None, sample_index: int = 0
+    ) -> ChatResult: ...
 
 
 class LLMEndpoint:

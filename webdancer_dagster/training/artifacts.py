@@ -25,8 +25,8 @@ PROBE_TEXT = "Who wrote Hamlet? <think>I should search.</think>"
 
 
 @dataclass(frozen=True)
-class SFTRunInputs:
-    """Where one SFT run reads and writes, and the hashes that name it."""
+class RunInputs:
+    """Where one training run reads and writes, and the hashes that name it."""
 
     output_dir: Path
     train_file: Path
@@ -40,39 +40,53 @@ def sft_jsonl(records: Sequence[Mapping[str, Any]]) -> str:
 
     The warehouse stores `messages` as JSON text; the entry point wants a list, so text is decoded here.
     """
-    ordered = sorted(records, key=lambda row: str(row.get("id", "")))
     lines = []
-    for row in ordered:
+    for row in _by_id(records):
         messages = row["messages"]
         decoded = json.loads(messages) if isinstance(messages, str) else list(messages)
         lines.append(json.dumps({"id": row.get("id"), "messages": decoded}, ensure_ascii=False, sort_keys=True))
     return "".join(line + "\n" for line in lines)
 
 
-def sft_run_key(dataset_sha256: str, base_model_sha256: str, hyperparameters: Mapping[str, Any]) -> str:
+def rl_jsonl(records: Sequence[Mapping[str, Any]]) -> str:
+    """`rl_pool` rows as the JSONL the DAPO entry point reads: question and every accepted answer, in id order."""
+    lines = []
+    for row in _by_id(records):
+        aliases = row.get("answer_aliases") or "[]"
+        answers = [row["answer"], *(json.loads(aliases) if isinstance(aliases, str) else aliases)]
+        line = {"id": row.get("id"), "question": row["question"], "answers": answers}
+        lines.append(json.dumps(line, ensure_ascii=False, sort_keys=True))
+    return "".join(line + "\n" for line in lines)
+
+
+def run_key(dataset_sha256: str, base_model_sha256: str, hyperparameters: Mapping[str, Any]) -> str:
     """Short hash of what decides a run's weights; equal inputs give the same output folder."""
     identity = {"dataset": dataset_sha256, "base_model": base_model_sha256, "hyperparameters": dict(hyperparameters)}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def prepare_sft_run(
-    records: Sequence[Mapping[str, Any]],
+def prepare_run(
+    train_text: str,
+    examples: int,
     base_model_sha256: str,
     hyperparameters: Mapping[str, Any],
     root: Path,
-) -> SFTRunInputs:
+) -> RunInputs:
     """Write the run's JSONL into `root/<run key>/` (atomically, once) and say where the run goes."""
-    if not records:
-        raise ValueError("no SFT records: there is nothing to train on")
-    text = sft_jsonl(records)
-    dataset_sha256 = hashlib.sha256(text.encode()).hexdigest()
-    run_key = sft_run_key(dataset_sha256, base_model_sha256, hyperparameters)
-    output_dir = Path(root) / run_key
+    if not examples:
+        raise ValueError("no training records: there is nothing to train on")
+    dataset_sha256 = hashlib.sha256(train_text.encode()).hexdigest()
+    key = run_key(dataset_sha256, base_model_sha256, hyperparameters)
+    output_dir = Path(root) / key
     output_dir.mkdir(parents=True, exist_ok=True)
     train_file = output_dir / TRAIN_FILE
     if not train_file.is_file():
-        write_text_atomic(train_file, text)
-    return SFTRunInputs(output_dir, train_file, run_key, dataset_sha256, len(records))
+        write_text_atomic(train_file, train_text)
+    return RunInputs(output_dir, train_file, key, dataset_sha256, examples)
+
+
+def _by_id(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(records, key=lambda row: str(row.get("id", "")))
 
 
 def write_run_record(output_dir: Path, record: Mapping[str, Any]) -> Path:
@@ -112,8 +126,11 @@ def describe_tokenizer(folder: Path) -> dict[str, Any]:
     }
 
 
-def plot_loss_curve(history: Sequence[Mapping[str, float]], path: Path, title: str = "SFT training loss") -> Path:
-    """Save the loss per logged step as a PNG; the Agg canvas needs no display and no global pyplot state."""
+def plot_curves(
+    history: Sequence[Mapping[str, float]], series: Mapping[str, str], path: Path, title: str, ylabel: str
+) -> Path:
+    """Save one line per `series` key (label: value) over the logged steps as a PNG; the Agg canvas needs no
+    display and no global pyplot state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -121,14 +138,21 @@ def plot_loss_curve(history: Sequence[Mapping[str, float]], path: Path, title: s
     figure = Figure(figsize=(6, 3.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    steps = [entry["step"] for entry in history]
-    losses = [entry["loss"] for entry in history]
-    axes.plot(steps, losses, marker="o" if len(steps) < 30 else None)
+    for key, label in series.items():
+        points = [(entry["step"], entry[key]) for entry in history if key in entry]
+        axes.plot(
+            [step for step, _ in points],
+            [value for _, value in points],
+            marker="o" if len(points) < 30 else None,
+            label=label,
+        )
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("loss (assistant tokens)")
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(alpha=0.3)
+    if len(series) > 1:
+        axes.legend()
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")

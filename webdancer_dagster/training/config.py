@@ -6,11 +6,14 @@ built directly from Dagster run config by the assets, so one definition serves b
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from transformers import SchedulerType
 
+from webdancer_dagster.llm.client import EndpointConfig
 from webdancer_dagster.training.masking import TruncationPolicy
 
 
@@ -78,33 +81,40 @@ class SFTHyperparameters:
 class DAPOHyperparameters:
     """DAPO reinforcement learning (TRL GRPOTrainer with loss_type='dapo') plus dynamic sampling."""
 
-    learning_rate: float = field(default=1e-6, metadata={"help": "Peak AdamW learning rate."})
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (constant, as in DAPO)."})
     max_steps: int = field(default=100, metadata={"help": "Total optimizer steps."})
     num_generations: int = field(default=4, metadata={"help": "Rollouts per prompt (the group size)."})
     per_device_train_batch_size: int = field(
-        default=4, metadata={"help": "Rollouts per device per step; must be divisible into whole groups."}
+        default=4, metadata={"help": "Rollouts per device per micro-batch; with accumulation, whole groups."}
     )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     epsilon: float = field(default=0.2, metadata={"help": "Lower clip range of the importance ratio."})
     epsilon_high: float = field(default=0.28, metadata={"help": "Upper clip range (DAPO clip-higher)."})
     beta: float = field(default=0.0, metadata={"help": "KL coefficient; DAPO uses 0 (no reference model)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of rollouts."})
-    max_prompt_length: int = field(default=2048, metadata={"help": "Longest prompt in tokens."})
-    max_completion_length: int = field(default=2048, metadata={"help": "Longest multi-turn completion in tokens."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of rollouts."})
+    max_prompt_length: int = field(
+        default=2048, metadata={"help": "Longest prompt (system + question) in tokens; longer ones are dropped."}
+    )
+    max_completion_length: int = field(
+        default=2048, metadata={"help": "Longest multi-turn completion (turns and observations) in tokens."}
+    )
+    max_turn_tokens: int = field(default=512, metadata={"help": "Longest single assistant turn in tokens."})
     mask_truncated_completions: bool = field(
-        default=True, metadata={"help": "Exclude rollouts cut at max_completion_length from the loss."}
+        default=True, metadata={"help": "Exclude rollouts cut at a token limit from the loss."}
     )
     max_llm_calls: int = field(default=8, metadata={"help": "Agent turns per rollout before it is stopped."})
     format_weight: float = field(default=0.1, metadata={"help": "Reward weight of the format score."})
     answer_weight: float = field(default=0.9, metadata={"help": "Reward weight of the judged answer."})
     oversample_factor: float = field(
-        default=2.0, metadata={"help": "Prompts drawn per needed group, so dropped groups can be refilled."}
+        default=2.0, metadata={"help": "Prompts sampled per needed group, so dropped groups can be replaced."}
     )
     max_refill_rounds: int = field(
         default=2, metadata={"help": "Extra sampling rounds to refill groups dropped by dynamic sampling."}
     )
     logging_steps: int = field(default=1, metadata={"help": "Log rewards and drops every N steps."})
     save_steps: int = field(default=25, metadata={"help": "Save a resumable checkpoint every N steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     seed: int = field(default=42, metadata={"help": "Seed for prompt order and sampling."})
 
     def __post_init__(self) -> None:
@@ -113,12 +123,19 @@ class DAPOHyperparameters:
         _require(self.num_generations >= 2, "num_generations must be >= 2 (advantages compare within a group)")
         _require(self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1")
         _require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
+        _require(
+            self.per_device_train_batch_size * self.gradient_accumulation_steps % self.num_generations == 0,
+            "per_device_train_batch_size x gradient_accumulation_steps must be a multiple of num_generations: "
+            "dynamic sampling needs every rank to hold whole groups",
+        )
         _require(0 < self.epsilon < 1, "epsilon must be in (0, 1)")
         _require(self.epsilon_high >= self.epsilon, "epsilon_high must be >= epsilon (clip-higher)")
         _require(self.beta >= 0, "beta must be >= 0")
-        _require(self.temperature > 0, "temperature must be positive")
+        _require(self.temperature > 0, "temperature must be positive (rollouts are sampled)")
+        _require(0 < self.top_p <= 1, "top_p must be in (0, 1]")
         _require(self.max_prompt_length >= 16, "max_prompt_length must be at least 16 tokens")
         _require(self.max_completion_length >= 16, "max_completion_length must be at least 16 tokens")
+        _require(self.max_turn_tokens >= 1, "max_turn_tokens must be >= 1")
         _require(self.max_llm_calls >= 1, "max_llm_calls must be >= 1")
         _require(self.format_weight >= 0 and self.answer_weight >= 0, "reward weights must be >= 0")
         _require(abs(self.format_weight + self.answer_weight - 1.0) < 1e-9, "format_weight + answer_weight must be 1")
@@ -126,9 +143,24 @@ class DAPOHyperparameters:
         _require(self.max_refill_rounds >= 0, "max_refill_rounds must be >= 0")
         _require(self.logging_steps >= 1, "logging_steps must be >= 1")
         _require(self.save_steps >= 1, "save_steps must be >= 1")
+        _require(self.save_total_limit >= 1, "save_total_limit must be >= 1 (resume needs a checkpoint)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class RolloutEnvironment(BaseModel):
+    """The web and the judges one rollout needs, as a file every rank reads (endpoint API keys stay env vars)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    search_index: str
+    blocked_hosts: list[str] = []
+    allowed_hosts: list[str] | None = None
+    proxy_url: str | None = None
+    judge: EndpointConfig
+    summarizer: EndpointConfig
+    current_date: dt.date | None = None
 
 
 def to_cli_args(hparams: SFTHyperparameters | DAPOHyperparameters) -> list[str]:

@@ -18,15 +18,13 @@ import logging
 import os
 import statistics
 import sys
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
+from dagster_pipes import PipesContext
 from datasets import Dataset
 from torch.distributed.elastic.multiprocessing.errors import record
 from transformers import (
@@ -35,10 +33,7 @@ from transformers import (
     HfArgumentParser,
     PreTrainedTokenizerBase,
     Trainer,
-    TrainerCallback,
-    TrainerControl,
     TrainerState,
-    TrainingArguments,
 )
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
@@ -46,6 +41,7 @@ from trl import SFTConfig, SFTTrainer
 from webdancer_dagster.training.base_model import folder_sha256
 from webdancer_dagster.training.config import SFTHyperparameters
 from webdancer_dagster.training.masking import TokenizedDataset, tokenize_chats
+from webdancer_dagster.training.reporting import StepTimer, pipes_on_rank_zero, typed_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +101,7 @@ class SFTResult:
             "loss_curve": (self.loss_history, "json"),
             "final_loss": (losses[-1] if losses else None, "float" if losses else "null"),
         }
-        return {key: {"raw_value": value, "type": kind} for key, (value, kind) in values.items()}
+        return typed_metadata(values)
 
 
 def make_parser() -> HfArgumentParser:
@@ -118,7 +114,7 @@ def main(args: Sequence[str] | None = None) -> SFTResult | None:
     """Parse `args` (default: `sys.argv`), train, and report to Dagster when launched through Pipes."""
     run, hparams = make_parser().parse_args_into_dataclasses(args=args)
     try:
-        with _pipes_on_rank_zero() as pipes:
+        with pipes_on_rank_zero() as pipes:
             result = train_sft(run, hparams, pipes=pipes)
             if pipes is not None and result is not None:
                 pipes.report_asset_materialization(
@@ -154,7 +150,7 @@ def train_sft(run: SFTRunArguments, hparams: SFTHyperparameters, pipes: PipesCon
     tokenizer = AutoTokenizer.from_pretrained(run.model_dir, local_files_only=True)
     data = _tokenize(Path(run.train_file), tokenizer, hparams)
     on_gpu = torch.cuda.is_available()
-    timer = _StepTimer(pipes)
+    timer = StepTimer(pipes)
     trainer = _SFTTrainer(
         fused_lm_head=on_gpu if hparams.fused_lm_head is None else hparams.fused_lm_head,
         model=AutoModelForCausalLM.from_pretrained(run.model_dir, local_files_only=True, dtype=torch.float32),
@@ -290,44 +286,6 @@ class _SFTTrainer(SFTTrainer):
         if self._fused_lm_head:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-
-
-class _StepTimer(TrainerCallback):
-    """Times optimizer steps and streams each logged loss to Dagster while the run is still going."""
-
-    def __init__(self, pipes: PipesContext | None) -> None:
-        self.step_seconds: list[float] = []
-        self._pipes = pipes
-        self._started = 0.0
-
-    def on_step_begin(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        self._started = time.perf_counter()
-
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        self.step_seconds.append(time.perf_counter() - self._started)
-
-    def on_log(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        logs: Mapping[str, float] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if self._pipes is not None and logs and "loss" in logs:
-            self._pipes.log.info(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}")
-
-
-@contextmanager
-def _pipes_on_rank_zero() -> Iterator[PipesContext | None]:
-    """Open Pipes only on global rank 0 of a Dagster launch; every other case trains without reporting."""
-    if int(os.environ.get("RANK", "0")) != 0 or not PipesEnvVarParamsLoader().is_dagster_pipes_process():
-        yield None
-        return
-    with open_dagster_pipes() as pipes:
-        yield pipes
 
 
 if __name__ == "__main__":

@@ -1,0 +1,135 @@
+"""The DAPO entry point: bad RL pools fail clearly, and one step on two gloo processes moves the weights."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import torch
+from conftest import RL_DATE, RL_QUESTION
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from webdancer_dagster.llm.client import EndpointConfig
+from webdancer_dagster.resources.torchrun import TorchrunLauncher
+from webdancer_dagster.training.base_model import folder_sha256
+from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment, to_cli_args
+from webdancer_dagster.training.dapo import HISTORY_FILE, main
+
+DAPO_MODULE = "webdancer_dagster.training.dapo"
+QUESTIONS = [RL_QUESTION, "What is the capital city of France?"]
+
+
+def _environment_file(tmp_path: Path, index_dir: Path, judge_url: str) -> Path:
+    environment = RolloutEnvironment(
+        search_index=str(index_dir),
+        judge=EndpointConfig(role="judge", base_url=judge_url, model="judge", max_attempts=1),
+        summarizer=EndpointConfig(role="summarizer", base_url=judge_url, model="summarizer", max_attempts=1),
+        current_date=RL_DATE,
+    )
+    path = tmp_path / "environment.json"
+    path.write_text(environment.model_dump_json())
+    return path
+
+
+def _pool_file(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def _pool_lines(questions: list[str]) -> list[str]:
+    return [json.dumps({"id": f"q{i}", "question": q, "answers": ["Paris"]}) for i, q in enumerate(questions)]
+
+
+def _args(pool: Path, environment: Path, model: Path, output_dir: Path, **overrides: object) -> list[str]:
+    settings = {"max_steps": 1, "max_completion_length": 256, "max_turn_tokens": 64, "max_llm_calls": 3}
+    hparams = DAPOHyperparameters(**{**settings, **overrides})
+    return [
+        *["--train_file", str(pool), "--environment_file", str(environment)],
+        *["--model_dir", str(model), "--output_dir", str(output_dir), *to_cli_args(hparams)],
+    ]
+
+
+def test_empty_rl_pool_fails_naming_the_asset(tmp_path: Path, tiny_model, rl_index: Path) -> None:
+    pool = _pool_file(tmp_path, [""])
+    environment = _environment_file(tmp_path, rl_index, "http://127.0.0.1:9/v1")
+
+    with pytest.raises(ValueError, match=f"RL pool {pool} holds no prompts: materialize rl_pool"):
+        main(_args(pool, environment, tiny_model.path, tmp_path / "out"))
+
+
+def test_a_pool_line_without_answers_is_rejected_with_its_number(tmp_path: Path, tiny_model, rl_index: Path) -> None:
+    pool = _pool_file(tmp_path, [*_pool_lines(QUESTIONS[:1]), json.dumps({"question": "q", "answers": []})])
+    environment = _environment_file(tmp_path, rl_index, "http://127.0.0.1:9/v1")
+
+    with pytest.raises(ValueError, match=f"{pool}:2: expected a JSON object with 'question' and an 'answers' list"):
+        main(_args(pool, environment, tiny_model.path, tmp_path / "out"))
+
+
+def test_prompts_longer_than_the_limit_are_counted_and_none_left_is_an_error(
+    tmp_path: Path, tiny_model, rl_index: Path
+) -> None:
+    pool = _pool_file(tmp_path, _pool_lines([RL_QUESTION, RL_QUESTION]))
+    environment = _environment_file(tmp_path, rl_index, "http://127.0.0.1:9/v1")
+
+    with pytest.raises(ValueError, match=r"none of the 2 RL prompts fits max_prompt_length=64 .*'too_long': 1, "
+                                         r"'duplicate_question': 1"):  # fmt: skip
+        main(_args(pool, environment, tiny_model.path, tmp_path / "out", max_prompt_length=64))
+
+
+class TinyDAPOConfig(dg.Config):
+    args: list[str]
+    output_dir: str
+
+
+@dg.asset
+def tiny_rl_checkpoint(
+    context: dg.AssetExecutionContext, config: TinyDAPOConfig, launcher: TorchrunLauncher
+) -> dg.MaterializeResult:
+    """Test-only: what `rl_checkpoint` does, reduced to the launch."""
+    invocation = launcher.run(context, DAPO_MODULE, config.args, Path(config.output_dir) / "logs")
+    return invocation.get_materialize_result()
+
+
+def test_one_dapo_step_on_two_cpu_processes_moves_the_weights_and_reports_rewards(
+    tmp_path: Path, answering_model: Path, rl_index: Path, scripted
+) -> None:
+    judge = scripted(lambda request: "Incorrect")  # only an exact "Paris" is right; the judge rejects the rest
+    output_dir = tmp_path / "rl"
+    args = _args(
+        _pool_file(tmp_path, _pool_lines(QUESTIONS)),
+        _environment_file(tmp_path, rl_index, judge.base_url),
+        answering_model,
+        output_dir,
+        learning_rate=1e-3,
+        temperature=0.5,  # sharp on the learned format, still 50/50 between the two answers
+        oversample_factor=1.0,
+        max_refill_rounds=3,
+    )
+    instance = dg.DagsterInstance.ephemeral()
+
+    result = dg.materialize(
+        [tiny_rl_checkpoint],
+        resources={"launcher": TorchrunLauncher(nproc_per_node=2, device="cpu")},
+        run_config={"ops": {"tiny_rl_checkpoint": {"config": {"args": args, "output_dir": str(output_dir)}}}},
+        instance=instance,
+    )
+
+    metadata = result.asset_materializations_for_node("tiny_rl_checkpoint")[0].metadata
+    assert metadata["steps"].value == 1
+    [entry] = metadata["train_history"].value
+    format_mean, answer_mean = entry["rewards/format_reward/mean"], entry["rewards/answer_reward/mean"]
+    assert entry["reward"] == pytest.approx(0.1 * format_mean + 0.9 * answer_mean, abs=1e-5)
+    assert 0 < answer_mean < 1, "dynamic sampling should have kept only groups whose answers disagree"
+    assert metadata["groups_sampled"].value >= 1 and metadata["tokens_trained"].value > 0
+    assert 0 < metadata["masked_token_share"].value < 1 and 0 < metadata["rollout_time_share"].value < 1
+    streamed = [record.user_message for record in instance.all_logs(result.run_id)]
+    assert any("step 1/1 loss" in message and "reward" in message for message in streamed)
+    checkpoint = Path(metadata["checkpoint_path"].value)
+    assert metadata["checkpoint_sha256"].value == folder_sha256(checkpoint)
+    assert (output_dir / HISTORY_FILE).is_file()
+    before, after = load_file(answering_model / "model.safetensors"), load_file(checkpoint / "model.safetensors")
+    assert all(not torch.equal(before[name], after[name]) for name in before), "a weight did not move"
+    loaded = AutoModelForCausalLM.from_pretrained(checkpoint, local_files_only=True)
+    torch.testing.assert_close(loaded.get_input_embeddings().weight, after["model.embed_tokens.weight"])

@@ -1,0 +1,501 @@
+"""DAPO on the RL pool: the program `torchrun` starts on every rank.
+
+TRL's `GRPOTrainer` with `loss_type="dapo"` supplies the token-level loss and clip-higher (`epsilon` 0.2,
+`epsilon_high` 0.28) with no KL term (`beta` 0) and truncated rollouts masked out. What TRL does not have lives
+here: multi-turn rollouts of the real agent (`rollout.py`, observations masked through `env_mask`), the reward
+0.1 x format + 0.9 x judged answer (two reward functions, so each is logged on its own), and DAPO's dynamic
+sampling (`dynamic_sampling.py`). Like the SFT entry point it runs without Dagster:
+
+    torchrun --standalone --nproc_per_node=2 -m webdancer_dagster.training.dapo \\
+        --train_file pool.jsonl --environment_file env.json --model_dir ckpt/final --output_dir /tmp/rl --max_steps 4
+
+`pool.jsonl` holds `{"id", "question", "answers": [...]}` lines; `env.json` is a `RolloutEnvironment` (search
+index, site proxy, judge and summarizer endpoints), so every rank reaches the same local web the agent uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from dagster_pipes import PipesContext
+from datasets import Dataset
+from torch.distributed.elastic.multiprocessing.errors import record
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, PreTrainedTokenizerBase, TrainerState
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOConfig, GRPOTrainer
+
+from webdancer_dagster.agent.factory import build_web_agent
+from webdancer_dagster.agent.loop import run_agents
+from webdancer_dagster.agent.prompts import system_message, user_message
+from webdancer_dagster.llm.client import LLMEndpoint, SamplingParams
+from webdancer_dagster.training.base_model import folder_sha256
+from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment
+from webdancer_dagster.training.dynamic_sampling import FilledBatch, Group, PromptDrawer, fill_groups
+from webdancer_dagster.training.reporting import StepTimer, pipes_on_rank_zero, typed_metadata
+from webdancer_dagster.training.rollout import (
+    LocalPolicy,
+    RLSample,
+    RolloutReward,
+    chat_prompt_ids,
+    rl_sample,
+    score_rollout,
+)
+from webdancer_dagster.web.search import ExcludeHosts, LocalSearch
+from webdancer_dagster.web.visit import FetchPolicy
+
+logger = logging.getLogger(__name__)
+
+FINAL_MODEL_DIR = "final"
+HISTORY_FILE = "train_history.json"
+AGENT_STOP = ("\n<tool_response>", "<tool_response>")
+
+
+@dataclass
+class DAPORunArguments:
+    """Where the RL pool, the web and the model come from and where the results go."""
+
+    train_file: str = field(metadata={"help": "JSONL, one {'id', 'question', 'answers': [...]} RL prompt a line."})
+    environment_file: str = field(metadata={"help": "JSON RolloutEnvironment: search index, proxy, judge, summarizer."})
+    model_dir: str = field(metadata={"help": "Transformers model folder (weights and tokenizer) to start from."})
+    output_dir: str = field(metadata={"help": "Checkpoints, the final model and train_history.json go here."})
+
+
+@dataclasses.dataclass(frozen=True)
+class RLPrompt:
+    id: str
+    question: str
+    answers: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredRollout:
+    sample: RLSample
+    reward: RolloutReward
+
+
+@dataclasses.dataclass(frozen=True)
+class DAPOResult:
+    """What a finished run produced; rank 0 reports it to Dagster."""
+
+    checkpoint_dir: Path
+    checkpoint_sha256: str
+    steps: int
+    resumed_from_step: int
+    prompts: int
+    dropped_prompts: dict[str, int]
+    history: list[dict[str, float]]
+    step_seconds: list[float]
+    rollout_seconds: float
+    tokens_generated: int
+    tokens_trained: int
+    groups_sampled: int
+    groups_dropped: int
+    masked_token_share: float
+
+    @property
+    def seconds_per_step(self) -> float:
+        return statistics.median(self.step_seconds) if self.step_seconds else 0.0
+
+    @property
+    def rollout_time_share(self) -> float:
+        """Share of optimizer-step wall time spent generating and scoring rollouts."""
+        total = sum(self.step_seconds)
+        return min(1.0, self.rollout_seconds / total) if total else 0.0
+
+    @property
+    def trained_token_share(self) -> float:
+        """Share of generated tokens that reached a gradient step after dynamic sampling."""
+        return self.tokens_trained / self.tokens_generated if self.tokens_generated else 0.0
+
+    def pipes_metadata(self) -> dict[str, dict[str, Any]]:
+        rewards = [entry["reward"] for entry in self.history if "reward" in entry]
+        return typed_metadata(
+            {
+                "checkpoint_path": (str(self.checkpoint_dir), "path"),
+                "checkpoint_sha256": (self.checkpoint_sha256, "text"),
+                "steps": (self.steps, "int"),
+                "resumed_from_step": (self.resumed_from_step, "int"),
+                "prompts": (self.prompts, "int"),
+                "dropped_prompts": (self.dropped_prompts, "json"),
+                "train_history": (self.history, "json"),
+                "final_reward": (rewards[-1] if rewards else None, "float" if rewards else "null"),
+                "seconds_per_step": (round(self.seconds_per_step, 4), "float"),
+                "step_seconds": ([round(seconds, 4) for seconds in self.step_seconds], "json"),
+                "rollout_time_share": (round(self.rollout_time_share, 4), "float"),
+                "tokens_generated": (self.tokens_generated, "int"),
+                "tokens_trained": (self.tokens_trained, "int"),
+                "trained_token_share": (round(self.trained_token_share, 4), "float"),
+                "groups_sampled": (self.groups_sampled, "int"),
+                "groups_dropped": (self.groups_dropped, "int"),
+                "dropped_group_share": (
+                    round(self.groups_dropped / self.groups_sampled, 4) if self.groups_sampled else 0.0,
+                    "float",
+                ),
+                "masked_token_share": (round(self.masked_token_share, 4), "float"),
+            }
+        )
+
+
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser((DAPORunArguments, DAPOHyperparameters))
+
+
+@record
+def main(args: Sequence[str] | None = None) -> DAPOResult | None:
+    """Parse `args` (default: `sys.argv`), train, and report to Dagster when launched through Pipes."""
+    run, hparams = make_parser().parse_args_into_dataclasses(args=args)
+    try:
+        with pipes_on_rank_zero() as pipes:
+            result = train_dapo(run, hparams, pipes=pipes)
+            if pipes is not None and result is not None:
+                pipes.report_asset_materialization(
+                    metadata=result.pipes_metadata(), data_version=result.checkpoint_sha256
+                )
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return result
+
+
+def read_rl_pool(path: Path) -> list[RLPrompt]:
+    """The RL prompts; an empty pool is an error naming the asset that makes it."""
+    prompts: list[RLPrompt] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            answers = row.get("answers") if isinstance(row, dict) else None
+            if not isinstance(row, dict) or not row.get("question") or not answers or not isinstance(answers, list):
+                raise ValueError(f"{path}:{number}: expected a JSON object with 'question' and an 'answers' list")
+            prompts.append(RLPrompt(str(row.get("id", number)), row["question"], [str(a) for a in answers]))
+    if not prompts:
+        raise ValueError(f"RL pool {path} holds no prompts: materialize rl_pool (the funnel) with unsolved pairs")
+    return prompts
+
+
+def train_dapo(
+    run: DAPORunArguments, hparams: DAPOHyperparameters, pipes: PipesContext | None = None
+) -> DAPOResult | None:
+    """Train, resuming from the newest checkpoint in `output_dir`; returns the result on rank 0, else None."""
+    output_dir = Path(run.output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(run.model_dir, local_files_only=True)
+    environment = RolloutEnvironment.model_validate_json(Path(run.environment_file).read_text(encoding="utf-8"))
+    pool, dropped = _fitting_prompts(read_rl_pool(Path(run.train_file)), tokenizer, hparams, environment)
+    on_gpu = torch.cuda.is_available()
+    rollout = AgentRollout(pool, environment, tokenizer, hparams, seed=hparams.seed + int(os.environ.get("RANK", 0)))
+    timer = StepTimer(pipes)
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(run.model_dir, local_files_only=True, dtype=torch.float32),
+        reward_funcs=[format_reward, answer_reward],
+        args=dapo_config(hparams, output_dir, on_gpu=on_gpu),
+        train_dataset=Dataset.from_dict({"prompt": [prompt.question for prompt in pool]}),
+        processing_class=tokenizer,
+        rollout_func=rollout,
+        callbacks=[timer],
+    )
+    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    resumed_from_step = 0
+    if last_checkpoint is not None:
+        resumed_from_step = TrainerState.load_from_json(f"{last_checkpoint}/trainer_state.json").global_step
+        logger.info("resuming from %s (step %d)", last_checkpoint, resumed_from_step)
+    try:
+        trainer.train(resume_from_checkpoint=last_checkpoint)
+    finally:
+        rollout.close()
+    final_dir = output_dir / FINAL_MODEL_DIR
+    trainer.save_model(str(final_dir))
+    if not trainer.is_world_process_zero():
+        return None
+    history = [_history_entry(entry) for entry in trainer.state.log_history if "loss" in entry]
+    (output_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+    result = DAPOResult(
+        checkpoint_dir=final_dir,
+        checkpoint_sha256=folder_sha256(final_dir),
+        steps=trainer.state.global_step,
+        resumed_from_step=resumed_from_step,
+        prompts=len(pool),
+        dropped_prompts=dropped,
+        history=history,
+        step_seconds=timer.step_seconds,
+        rollout_seconds=rollout.seconds,
+        tokens_generated=rollout.tokens_generated,
+        tokens_trained=rollout.tokens_trained,
+        groups_sampled=rollout.groups_sampled,
+        groups_dropped=rollout.groups_dropped,
+        masked_token_share=rollout.masked_token_share,
+    )
+    logger.info(
+        "DAPO done: %d steps, %.2f s/step, %.0f%% of step time in rollouts, %.0f%% of generated tokens trained",
+        result.steps,
+        result.seconds_per_step,
+        100 * result.rollout_time_share,
+        100 * result.trained_token_share,
+    )
+    return result
+
+
+def dapo_config(hparams: DAPOHyperparameters, output_dir: Path, on_gpu: bool) -> GRPOConfig:
+    """TRL's GRPO config in its DAPO setting, with the rewards weighted 0.1 format / 0.9 answer by default."""
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        loss_type="dapo",
+        epsilon=hparams.epsilon,
+        epsilon_high=hparams.epsilon_high,
+        beta=hparams.beta,
+        mask_truncated_completions=hparams.mask_truncated_completions,
+        reward_weights=[hparams.format_weight, hparams.answer_weight],
+        num_generations=hparams.num_generations,
+        max_completion_length=hparams.max_completion_length,
+        temperature=hparams.temperature,
+        top_p=hparams.top_p,
+        learning_rate=hparams.learning_rate,
+        lr_scheduler_type="constant",
+        max_steps=hparams.max_steps,
+        per_device_train_batch_size=hparams.per_device_train_batch_size,
+        gradient_accumulation_steps=hparams.gradient_accumulation_steps,
+        logging_steps=hparams.logging_steps,
+        save_strategy="steps",
+        save_steps=hparams.save_steps,
+        save_total_limit=hparams.save_total_limit,
+        seed=hparams.seed,
+        bf16=on_gpu,
+        use_cpu=not on_gpu,
+        ddp_backend=("nccl" if on_gpu else "gloo") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_find_unused_parameters=False,
+        dataloader_pin_memory=on_gpu,
+        report_to="none",
+        disable_tqdm=True,
+        log_completions=False,
+    )
+
+
+def format_reward(completions: list[Any], format_reward: list[float], **_: Any) -> list[float]:
+    """1 when the whole rollout is in WebDancer's format (computed with the rollout; see `score_rollout`)."""
+    return list(format_reward)
+
+
+def answer_reward(
+    completions: list[Any], answer_reward: list[float], log_metric: Any = None, **extra: Any
+) -> list[float]:
+    """1 when the judge finds the answer correct; also logs the dynamic-sampling figures of this batch."""
+    if log_metric is not None:
+        for name in ("dropped_group_share", "trained_token_share", "refill_rounds"):
+            if extra.get(name):
+                log_metric(f"dynamic_sampling/{name}", float(extra[name][0]))
+    return list(answer_reward)
+
+
+class AgentRollout:
+    """TRL's `rollout_func`: groups of agent rollouts for the sampler's prompts, after dynamic sampling."""
+
+    def __init__(
+        self,
+        pool: Sequence[RLPrompt],
+        environment: RolloutEnvironment,
+        tokenizer: PreTrainedTokenizerBase,
+        hparams: DAPOHyperparameters,
+        seed: int,
+    ) -> None:
+        self.answers = {prompt.question: prompt.answers for prompt in pool}
+        self.environment = environment
+        self.tokenizer = tokenizer
+        self.hparams = hparams
+        self.judge = LLMEndpoint(environment.judge)
+        self.summarizer = LLMEndpoint(environment.summarizer)
+        self.search = ExcludeHosts(LocalSearch(Path(environment.search_index)), environment.blocked_hosts)
+        self.fetch_policy = FetchPolicy(
+            allowed_hosts=frozenset(environment.allowed_hosts) if environment.allowed_hosts is not None else None,
+            proxy_url=environment.proxy_url,
+        )
+        self.drawer = PromptDrawer(list(self.answers), seed)
+        self.policy: LocalPolicy | None = None
+        self.seconds = 0.0
+        self.tokens_generated = self.tokens_trained = 0
+        self.groups_sampled = self.groups_dropped = 0
+        self._completion_tokens = self._masked_tokens = 0
+
+    @property
+    def masked_token_share(self) -> float:
+        """Share of trained completion tokens that are observations or scaffolding (env_mask 0)."""
+        return self._masked_tokens / self._completion_tokens if self._completion_tokens else 0.0
+
+    def __call__(self, prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
+        started = time.perf_counter()
+        size = self.hparams.num_generations
+        questions = prompts[::size]
+        if len(prompts) != len(questions) * size or any(
+            prompts[i * size : (i + 1) * size] != [question] * size for i, question in enumerate(questions)
+        ):
+            raise ValueError(f"rollout prompts must come in whole groups of {size} identical prompts")
+        if self.policy is None:
+            self.policy = LocalPolicy(
+                trainer.accelerator.unwrap_model(trainer.model),
+                self.tokenizer,
+                SamplingParams(
+                    temperature=self.hparams.temperature,
+                    top_p=self.hparams.top_p,
+                    max_tokens=self.hparams.max_turn_tokens,
+                    stop=AGENT_STOP,
+                ),
+                max_batch=len(prompts) * max(1, int(self.hparams.oversample_factor)),
+            )
+        batch = fill_groups(
+            questions,
+            self._sample_groups,
+            self.drawer,
+            oversample_factor=self.hparams.oversample_factor,
+            max_refill_rounds=self.hparams.max_refill_rounds,
+        )
+        output = self._trainer_inputs(batch)
+        self.seconds += time.perf_counter() - started
+        return output
+
+    def close(self) -> None:
+        if self.policy is not None:
+            self.policy.close()
+        self.judge.close()
+        self.summarizer.close()
+
+    def _sample_groups(self, questions: Sequence[str]) -> list[Group[ScoredRollout]]:
+        assert self.policy is not None
+        agent = build_web_agent(
+            self.policy,
+            self.summarizer,
+            self.search,
+            self.fetch_policy,
+            self.tokenizer,
+            n_ctx=self._context_tokens(),
+            max_llm_calls=self.hparams.max_llm_calls,
+            current_date=self.environment.current_date,
+        )
+        size = self.hparams.num_generations
+        trajectories = run_agents(agent, questions, samples_per_question=size, max_workers=len(questions) * size)
+        groups = []
+        for index, question in enumerate(questions):
+            group = trajectories[index * size : (index + 1) * size]
+            rollouts = [
+                ScoredRollout(
+                    rl_sample(self.tokenizer, trajectory, self.hparams.max_completion_length),
+                    score_rollout(question, self.answers[question], trajectory, self.judge),
+                )
+                for trajectory in group
+            ]
+            generated = sum(trajectory.completion_tokens for trajectory in group)
+            groups.append(Group(question, rollouts, [rollout.reward.answer for rollout in rollouts], generated))
+        return groups
+
+    def _context_tokens(self) -> int:
+        """The agent's window: the longest prompt plus the completion budget plus room for one more turn."""
+        return self.hparams.max_prompt_length + self.hparams.max_completion_length + 2 * self.hparams.max_turn_tokens
+
+    def _trainer_inputs(self, batch: FilledBatch[ScoredRollout]) -> dict[str, Any]:
+        self.tokens_generated += batch.tokens_generated
+        self.tokens_trained += batch.tokens_trained
+        self.groups_sampled += batch.groups_sampled
+        self.groups_dropped += batch.groups_dropped
+        columns: dict[str, list[Any]] = {
+            "prompt_ids": [],
+            "completion_ids": [],
+            "env_mask": [],
+            "format_reward": [],
+            "answer_reward": [],
+        }
+        for group, masked in zip(batch.groups, batch.masked, strict=True):
+            for rollout in group.rollouts:
+                sample = rollout.sample
+                env_mask = [0] * len(sample.env_mask) if masked else sample.env_mask
+                if not masked and not sample.truncated:
+                    self._completion_tokens += len(env_mask)
+                    self._masked_tokens += len(env_mask) - sum(env_mask)
+                columns["prompt_ids"].append(sample.prompt_ids)
+                columns["completion_ids"].append(sample.completion_ids)
+                columns["env_mask"].append(env_mask)
+                columns["format_reward"].append(rollout.reward.format)
+                columns["answer_reward"].append(rollout.reward.answer)
+        rows = len(columns["prompt_ids"])
+        logger.info(
+            "rollouts: %d groups sampled in %d refill rounds, %d dropped (%.0f%%), %d masked fillers",
+            batch.groups_sampled,
+            batch.rounds,
+            batch.groups_dropped,
+            100 * batch.dropped_share,
+            sum(batch.masked),
+        )
+        return {
+            **columns,
+            "logprobs": None,
+            "dropped_group_share": [batch.dropped_share] * rows,
+            "trained_token_share": [batch.trained_token_share] * rows,
+            "refill_rounds": [float(batch.rounds)] * rows,
+        }
+
+
+def _fitting_prompts(
+    pool: list[RLPrompt],
+    tokenizer: PreTrainedTokenizerBase,
+    hparams: DAPOHyperparameters,
+    environment: RolloutEnvironment,
+) -> tuple[list[RLPrompt], dict[str, int]]:
+    """Drop (and count) prompts longer than `max_prompt_length` and repeated questions; none left is an error."""
+    date = environment.current_date or dt.date.today()
+    kept: list[RLPrompt] = []
+    seen: set[str] = set()
+    dropped = {"too_long": 0, "duplicate_question": 0}
+    for prompt in pool:
+        if prompt.question in seen:
+            dropped["duplicate_question"] += 1
+            continue
+        seen.add(prompt.question)
+        messages = [
+            {"role": "system", "content": system_message(date)},
+            {"role": "user", "content": user_message(prompt.question)},
+        ]
+        if len(chat_prompt_ids(tokenizer, messages)) > hparams.max_prompt_length:
+            dropped["too_long"] += 1
+            continue
+        kept.append(prompt)
+    if not kept:
+        raise ValueError(
+            f"none of the {len(pool)} RL prompts fits max_prompt_length={hparams.max_prompt_length} (dropped {dropped})"
+        )
+    return kept, dropped
+
+
+def _history_entry(entry: dict[str, float]) -> dict[str, float]:
+    keys = (
+        "step",
+        "loss",
+        "reward",
+        "reward_std",
+        "rewards/format_reward/mean",
+        "rewards/answer_reward/mean",
+        "dynamic_sampling/dropped_group_share",
+        "dynamic_sampling/trained_token_share",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "learning_rate",
+        "grad_norm",
+    )
+    return {key: entry[key] for key in keys if key in entry}
+
+
+if __name__ == "__main__":
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(name)s %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    main()

@@ -1,0 +1,124 @@
+"""DAPO's dynamic sampling: only groups whose answers disagree carry a learning signal, so keep only those.
+
+A group (the rollouts of one prompt) whose answer rewards are all 0 or all 1 has zero advantage everywhere and
+only dilutes the token-level loss. `fill_groups` oversamples prompts, drops such groups and draws replacements
+until the batch holds the requested number of informative groups or the refill rounds are spent. TRL's
+GRPOTrainer has no such step; it runs inside the rollout function, which may return groups for prompts other
+than the ones the sampler handed it. A batch still short after the last round is topped up with dropped groups
+that the caller masks out of the loss, so the batch shape never changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+RolloutT = TypeVar("RolloutT")
+
+
+@dataclasses.dataclass(frozen=True)
+class Group(Generic[RolloutT]):
+    """The rollouts of one prompt with their binary answer rewards and the tokens their generation cost."""
+
+    prompt: str
+    rollouts: list[RolloutT]
+    answer_rewards: list[float]
+    generated_tokens: int
+
+    @property
+    def informative(self) -> bool:
+        """False when every answer reward is 0 or every one is 1: the advantages would all be zero."""
+        return len(set(self.answer_rewards)) > 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FilledBatch(Generic[RolloutT]):
+    """The groups to train on, in order; `masked[i]` marks a dropped group kept only to fill the batch."""
+
+    groups: list[Group[RolloutT]]
+    masked: list[bool]
+    rounds: int
+    groups_sampled: int
+    groups_dropped: int
+    tokens_generated: int
+
+    @property
+    def dropped_share(self) -> float:
+        """Share of sampled groups dropped for all-equal answers (DAPO logs it per step)."""
+        return self.groups_dropped / self.groups_sampled if self.groups_sampled else 0.0
+
+    @property
+    def tokens_trained(self) -> int:
+        return sum(group.generated_tokens for group, masked in zip(self.groups, self.masked, strict=True) if not masked)
+
+    @property
+    def trained_token_share(self) -> float:
+        """Share of generated tokens that reach a gradient step (the rest was spent on dropped or surplus groups)."""
+        return self.tokens_trained / self.tokens_generated if self.tokens_generated else 0.0
+
+
+def fill_groups(
+    prompts: Sequence[str],
+    sample: Callable[[Sequence[str]], list[Group[RolloutT]]],
+    draw: Callable[[int, Sequence[str]], list[str]],
+    *,
+    oversample_factor: float,
+    max_refill_rounds: int,
+) -> FilledBatch[RolloutT]:
+    """Sample groups for `prompts` (plus oversampled extra prompts) and return `len(prompts)` groups.
+
+    `sample` rolls out a group per prompt; `draw(n, exclude)` gives up to n more prompts not in `exclude`.
+    Informative groups are kept in sampling order; the requested prompts come first, so with nothing dropped the
+    batch is exactly what the trainer's sampler chose.
+    """
+    needed = len(prompts)
+    extra = draw(math.ceil(needed * (oversample_factor - 1.0)), prompts) if needed else []
+    candidates = [*prompts, *extra]
+    kept: list[Group[RolloutT]] = []
+    dropped: list[Group[RolloutT]] = []
+    sampled = tokens = rounds = 0
+    while candidates:
+        groups = sample(candidates)
+        sampled += len(groups)
+        tokens += sum(group.generated_tokens for group in groups)
+        kept += [group for group in groups if group.informative]
+        dropped += [group for group in groups if not group.informative]
+        missing = needed - len(kept)
+        if missing <= 0 or rounds >= max_refill_rounds:
+            break
+        rounds += 1
+        seen = [group.prompt for group in (*kept, *dropped)]
+        candidates = draw(math.ceil(missing * oversample_factor), seen)
+    fillers = dropped[: max(0, needed - len(kept))]
+    return FilledBatch(
+        groups=kept[:needed] + fillers,
+        masked=[False] * len(kept[:needed]) + [True] * len(fillers),
+        rounds=rounds,
+        groups_sampled=sampled,
+        groups_dropped=len(dropped),
+        tokens_generated=tokens,
+    )
+
+
+class PromptDrawer:
+    """Draws refill prompts from the pool in a seeded order, cycling, never repeating one the batch already has."""
+
+    def __init__(self, prompts: Sequence[str], seed: int) -> None:
+        self._prompts = list(dict.fromkeys(prompts))
+        self._rng = random.Random(seed)
+        self._order: list[str] = []
+
+    def __call__(self, count: int, exclude: Sequence[str]) -> list[str]:
+        excluded = set(exclude)
+        available = [prompt for prompt in self._prompts if prompt not in excluded]
+        drawn: list[str] = []
+        while len(drawn) < min(count, len(available)):
+            if not self._order:
+                self._order = self._rng.sample(self._prompts, len(self._prompts))
+            prompt = self._order.pop()
+            if prompt not in excluded and prompt not in drawn:
+                drawn.append(prompt)
+        return drawn

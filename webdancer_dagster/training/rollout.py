@@ -1,0 +1,278 @@
+"""RL rollouts: the real ReAct agent, driven by the policy being trained, turned into token sequences and rewards.
+
+The agent is the one evaluation and trajectory sampling use (`agent.loop.ReactAgent`: same prompts, parser and
+tools); only its model changes: `LocalPolicy` answers the agent's chat requests with `generate` on the trainer's
+own weights, batching the requests of concurrent rollouts into one call. A finished trajectory becomes a prompt
+(system + question) and a completion in which the agent's own turns carry `env_mask` = 1 and everything the
+environment wrote (observations, chat-template scaffolding between turns) carries 0. The mask is the one SFT
+learns from (`masking.tokenize_chat`), so the two training stages agree on what the agent says.
+
+The completion is the conversation re-tokenized from its text, as SFT sees it. A turn's sampled tokens can differ
+from that tokenization where BPE merges differently or the parser cut text after an observation tag; the trainer
+scores the re-tokenized sequence under the current weights (no sampling log-probabilities are passed), so the
+update is exact for the sequence trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from webdancer_dagster.agent.trajectory import Trajectory
+from webdancer_dagster.llm.client import ChatResult, EndpointConfig, LLMEndpoint, SamplingParams
+from webdancer_dagster.synthesis.funnel import check_validity
+from webdancer_dagster.synthesis.judge import judge_answer
+from webdancer_dagster.training.masking import IGNORE_INDEX, tokenize_chat
+
+logger = logging.getLogger(__name__)
+
+LOCAL_POLICY_URL = "local://transformers"
+
+
+def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    """The tokens the model reads before its next turn: the chat template with the generation prompt."""
+    ids = tokenizer.apply_chat_template(
+        [dict(message) for message in messages], tokenize=True, add_generation_prompt=True, return_dict=False
+    )
+    return list(ids)
+
+
+class LocalPolicy:
+    """A chat model over in-process weights with the `LLMEndpoint` interface the agent calls.
+
+    Requests from concurrent agent threads are gathered for `gather_s` and answered by one batched, left-padded
+    `generate` call, so a group of rollouts costs about as many forward passes as one. Stop strings end a turn
+    the way an OpenAI-compatible server does: the text is cut before them. Nothing is cached: RL needs fresh
+    samples from the current weights on every call.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        sampling: SamplingParams,
+        *,
+        max_batch: int = 16,
+        gather_s: float = 0.02,
+        name: str = "policy",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = EndpointConfig(
+            role="policy", base_url=LOCAL_POLICY_URL, model=name, sampling=sampling, max_concurrency=max_batch
+        )
+        self.generated_tokens = 0
+        self.generate_calls = 0
+        self.generate_seconds = 0.0
+        self._max_batch = max_batch
+        self._gather_s = gather_s
+        self._requests: queue.Queue[tuple[list[int], SamplingParams, Future[ChatResult]] | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._max_batch
+
+    def chat(
+        self, messages: Sequence[Mapping[str, str]], *, sampling: SamplingParams | None = None, sample_index: int = 0
+    ) -> ChatResult:
+        """One sampled assistant turn for `messages` (`sample_index` is ignored: every call is a fresh sample)."""
+        prompt_ids = chat_prompt_ids(self.tokenizer, messages)
+        future: Future[ChatResult] = Future()
+        self._ensure_worker()
+        self._requests.put((prompt_ids, sampling or self.config.sampling, future))
+        return future.result()
+
+    def close(self) -> None:
+        """Stop the generation thread; pending requests fail rather than hang."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            self._requests.put(None)
+            worker.join()
+
+    def _ensure_worker(self) -> None:
+        with self._lock:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, name="local-policy", daemon=True)
+                self._worker.start()
+
+    def _serve(self) -> None:
+        while True:
+            first = self._requests.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.perf_counter() + self._gather_s
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._requests.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._requests.put(None)  # answer what was gathered, then stop
+                    break
+                batch.append(item)
+            # Requests with other sampling settings wait for a batch of their own.
+            same = [item for item in batch if item[1] == batch[0][1]]
+            for item in batch:
+                if item[1] != batch[0][1]:
+                    self._requests.put(item)
+            try:
+                results = self._generate([ids for ids, _, _ in same], same[0][1])
+            except BaseException as error:  # the agents must see the failure, not wait forever
+                for _, _, future in same:
+                    future.set_exception(error)
+                continue
+            for (_, _, future), result in zip(same, results, strict=True):
+                future.set_result(result)
+
+    @torch.no_grad()
+    def _generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[ChatResult]:
+        started = time.perf_counter()
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        width = max(len(ids) for ids in prompts)
+        device = next(self.model.parameters()).device
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in prompts], device=device)
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                do_sample=sampling.temperature > 0,
+                temperature=sampling.temperature if sampling.temperature > 0 else None,
+                top_p=sampling.top_p if sampling.temperature > 0 else None,
+                top_k=None,
+                max_new_tokens=sampling.max_tokens,
+                stop_strings=list(sampling.stop) or None,
+                tokenizer=self.tokenizer,
+                eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=pad_id,
+            )
+        finally:
+            self.model.train(was_training)
+        latency = time.perf_counter() - started
+        results = []
+        for row in output[:, width:].tolist():
+            results.append(self._to_result(row, len(prompts[len(results)]), sampling, latency))
+        with self._lock:
+            self.generate_calls += 1
+            self.generate_seconds += latency
+            self.generated_tokens += sum(result.completion_tokens for result in results)
+        return results
+
+    def _to_result(
+        self, new_ids: list[int], prompt_tokens: int, sampling: SamplingParams, latency: float
+    ) -> ChatResult:
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        finish_reason = "length"
+        if eos in new_ids:
+            new_ids, finish_reason = new_ids[: new_ids.index(eos) + 1], "stop"
+        while new_ids and new_ids[-1] == pad != eos:  # a row stopped by a stop string is padded to the longest
+            new_ids, finish_reason = new_ids[:-1], "stop"
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+        cut = min((text.find(stop) for stop in sampling.stop if stop in text), default=-1)
+        if cut >= 0:
+            text, finish_reason = text[:cut], "stop"
+        return ChatResult(
+            content=text,
+            reasoning_content=None,
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(new_ids),
+            latency_s=latency,
+            model=self.config.model,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RLSample:
+    """One rollout as the trainer consumes it; `env_mask[i]` is 1 where `completion_ids[i]` is the agent's own."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    env_mask: list[int]
+    truncated: bool
+
+    @property
+    def agent_tokens(self) -> int:
+        return sum(self.env_mask)
+
+
+def rl_sample(tokenizer: PreTrainedTokenizerBase, trajectory: Trajectory, max_completion_length: int) -> RLSample:
+    """Tokenize a rollout into prompt (system + question + generation prompt) and masked completion.
+
+    The completion ends at the end-of-turn token of the agent's last turn: what the environment would have said
+    next was never read by the policy. A turn cut at its token limit, or a completion cut at
+    `max_completion_length`, ends without the end-of-turn token, which is how the trainer recognises (and with
+    `mask_truncated_completions` leaves out) truncated rollouts.
+    """
+    messages = [message.model_dump() for message in trajectory.messages]
+    last_assistant = max((i for i, message in enumerate(messages) if message["role"] == "assistant"), default=None)
+    if last_assistant is None:  # the first turn came back empty: the policy said nothing but end-of-turn
+        messages = [*messages[:2], {"role": "assistant", "content": ""}]
+    else:
+        messages = messages[: last_assistant + 1]
+    prompt_ids = chat_prompt_ids(tokenizer, messages[:2])
+    chat = tokenize_chat(tokenizer, messages)
+    if chat.input_ids[: len(prompt_ids)] != list(prompt_ids):
+        raise ValueError("the chat template does not render the prompt as a prefix of the whole conversation")
+    labelled = [i for i, label in enumerate(chat.labels) if label != IGNORE_INDEX]
+    end = labelled[-1] + 1 if labelled else len(prompt_ids)
+    completion_ids = chat.input_ids[len(prompt_ids) : end]
+    env_mask = [int(label != IGNORE_INDEX) for label in chat.labels[len(prompt_ids) : end]]
+    last_turn_cut = bool(trajectory.steps) and trajectory.steps[-1].finish_reason == "length"
+    if last_turn_cut and completion_ids and completion_ids[-1] == tokenizer.eos_token_id:
+        completion_ids, env_mask = completion_ids[:-1], env_mask[:-1]
+    truncated = last_turn_cut or len(completion_ids) > max_completion_length
+    completion_ids, env_mask = completion_ids[:max_completion_length], env_mask[:max_completion_length]
+    if not completion_ids:  # a turn cut before it produced a token still needs one position for the trainer
+        completion_ids, env_mask = [tokenizer.eos_token_id], [1]
+    return RLSample(list(prompt_ids), completion_ids, env_mask, truncated)
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutReward:
+    """DAPO's reward: binary format and binary answer, weighted; the judge's method is kept for the record."""
+
+    format: float
+    answer: float
+    judge_method: str
+    format_reason: str
+
+    def total(self, format_weight: float, answer_weight: float) -> float:
+        return format_weight * self.format + answer_weight * self.answer
+
+
+def score_rollout(
+    question: str, gold_answers: Sequence[str], trajectory: Trajectory, judge: LLMEndpoint
+) -> RolloutReward:
+    """Format = the funnel's validity check passes (every turn parses, tools and arguments are real, an answer
+    ends it); answer = the judge finds the answer equivalent to a gold answer. An unreadable verdict scores 0."""
+    validity = check_validity(trajectory)
+    if not trajectory.answer:
+        return RolloutReward(float(validity.passed), 0.0, "no_answer", validity.reason)
+    judgement = judge_answer(question, trajectory.answer, gold_answers, judge)
+    method = judgement.method if judgement.correct is not None else "unreadable"
+    return RolloutReward(float(validity.passed), float(judgement.correct is True), method, validity.reason)
+
+
+def dump_trajectory(trajectory: Trajectory) -> dict[str, Any]:
+    """A rollout as JSON for the run's sample file (the UI shows a few; the rest are for reading later)."""
+    return {
+        "answer": trajectory.answer,
+        "termination": trajectory.termination,
+        "messages": [message.model_dump() for message in trajectory.messages],
+    }
