@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from webdancer_dagster.agent.prompts import system_message, tool_response, user_message
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
-from webdancer_dagster.training.base_model import BaseModel, create_tiny_llama
-from webdancer_dagster.training.masking import IGNORE_INDEX, tokenize_chat
+from webdancer_dagster.training.base_model import BaseModel, create_tiny_llama, fit_assistant_turns
 from webdancer_dagster.web.search import LocalSearch, build_search_index, search_tool
 
 
@@ -102,21 +100,7 @@ def answering_model(tmp_path_factory: pytest.TempPathFactory, rl_index: Path) ->
     """
     folder = tmp_path_factory.mktemp("answering") / "model"
     create_tiny_llama(folder, find_smollm2_gguf(), seed=1)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
     observation = search_tool(LocalSearch(rl_index), [RL_QUERY])
-    examples = [tokenize_chat(tokenizer, rl_chat(observation, answer)) for answer in ("Paris", "London")]
-    input_ids = torch.tensor([example.input_ids for example in examples])
-    targets = torch.tensor([example.labels for example in examples])[:, 1:]
-    learned = targets != IGNORE_INDEX
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    for _ in range(100):
-        hidden = model.model(input_ids=input_ids).last_hidden_state[:, :-1]
-        loss = torch.nn.functional.cross_entropy(model.lm_head(hidden[learned]), targets[learned])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    assert loss.item() < 0.1, f"the answering model did not learn its two rollouts (loss {loss.item():.3f})"
-    model.save_pretrained(folder)
+    loss = fit_assistant_turns(folder, [rl_chat(observation, answer) for answer in ("Paris", "London")])
+    assert loss < 0.1, f"the answering model did not learn its two rollouts (loss {loss:.3f})"
     return folder

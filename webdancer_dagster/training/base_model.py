@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -131,6 +132,40 @@ def create_tiny_llama(output_dir: Path, tokenizer_source: Path, seed: int = 0) -
         source=f"random tiny llama (seed {seed}) + tokenizer of {tokenizer_source}",
         sha256=folder_sha256(output_dir),
     )
+
+
+def fit_assistant_turns(
+    folder: Path, chats: Sequence[Sequence[Mapping[str, str]]], steps: int = 100, learning_rate: float = 3e-3
+) -> float:
+    """Teach the model in `folder` (in place) to produce the assistant turns of `chats`; returns the final loss.
+
+    For tiny test and benchmark models that must act in the agent's format (a random one never calls a tool or
+    answers). The LM head runs on the learned positions only, so a step costs a fraction of a full forward.
+    """
+    from transformers import AutoTokenizer
+
+    from webdancer_dagster.training.masking import IGNORE_INDEX, tokenize_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    examples = [tokenize_chat(tokenizer, chat) for chat in chats]
+    width = max(len(example.input_ids) for example in examples)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in examples])
+    targets = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in examples])[:, 1:]
+    learned = targets != IGNORE_INDEX
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    loss = torch.tensor(float("nan"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for _ in range(steps):
+            hidden = model.model(input_ids=input_ids).last_hidden_state[:, :-1]
+            loss = torch.nn.functional.cross_entropy(model.lm_head(hidden[learned]), targets[learned])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.save_pretrained(folder)
+    return float(loss.item())
 
 
 def file_sha256(path: Path) -> str:
