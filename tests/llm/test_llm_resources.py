@@ -99,6 +99,16 @@ def test_the_resource_works_outside_dagster(scripted):
     assert server.requests[0]["max_tokens"] == 8 and server.requests[0]["stop"] == ["</answer>"]
 
 
+def test_requests_in_flight_follow_what_the_server_can_answer_at_once(scripted):
+    assert LocalModelServer(mode="llama_cpp").requests_served_at_once() == 1
+    assert LocalModelServer(mode="vllm", n_parallel=16).requests_served_at_once() == 16
+    server = scripted(["ok"])
+    external = LocalModelServer(mode="external", base_url=server.base_url, served_model_name="m")
+    role = LLMEndpointResource(role="judge", server=external, warehouse=Warehouse(), max_concurrency=4)
+
+    assert role.endpoint_config().max_concurrency == 4
+
+
 def test_an_unknown_server_mode_is_refused():
     with pytest.raises(ValueError, match="mode"):
         LocalModelServer(mode="llamacpp").server_config()
@@ -108,7 +118,8 @@ def test_an_unknown_server_mode_is_refused():
 def shared_local_server(policy: LLMEndpointResource, summarizer: LLMEndpointResource) -> dg.MaterializeResult:
     replies = [role.endpoint().chat(QUESTION).content for role in (policy, summarizer)]
     urls = {role.endpoint().config.base_url for role in (policy, summarizer)}
-    return dg.MaterializeResult(metadata={"urls": sorted(urls), "replies": replies})
+    concurrency = {role.endpoint().config.max_concurrency for role in (policy, summarizer)}
+    return dg.MaterializeResult(metadata={"urls": sorted(urls), "replies": replies, "concurrency": sorted(concurrency)})
 
 
 @pytest.mark.slow
@@ -120,6 +131,7 @@ def test_the_roles_share_one_real_llama_cpp_server_that_stops_with_the_step():
     values = metadata(result)
     (url,) = values["urls"]
     assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+    assert values["concurrency"] == [1], "llama.cpp answers one request at a time: more would wait out their timeout"
     assert all(isinstance(reply, str) for reply in values["replies"])
     port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
     with pytest.raises(OSError):  # the step's teardown stopped the server

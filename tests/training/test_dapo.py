@@ -9,12 +9,13 @@ import torch
 from conftest import RL_DATE, RL_QUESTION
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
+from trl.trainer.utils import add_fused_lm_head
 
 from webdancer_dagster.llm.client import EndpointConfig
 from webdancer_dagster.resources.torchrun import TorchrunLauncher
 from webdancer_dagster.training.base_model import folder_sha256
 from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment, to_cli_args
-from webdancer_dagster.training.dapo import HISTORY_FILE, main
+from webdancer_dagster.training.dapo import HISTORY_FILE, main, score_completions_directly
 
 DAPO_MODULE = "webdancer_dagster.training.dapo"
 QUESTIONS = [RL_QUESTION, "What is the capital city of France?"]
@@ -133,3 +134,25 @@ def test_one_dapo_step_on_two_cpu_processes_moves_the_weights_and_reports_reward
     assert all(not torch.equal(before[name], after[name]) for name in before), "a weight did not move"
     loaded = AutoModelForCausalLM.from_pretrained(checkpoint, local_files_only=True)
     torch.testing.assert_close(loaded.get_input_embeddings().weight, after["model.embed_tokens.weight"])
+
+
+def test_direct_completion_scoring_matches_trls_chunked_kernel(tiny_model) -> None:
+    """The CPU replacement gives TRL's log-probabilities, entropies and gradients on the completion positions."""
+    models = [AutoModelForCausalLM.from_pretrained(tiny_model.path, local_files_only=True) for _ in range(2)]
+    for model in models:
+        add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
+    score_completions_directly(models[1], temperature=0.7)
+    input_ids = torch.randint(0, 1000, (2, 40), generator=torch.Generator().manual_seed(0))
+    labels = input_ids.clone()
+    labels[:, :25] = -100  # the prompt: only the last 15 positions are a completion
+    labels[1, 35:] = -100  # padding after a shorter completion
+
+    outputs = [model(input_ids=input_ids, labels=labels, fused_lm_head=True) for model in models]
+    for output in outputs:
+        (output.log_probs.sum() + output.entropy.sum()).backward()
+
+    torch.testing.assert_close(outputs[1].log_probs, outputs[0].log_probs, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outputs[1].entropy, outputs[0].entropy, rtol=1e-4, atol=1e-5)
+    assert torch.equal(outputs[1].label_mask, outputs[0].label_mask)
+    for (name, trl_param), direct_param in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(direct_param.grad, trl_param.grad, rtol=1e-3, atol=1e-6, msg=name)

@@ -125,6 +125,21 @@ def _train_or_reuse(
     return record, False
 
 
+def _record_checkpoint(
+    store: WarehouseStore, table: str, record: dict[str, Any], run: RunInputs, **lineage: str
+) -> None:
+    """The one-row table that tells checks, later steps and evaluation which checkpoint is current."""
+    row = {
+        "path": record["checkpoint_path"],
+        "sha256": record["checkpoint_sha256"],
+        "run_key": run.run_key,
+        "steps": record["steps"],
+        "dataset_sha256": run.dataset_sha256,
+        **lineage,
+    }
+    store.replace_table(table, pd.DataFrame([row]))
+
+
 def _read_rows(store: WarehouseStore, table: str, hint: str) -> pd.DataFrame:
     rows = store.read_table(table) if store.table_exists(table) else pd.DataFrame()
     if rows.empty:
@@ -151,21 +166,7 @@ def sft_checkpoint(
         record["loss_curve"], {"loss": "loss"}, run.output_dir / "loss_curve.png", "SFT training loss",
         "loss (assistant tokens)",
     )  # fmt: skip
-    store.replace_table(
-        SFT_CHECKPOINT_TABLE,
-        pd.DataFrame(
-            [
-                {
-                    "path": record["checkpoint_path"],
-                    "sha256": record["checkpoint_sha256"],
-                    "run_key": run.run_key,
-                    "steps": record["steps"],
-                    "dataset_sha256": run.dataset_sha256,
-                    "base_model_sha256": base["sha256"],
-                }
-            ]
-        ),
-    )
+    _record_checkpoint(store, SFT_CHECKPOINT_TABLE, record, run, base_model_sha256=base["sha256"])
     return dg.MaterializeResult(
         metadata={
             "loss_curve": dg.MetadataValue.md(png_markdown(plot, "SFT loss curve")),
@@ -295,21 +296,8 @@ def rl_checkpoint(
         history, REWARD_SERIES, run.output_dir / "reward_curve.png", "DAPO rewards per step", "mean reward"
     )
     loss_plot = plot_curves(history, {"loss": "loss"}, run.output_dir / "loss_curve.png", "DAPO loss", "loss")
-    store.replace_table(
-        RL_CHECKPOINT_TABLE,
-        pd.DataFrame(
-            [
-                {
-                    "path": record["checkpoint_path"],
-                    "sha256": record["checkpoint_sha256"],
-                    "run_key": run.run_key,
-                    "steps": record["steps"],
-                    "dataset_sha256": run.dataset_sha256,
-                    "start_model_sha256": start["sha256"],
-                    "start_from": config.start_from,
-                }
-            ]
-        ),
+    _record_checkpoint(
+        store, RL_CHECKPOINT_TABLE, record, run, start_model_sha256=start["sha256"], start_from=config.start_from
     )
     return dg.MaterializeResult(
         metadata={

@@ -76,6 +76,12 @@ class LocalModelServer(dg.ConfigurableResource):
             extra_args=tuple(self.extra_args),
         )
 
+    def requests_served_at_once(self) -> int | None:
+        """How many requests the server answers at a time; None when it is someone else's to say (external)."""
+        if self.mode == "llama_cpp":
+            return 1  # llama-cpp-python's server answers one request at a time and queues the rest
+        return self.n_parallel if self.mode == "vllm" else None
+
     def ensure_running(self) -> ModelServer:
         """Start the server on first use; every role of the step then shares it."""
         with self._lock:
@@ -129,9 +135,12 @@ class LLMEndpointResource(dg.ConfigurableResource):
         """
         if base_url is None:
             base_url, model, api_key_env = self.base_url, model or self.model, api_key_env or self.api_key_env
+        max_concurrency = self.max_concurrency
         if base_url is None:
             server = self.server.ensure_running()
             base_url, model = server.base_url, model or server.model
+            # Requests queued inside the server would spend their timeout waiting: queue them here instead.
+            max_concurrency = min(max_concurrency, self.server.requests_served_at_once() or max_concurrency)
         if model is None:
             raise ValueError(f"the {self.role} endpoint at {base_url} needs `model`")
         cache_path = Path(self.warehouse.store().home) / LLM_CACHE_FILE if self.use_cache else None
@@ -151,7 +160,7 @@ class LLMEndpointResource(dg.ConfigurableResource):
             max_attempts=self.max_attempts,
             backoff_initial_s=self.backoff_initial_s,
             backoff_max_s=self.backoff_max_s,
-            max_concurrency=self.max_concurrency,
+            max_concurrency=max_concurrency,
             cache_path=cache_path,
         )
 

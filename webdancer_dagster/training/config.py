@@ -115,6 +115,13 @@ class DAPOHyperparameters:
     logging_steps: int = field(default=1, metadata={"help": "Log rewards and drops every N steps."})
     save_steps: int = field(default=25, metadata={"help": "Save a resumable checkpoint every N steps."})
     save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    fused_lm_head: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Score completions with TRL's chunked LM-head kernel (no full logits in memory); without Triton "
+            "it scores every prompt position too, several times slower. Empty: on GPU only."
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seed for prompt order and sampling."})
 
     def __post_init__(self) -> None:

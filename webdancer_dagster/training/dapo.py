@@ -32,9 +32,17 @@ import torch
 from dagster_pipes import PipesContext
 from datasets import Dataset
 from torch.distributed.elastic.multiprocessing.errors import record
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, PreTrainedTokenizerBase, TrainerState
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    HfArgumentParser,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerState,
+)
 from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import FusedCausalLMOutput
 
 from webdancer_dagster.agent.factory import build_web_agent
 from webdancer_dagster.agent.loop import run_agents
@@ -43,7 +51,8 @@ from webdancer_dagster.llm.client import LLMEndpoint, SamplingParams
 from webdancer_dagster.training.base_model import folder_sha256
 from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment
 from webdancer_dagster.training.dynamic_sampling import FilledBatch, Group, PromptDrawer, fill_groups
-from webdancer_dagster.training.reporting import StepTimer, pipes_on_rank_zero, typed_metadata
+from webdancer_dagster.training.masking import IGNORE_INDEX
+from webdancer_dagster.training.reporting import StepTimer, runtime_arguments, train_and_report, typed_metadata
 from webdancer_dagster.training.rollout import (
     LocalPolicy,
     RLSample,
@@ -156,17 +165,7 @@ def make_parser() -> HfArgumentParser:
 def main(args: Sequence[str] | None = None) -> DAPOResult | None:
     """Parse `args` (default: `sys.argv`), train, and report to Dagster when launched through Pipes."""
     run, hparams = make_parser().parse_args_into_dataclasses(args=args)
-    try:
-        with pipes_on_rank_zero() as pipes:
-            result = train_dapo(run, hparams, pipes=pipes)
-            if pipes is not None and result is not None:
-                pipes.report_asset_materialization(
-                    metadata=result.pipes_metadata(), data_version=result.checkpoint_sha256
-                )
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return result
+    return train_and_report(lambda pipes: train_dapo(run, hparams, pipes=pipes))
 
 
 def read_rl_pool(path: Path) -> list[RLPrompt]:
@@ -206,6 +205,8 @@ def train_dapo(
         rollout_func=rollout,
         callbacks=[timer],
     )
+    if not (on_gpu if hparams.fused_lm_head is None else hparams.fused_lm_head):
+        score_completions_directly(trainer.model, hparams.temperature)
     last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     resumed_from_step = 0
     if last_checkpoint is not None:
@@ -251,6 +252,7 @@ def dapo_config(hparams: DAPOHyperparameters, output_dir: Path, on_gpu: bool) ->
     """TRL's GRPO config in its DAPO setting, with the rewards weighted 0.1 format / 0.9 answer by default."""
     return GRPOConfig(
         output_dir=str(output_dir),
+        **runtime_arguments(on_gpu),
         loss_type="dapo",
         epsilon=hparams.epsilon,
         epsilon_high=hparams.epsilon_high,
@@ -267,19 +269,46 @@ def dapo_config(hparams: DAPOHyperparameters, output_dir: Path, on_gpu: bool) ->
         per_device_train_batch_size=hparams.per_device_train_batch_size,
         gradient_accumulation_steps=hparams.gradient_accumulation_steps,
         logging_steps=hparams.logging_steps,
-        save_strategy="steps",
         save_steps=hparams.save_steps,
         save_total_limit=hparams.save_total_limit,
         seed=hparams.seed,
-        bf16=on_gpu,
-        use_cpu=not on_gpu,
-        ddp_backend=("nccl" if on_gpu else "gloo") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
-        ddp_find_unused_parameters=False,
-        dataloader_pin_memory=on_gpu,
-        report_to="none",
-        disable_tqdm=True,
         log_completions=False,
     )
+
+
+def score_completions_directly(model: PreTrainedModel, temperature: float) -> None:
+    """Replace TRL's chunked LM-head kernel with a plain log-softmax over the completion positions only.
+
+    Without Triton, TRL's kernel projects every position of every sequence (the long system prompt included) and
+    recomputes each tile in backward; the completion positions are a fraction of them, so scoring just those is
+    several times faster on CPU. The outputs are the same fields, equal up to float rounding (tested); models
+    with logit soft-capping or scaling keep TRL's kernel.
+    """
+    config = model.config.get_text_config()
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1.0):
+        return
+    trl_forward = model.forward
+
+    def forward(*args: Any, fused_lm_head: bool = False, labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        if not fused_lm_head or labels is None:
+            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        hidden = model.model(*args, use_cache=False, **kwargs).last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        mask = targets != IGNORE_INDEX
+        log_softmax = torch.log_softmax(model.lm_head(hidden[mask]).float() / temperature, dim=-1)
+        token_log_probs = log_softmax.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_softmax.exp() * log_softmax).sum(-1)
+        log_probs = hidden.new_zeros(mask.shape, dtype=torch.float32).masked_scatter(mask, token_log_probs)
+        normalizer = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        return FusedCausalLMOutput(
+            loss=-log_probs.sum() / normalizer,
+            log_probs=log_probs,
+            entropy=log_probs.new_zeros(mask.shape).masked_scatter(mask, entropy),
+            label_mask=mask,
+        )
+
+    model.forward = forward
 
 
 def format_reward(completions: list[Any], format_reward: list[float], **_: Any) -> list[float]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -62,3 +62,45 @@ def pipes_on_rank_zero() -> Iterator[PipesContext | None]:
         return
     with open_dagster_pipes() as pipes:
         yield pipes
+
+
+class TrainingResult(Protocol):
+    checkpoint_sha256: str
+
+    def pipes_metadata(self) -> dict[str, dict[str, Any]]: ...
+
+
+ResultT = TypeVar("ResultT", bound=TrainingResult)
+
+
+def train_and_report(train: Callable[[PipesContext | None], ResultT | None]) -> ResultT | None:
+    """Run `train` with Pipes open on rank 0, report its result there, and close the process group either way."""
+    import torch
+
+    try:
+        with pipes_on_rank_zero() as pipes:
+            result = train(pipes)
+            if pipes is not None and result is not None:
+                pipes.report_asset_materialization(
+                    metadata=result.pipes_metadata(), data_version=result.checkpoint_sha256
+                )
+    finally:
+        # accelerate opens a process group under torchrun and leaves it open; NCCL warns of leaks at exit.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return result
+
+
+def runtime_arguments(on_gpu: bool) -> dict[str, Any]:
+    """TrainingArguments both entry points share: the device, the process group, checkpoints, no progress bars."""
+    return {
+        "save_strategy": "steps",
+        "bf16": on_gpu,
+        "use_cpu": not on_gpu,
+        # Naming a backend makes accelerate initialise a process group, so only under a multi-process launch.
+        "ddp_backend": ("nccl" if on_gpu else "gloo") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        "ddp_find_unused_parameters": False,
+        "dataloader_pin_memory": on_gpu,
+        "report_to": "none",
+        "disable_tqdm": True,
+    }

@@ -41,7 +41,7 @@ from trl import SFTConfig, SFTTrainer
 from webdancer_dagster.training.base_model import folder_sha256
 from webdancer_dagster.training.config import SFTHyperparameters
 from webdancer_dagster.training.masking import TokenizedDataset, tokenize_chats
-from webdancer_dagster.training.reporting import StepTimer, pipes_on_rank_zero, typed_metadata
+from webdancer_dagster.training.reporting import StepTimer, runtime_arguments, train_and_report, typed_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -113,18 +113,7 @@ def make_parser() -> HfArgumentParser:
 def main(args: Sequence[str] | None = None) -> SFTResult | None:
     """Parse `args` (default: `sys.argv`), train, and report to Dagster when launched through Pipes."""
     run, hparams = make_parser().parse_args_into_dataclasses(args=args)
-    try:
-        with pipes_on_rank_zero() as pipes:
-            result = train_sft(run, hparams, pipes=pipes)
-            if pipes is not None and result is not None:
-                pipes.report_asset_materialization(
-                    metadata=result.pipes_metadata(), data_version=result.checkpoint_sha256
-                )
-    finally:
-        # accelerate opens a process group under torchrun and leaves it open; NCCL warns of leaks at exit.
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return result
+    return train_and_report(lambda pipes: train_sft(run, hparams, pipes=pipes))
 
 
 def read_chats(path: Path) -> list[list[dict[str, str]]]:
@@ -209,6 +198,7 @@ def sft_config(hparams: SFTHyperparameters, output_dir: Path, on_gpu: bool) -> S
     """TRL config for pre-tokenized chats: no templating or truncation by TRL, resumable safetensors checkpoints."""
     return SFTConfig(
         output_dir=str(output_dir),
+        **runtime_arguments(on_gpu),
         learning_rate=hparams.learning_rate,
         num_train_epochs=hparams.num_train_epochs,
         max_steps=hparams.max_steps,
@@ -220,22 +210,13 @@ def sft_config(hparams: SFTHyperparameters, output_dir: Path, on_gpu: bool) -> S
         weight_decay=hparams.weight_decay,
         max_grad_norm=hparams.max_grad_norm,
         logging_steps=hparams.logging_steps,
-        save_strategy="steps",
         save_steps=hparams.save_steps,
         save_total_limit=hparams.save_total_limit,
         activation_checkpointing=hparams.activation_checkpointing,
         seed=hparams.seed,
-        bf16=on_gpu,
-        use_cpu=not on_gpu,
-        # Naming a backend makes accelerate initialise a process group, so only under a multi-process launch.
-        ddp_backend=("nccl" if on_gpu else "gloo") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
-        ddp_find_unused_parameters=False,
-        dataloader_pin_memory=on_gpu,
         include_num_input_tokens_seen="non_padding",
         max_length=None,
         dataset_kwargs={"skip_prepare_dataset": True},
-        report_to="none",
-        disable_tqdm=True,
     )
 
 
