@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from test_corpus import run_config, small_web  # noqa: F401 (fixture)
 
-from webdancer_dagster.assets import corpus, evaluation
+from webdancer_dagster.assets import corpus, evaluation, qa, training, trajectories
 from webdancer_dagster.evaluation.registry import REGISTRY_ENV
 from webdancer_dagster.evaluation.settings import CLOSED_BOOK_MESSAGE
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
@@ -60,14 +60,19 @@ def declared(tmp_path, monkeypatch):
         )
         monkeypatch.setenv(REGISTRY_ENV, str(folder / "evaluation.yaml"))
         monkeypatch.delenv("SERPER_API_KEY", raising=False)
-        importlib.reload(corpus)
-        importlib.reload(evaluation)
+        reload_asset_modules()
         try:
             yield server
         finally:
             monkeypatch.delenv(REGISTRY_ENV)
-            importlib.reload(corpus)
-            importlib.reload(evaluation)
+            reload_asset_modules()
+
+
+def reload_asset_modules() -> None:
+    """Reload `corpus` and, in import order, every asset module that imports from it, so no module keeps
+    asset objects of the other registry (Dagster refuses two definitions of one key)."""
+    for module in (corpus, qa, trajectories, training, evaluation):
+        importlib.reload(module)
 
 
 def resources(home, base_url):
