@@ -38,9 +38,7 @@ from transformers import (
     HfArgumentParser,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    TrainerState,
 )
-from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import FusedCausalLMOutput
 
@@ -52,7 +50,13 @@ from webdancer_dagster.training.base_model import folder_sha256
 from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment
 from webdancer_dagster.training.dynamic_sampling import FilledBatch, Group, PromptDrawer, fill_groups
 from webdancer_dagster.training.masking import IGNORE_INDEX
-from webdancer_dagster.training.reporting import StepTimer, runtime_arguments, train_and_report, typed_metadata
+from webdancer_dagster.training.reporting import (
+    StepTimer,
+    resume_point,
+    runtime_arguments,
+    train_and_report,
+    typed_metadata,
+)
 from webdancer_dagster.training.rollout import (
     LocalPolicy,
     RLSample,
@@ -207,11 +211,7 @@ def train_dapo(
     )
     if not (on_gpu if hparams.fused_lm_head is None else hparams.fused_lm_head):
         score_completions_directly(trainer.model, hparams.temperature)
-    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    resumed_from_step = 0
-    if last_checkpoint is not None:
-        resumed_from_step = TrainerState.load_from_json(f"{last_checkpoint}/trainer_state.json").global_step
-        logger.info("resuming from %s (step %d)", last_checkpoint, resumed_from_step)
+    last_checkpoint, resumed_from_step = resume_point(output_dir)
     try:
         trainer.train(resume_from_checkpoint=last_checkpoint)
     finally:

@@ -1,4 +1,4 @@
-"""What the training entry points tell Dagster while and after they run (rank 0 only, and only under Pipes).
+"""What both training entry points share: reporting to Dagster, resuming, and the device-level arguments.
 
 Both `sft` and `dapo` are plain programs first: without a Dagster launch (`DAGSTER_PIPES_*` unset) they train
 and print; launched through the torchrun resource, global rank 0 streams progress lines into the run's logs and
@@ -7,14 +7,18 @@ reports the final metadata, while the other ranks stay silent so nothing is repo
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+logger = logging.getLogger(__name__)
 
 PROGRESS_KEYS = ("loss", "reward", "rewards/answer_reward/mean", "dynamic_sampling/dropped_group_share")
 
@@ -89,6 +93,18 @@ def train_and_report(train: Callable[[PipesContext | None], ResultT | None]) -> 
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return result
+
+
+def resume_point(output_dir: Path) -> tuple[str | None, int]:
+    """The newest checkpoint in `output_dir` and its step, or (None, 0) for a fresh run."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last_checkpoint is None:
+        return None, 0
+    step = TrainerState.load_from_json(f"{last_checkpoint}/trainer_state.json").global_step
+    logger.info("resuming from %s (step %d)", last_checkpoint, step)
+    return last_checkpoint, step
 
 
 def runtime_arguments(on_gpu: bool) -> dict[str, Any]:

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -70,9 +69,7 @@ class LocalPolicy:
         self.config = EndpointConfig(
             role="policy", base_url=LOCAL_POLICY_URL, model=name, sampling=sampling, max_concurrency=max_batch
         )
-        self.generated_tokens = 0
         self.generate_calls = 0
-        self.generate_seconds = 0.0
         self._max_batch = max_batch
         self._gather_s = gather_s
         self._requests: queue.Queue[tuple[list[int], SamplingParams, Future[ChatResult]] | None] = queue.Queue()
@@ -164,13 +161,10 @@ class LocalPolicy:
         finally:
             self.model.train(was_training)
         latency = time.perf_counter() - started
-        results = []
-        for row in output[:, width:].tolist():
-            results.append(self._to_result(row, len(prompts[len(results)]), sampling, latency))
+        rows = output[:, width:].tolist()
+        results = [self._to_result(row, len(ids), sampling, latency) for row, ids in zip(rows, prompts, strict=True)]
         with self._lock:
             self.generate_calls += 1
-            self.generate_seconds += latency
-            self.generated_tokens += sum(result.completion_tokens for result in results)
         return results
 
     def _to_result(
@@ -205,10 +199,6 @@ class RLSample:
     completion_ids: list[int]
     env_mask: list[int]
     truncated: bool
-
-    @property
-    def agent_tokens(self) -> int:
-        return sum(self.env_mask)
 
 
 def rl_sample(tokenizer: PreTrainedTokenizerBase, trajectory: Trajectory, max_completion_length: int) -> RLSample:
@@ -250,7 +240,6 @@ class RolloutReward:
     format: float
     answer: float
     judge_method: str
-    format_reason: str
 
     def total(self, format_weight: float, answer_weight: float) -> float:
         return format_weight * self.format + answer_weight * self.answer
@@ -263,16 +252,7 @@ def score_rollout(
     ends it); answer = the judge finds the answer equivalent to a gold answer. An unreadable verdict scores 0."""
     validity = check_validity(trajectory)
     if not trajectory.answer:
-        return RolloutReward(float(validity.passed), 0.0, "no_answer", validity.reason)
+        return RolloutReward(float(validity.passed), 0.0, "no_answer")
     judgement = judge_answer(question, trajectory.answer, gold_answers, judge)
     method = judgement.method if judgement.correct is not None else "unreadable"
-    return RolloutReward(float(validity.passed), float(judgement.correct is True), method, validity.reason)
-
-
-def dump_trajectory(trajectory: Trajectory) -> dict[str, Any]:
-    """A rollout as JSON for the run's sample file (the UI shows a few; the rest are for reading later)."""
-    return {
-        "answer": trajectory.answer,
-        "termination": trajectory.termination,
-        "messages": [message.model_dump() for message in trajectory.messages],
-    }
+    return RolloutReward(float(validity.passed), float(judgement.correct is True), method)

@@ -33,15 +33,19 @@ from transformers import (
     HfArgumentParser,
     PreTrainedTokenizerBase,
     Trainer,
-    TrainerState,
 )
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from webdancer_dagster.training.base_model import folder_sha256
 from webdancer_dagster.training.config import SFTHyperparameters
 from webdancer_dagster.training.masking import TokenizedDataset, tokenize_chats
-from webdancer_dagster.training.reporting import StepTimer, runtime_arguments, train_and_report, typed_metadata
+from webdancer_dagster.training.reporting import (
+    StepTimer,
+    resume_point,
+    runtime_arguments,
+    train_and_report,
+    typed_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -153,11 +157,7 @@ def train_sft(run: SFTRunArguments, hparams: SFTHyperparameters, pipes: PipesCon
         processing_class=tokenizer,
         callbacks=[timer],
     )
-    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    resumed_from_step = 0
-    if last_checkpoint is not None:
-        resumed_from_step = TrainerState.load_from_json(f"{last_checkpoint}/trainer_state.json").global_step
-        logger.info("resuming from %s (step %d)", last_checkpoint, resumed_from_step)
+    last_checkpoint, resumed_from_step = resume_point(output_dir)
     trainer.train(resume_from_checkpoint=last_checkpoint)
     final_dir = output_dir / FINAL_MODEL_DIR
     trainer.save_model(str(final_dir))
