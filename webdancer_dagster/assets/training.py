@@ -19,7 +19,7 @@ from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.resources.llm import LLMEndpointResource
 from webdancer_dagster.resources.torchrun import TorchrunLauncher
 from webdancer_dagster.resources.warehouse import Warehouse
-from webdancer_dagster.resources.web import SEARCH_INDEX_DIR, WebEnvironment
+from webdancer_dagster.resources.web import WebEnvironment
 from webdancer_dagster.training.artifacts import (
     RunInputs,
     describe_tokenizer,
@@ -267,9 +267,7 @@ def rl_checkpoint(
     records = sorted(pool.to_dict("records"), key=lambda row: str(row["id"]))[: config.max_prompts]
     start_table = SFT_CHECKPOINT_TABLE if config.start_from == "sft" else BASE_MODEL_TABLE
     start = _read_rows(store, start_table, f"materialize {start_table} first, or set start_from").iloc[0]
-    index_dir = store.home / SEARCH_INDEX_DIR
-    if not index_dir.is_dir():
-        raise LookupError(f"no search index at {index_dir}; materialize search_index first")
+    index_dir = web.local_index_dir()
     hparams = config.hyperparameters()
     judge_config, summarizer_config = judge.endpoint_config(), summarizer.endpoint_config()
     settings = {**hparams.to_dict(), "judge_model": judge_config.model, "search_index": folder_sha256(index_dir)}

@@ -62,7 +62,11 @@ class WebEnvironment(dg.ConfigurableResource):
 
     def local_search(self) -> SearchBackend:
         """BM25 over the crawled local web, whatever `search_backend` says."""
+        return LocalSearch(self.local_index_dir())
+
+    def local_index_dir(self) -> Path:
+        """The BM25 index folder of the crawled local web (what RL rollouts in other processes open)."""
         index_dir = self.warehouse.store().home / SEARCH_INDEX_DIR
         if not index_dir.exists():
             raise LookupError(f"no search index at {index_dir}; materialize search_index first")
-        return LocalSearch(index_dir)
+        return index_dir
