@@ -7,6 +7,8 @@ import pytest
 from webdancer_dagster.evaluation.benchmarks import (
     BENCHMARKS,
     BenchmarkFileError,
+    BenchmarkSource,
+    all_benchmark_questions,
     load_benchmark,
     load_jsonl,
     load_musique,
@@ -107,3 +109,19 @@ def test_unreadable_files(tmp_path):
         load_question_set(tmp_path / "obj.json")
     with pytest.raises(KeyError, match="unknown benchmark 'gaia'"):
         load_benchmark("gaia", tmp_path)
+
+
+def test_all_benchmark_questions_include_declared_benchmarks(tmp_path):
+    """The leakage guard reads its questions here, so a benchmark declared in the registry is protected too."""
+    declared = tmp_path / "mine.jsonl"
+    declared.write_text(json.dumps({"question": "Who designed the Zorblax engine?", "answer": "Ada Quill"}) + "\n")
+    sources = {
+        "bamboogle": BENCHMARKS["bamboogle"],
+        "mine": BenchmarkSource(str(declared), "jsonl", offline=False),
+    }
+
+    questions = all_benchmark_questions(DATA_DIR, sources)
+
+    assert len(questions) == 125 + 1
+    assert questions[-1] == "Who designed the Zorblax engine?"
+    assert questions[:125] == [question.question for question in load_benchmark("bamboogle", DATA_DIR)]

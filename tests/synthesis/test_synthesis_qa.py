@@ -7,6 +7,7 @@ import json
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from webdancer_dagster.evaluation.benchmarks import load_benchmark
 from webdancer_dagster.paths import DATA_DIR
 from webdancer_dagster.synthesis.qa import (
     Drop,
@@ -21,7 +22,6 @@ from webdancer_dagster.synthesis.qa import (
     drops_frame,
     is_grounded,
     jaccard,
-    load_benchmark_questions,
     normalize_answer,
     qa_pairs_frame,
     qa_pairs_from_frame,
@@ -162,7 +162,7 @@ def test_drops_frame_has_one_row_per_drop():
 
 
 def test_leakage_guard_flags_questions_overlapping_a_real_benchmark_question():
-    benchmark = load_benchmark_questions([DATA_DIR / "musique" / "musique_train_100.json"])
+    benchmark = [question.question for question in load_benchmark("musique", DATA_DIR)]
     assert len(benchmark) == 100
     guard = LeakageGuard(benchmark, threshold=0.6)
     wrapped = "Considering the following, " + benchmark[0].rstrip("?") + " according to its founders?"
@@ -195,14 +195,6 @@ def test_leakage_guard_flags_benchmark_urls_in_citations_and_rewrite_chains():
     assert benchmark_urls(["not a url", "http://MUSIQUE.webdancer.test/a"], [BENCH_HOST]) == [
         "http://MUSIQUE.webdancer.test/a"
     ]
-
-
-def test_load_benchmark_questions_reads_both_key_spellings_and_fails_on_a_record_without_one(tmp_path):
-    assert len(load_benchmark_questions([DATA_DIR / "questions" / "bamboogle.json"])) == 125
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([{"Question": "ok?"}, {"answer": "no question"}]))
-    with pytest.raises(ValueError, match="no question"):
-        load_benchmark_questions([bad])
 
 
 class Reply(BaseModel):

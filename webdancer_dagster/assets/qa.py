@@ -12,7 +12,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from webdancer_dagster.assets.corpus import crawl_pages, search_index
+from webdancer_dagster.assets.corpus import REGISTRY, crawl_pages, search_index
+from webdancer_dagster.evaluation.benchmarks import all_benchmark_questions
 from webdancer_dagster.paths import DATA_DIR
 from webdancer_dagster.resources.llm import LLMEndpointResource
 from webdancer_dagster.resources.warehouse import Warehouse
@@ -22,7 +23,6 @@ from webdancer_dagster.synthesis.e2hqa import E2HQAConfig, synthesize_e2hqa
 from webdancer_dagster.synthesis.qa import (
     LeakageGuard,
     SynthesisResult,
-    load_benchmark_questions,
     qa_pairs_frame,
     qa_pairs_from_frame,
 )
@@ -31,14 +31,6 @@ from webdancer_dagster.warehouse import WarehouseStore, frame_version, markdown_
 
 QA_TABLES = {"crawlqa_pairs": "crawlqa", "e2hqa_pairs": "e2hqa", "reference_qa_pairs": "webdancer_sample"}
 DROPS_TABLE = "qa_drops"
-BENCHMARK_QUESTION_FILES = [
-    "musique/musique_train_100.json",
-    "questions/musique_500.json",
-    "questions/2wiki_500.json",
-    "questions/bamboogle.json",
-    "questions/frames.json",
-    "questions/webwalkerqa_test.json",
-]
 # The offline default (llama.cpp) constrains JSON to the reply schema; hosted endpoints take "object".
 JSON_FORMAT_DESCRIPTION = "response_format: none, object, object_with_schema (llama.cpp), json_schema (OpenAI, vLLM)."
 
@@ -217,13 +209,14 @@ def _leakage_check(table: str) -> dg.AssetChecksDefinition:
         asset=table,
         name=f"{table}_do_not_leak_benchmarks",
         blocking=True,
-        description="No pair cites a benchmark page or overlaps a benchmark question (word 3-grams, containment).",
+        description="No pair cites a benchmark page or overlaps a question of any registered benchmark (word 3-grams, "
+        "containment).",
     )
     def check(warehouse: Warehouse) -> dg.AssetCheckResult:
         store = warehouse.store()
         blocked = synthesis_sites(store).blocked_hosts
         pairs = qa_pairs_from_frame(store.read_table(table))
-        guard = LeakageGuard(load_benchmark_questions(DATA_DIR / name for name in BENCHMARK_QUESTION_FILES))
+        guard = LeakageGuard(all_benchmark_questions(DATA_DIR, REGISTRY.benchmarks))
         hits = guard.check(pairs, blocked)
         examples = pd.DataFrame([{"item": h.item, "reason": h.reason, "detail": h.detail} for h in hits[:10]])
         return dg.AssetCheckResult(

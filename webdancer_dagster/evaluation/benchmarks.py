@@ -66,6 +66,11 @@ def load_benchmark(
     return load_questions(Path(data_dir) / source.path, source.format, id_prefix=f"{name}_")
 
 
+def all_benchmark_questions(data_dir: Path, sources: Mapping[str, BenchmarkSource] = BENCHMARKS) -> list[str]:
+    """The question text of every benchmark in `sources`: what synthesized pairs must never overlap."""
+    return [question.question for name in sources for question in load_benchmark(name, data_dir, sources)]
+
+
 def load_questions(path: Path, format: BenchmarkFormat, *, id_prefix: str = "") -> list[BenchmarkQuestion]:
     """Load one file in the given layout; raises `BenchmarkFileError` naming the file and record on bad input."""
     path = Path(path)

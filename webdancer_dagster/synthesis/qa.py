@@ -17,7 +17,6 @@ import string
 import unicodedata
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -336,19 +335,6 @@ class LeakageGuard:
             if leaked:
                 hits.append(LeakageHit(pair.id, "cites_benchmark_url", ", ".join(sorted(set(leaked)))))
         return hits
-
-
-def load_benchmark_questions(paths: Iterable[Path]) -> list[str]:
-    """Questions from benchmark files (JSON arrays of objects with `question` or `Question`, as in data/)."""
-    questions = []
-    for path in paths:
-        records = json.loads(Path(path).read_text(encoding="utf-8"))
-        for record in records:
-            text = record.get("question") or record.get("Question")
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{path}: a record has no question text: {str(record)[:120]}")
-            questions.append(text)
-    return questions
 
 
 @dataclasses.dataclass(frozen=True)
