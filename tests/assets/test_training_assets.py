@@ -239,24 +239,23 @@ def test_rl_checkpoint_runs_dapo_on_the_rl_pool_and_records_its_dynamic_sampling
                                       model="scripted", max_attempts=1)
             for role in ("judge", "summarizer")
         }  # fmt: skip
-        result = dg.materialize(
-            [base_model, rl_checkpoint, rl_checkpoint_loads],
-            resources={
-                "warehouse": warehouse,
-                "web": WebEnvironment(warehouse=warehouse),
-                "torchrun": TorchrunLauncher(nproc_per_node=1, device="cpu"),
-                **roles,
-            },
-            run_config={
-                "ops": {
-                    "base_model": {"config": {"source": str(tiny_model.path)}},
-                    "rl_checkpoint": {
-                        "config": {"start_from": "base", "max_steps": 1, "max_turn_tokens": 16, "max_llm_calls": 2}
-                    },
-                }
-            },
-            instance=dg.DagsterInstance.ephemeral(),
-        )
+        resources = {
+            "warehouse": warehouse,
+            "web": WebEnvironment(warehouse=warehouse),
+            "torchrun": TorchrunLauncher(nproc_per_node=1, device="cpu"),
+            **roles,
+        }
+        run_config = {
+            "ops": {
+                "base_model": {"config": {"source": str(tiny_model.path)}},
+                "rl_checkpoint": {
+                    "config": {"start_from": "base", "max_steps": 1, "max_turn_tokens": 16, "max_llm_calls": 2}
+                },
+            }
+        }
+        assets = [base_model, rl_checkpoint, rl_checkpoint_loads]
+        result = dg.materialize(assets, resources=resources, run_config=run_config)
+        again = dg.materialize(assets, resources=resources, run_config=run_config)
 
     metadata = result.asset_materializations_for_node("rl_checkpoint")[0].metadata
     # A random model never answers: every group is all-zero, dropped, and kept only as a masked filler.
@@ -270,3 +269,7 @@ def test_rl_checkpoint_runs_dapo_on_the_rl_pool_and_records_its_dynamic_sampling
     assert recorded["sha256"] == metadata["checkpoint_sha256"].value == folder_sha256(Path(recorded["path"]))
     [check] = result.get_asset_check_evaluations()
     assert check.check_name == "rl_checkpoint_loads" and check.passed
+    reused = again.asset_materializations_for_node("rl_checkpoint")[0].metadata
+    assert reused["reused"].value is True and reused["checkpoint_sha256"].value == metadata["checkpoint_sha256"].value
+    launches = list((Path(recorded["path"]).parent / "logs").glob("torchrun-*"))
+    assert len(launches) == 1, "the second materialization trained again"

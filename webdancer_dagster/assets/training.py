@@ -6,6 +6,7 @@ to a folder named by a hash of their inputs: a rerun with the same data, start m
 finished run (or resumes a killed one) instead of training again.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,18 +108,14 @@ class SFTCheckpointConfig(dg.Config):
 
 
 def _train_or_reuse(
-    context: dg.AssetExecutionContext,
-    torchrun: TorchrunLauncher,
-    module: str,
-    run: RunInputs,
-    args: list[str],
+    context: dg.AssetExecutionContext, run: RunInputs, launch: Callable[[], dg.PipesClientCompletedInvocation]
 ) -> tuple[dict[str, Any], bool]:
-    """The record of the finished run in `run.output_dir`, launching (or resuming) the run when there is none."""
+    """The record of the finished run in `run.output_dir`; `launch` (or resume) the run only when there is none."""
     record = read_run_record(run.output_dir)
     if record is not None:
         context.log.info(f"reusing the finished run {run.output_dir} (same data, start model and settings)")
         return record, True
-    invocation = torchrun.run(context, module, args, run.output_dir / "logs")
+    invocation = launch()
     reported = invocation.get_materialize_result().metadata
     record = {key: value.value for key, value in reported.items()}
     write_run_record(run.output_dir, record)
@@ -161,7 +158,9 @@ def sft_checkpoint(
         sft_jsonl(records), len(records), base["sha256"], hparams.to_dict(), store.artifact_dir("sft_checkpoint")
     )
     args = ["--train_file", str(run.train_file), "--model_dir", base["path"], "--output_dir", str(run.output_dir)]
-    record, reused = _train_or_reuse(context, torchrun, SFT_MODULE, run, [*args, *to_cli_args(hparams)])
+    record, reused = _train_or_reuse(
+        context, run, lambda: torchrun.run(context, SFT_MODULE, [*args, *to_cli_args(hparams)], run.output_dir / "logs")
+    )
     plot = plot_curves(
         record["loss_curve"], {"loss": "loss"}, run.output_dir / "loss_curve.png", "SFT training loss",
         "loss (assistant tokens)",
@@ -269,26 +268,31 @@ def rl_checkpoint(
     start = _read_rows(store, start_table, f"materialize {start_table} first, or set start_from").iloc[0]
     index_dir = web.local_index_dir()
     hparams = config.hyperparameters()
-    judge_config, summarizer_config = judge.endpoint_config(), summarizer.endpoint_config()
+    judge_config = judge.endpoint_config()
     settings = {**hparams.to_dict(), "judge_model": judge_config.model, "search_index": folder_sha256(index_dir)}
     run = prepare_run(rl_jsonl(records), len(records), start["sha256"], settings, store.artifact_dir("rl_checkpoint"))
-    _, allowed_hosts, blocked_hosts = synthesis_sites(store)
-    with web.serve() as proxy_url:
-        environment = RolloutEnvironment(
-            search_index=str(index_dir),
-            blocked_hosts=blocked_hosts,
-            allowed_hosts=sorted(allowed_hosts),
-            proxy_url=proxy_url,
-            judge=judge_config,
-            summarizer=summarizer_config,
-        )
-        environment_file = run.output_dir / ENVIRONMENT_FILE
-        write_text_atomic(environment_file, environment.model_dump_json(indent=1))
-        args = [
-            *["--train_file", str(run.train_file), "--environment_file", str(environment_file)],
-            *["--model_dir", start["path"], "--output_dir", str(run.output_dir)],
-        ]
-        record, reused = _train_or_reuse(context, torchrun, DAPO_MODULE, run, [*args, *to_cli_args(hparams)])
+
+    def launch() -> dg.PipesClientCompletedInvocation:
+        """Serve the non-benchmark web for the run's lifetime and tell every rank where it and the judges are."""
+        _, allowed_hosts, blocked_hosts = synthesis_sites(store)
+        with web.serve() as proxy_url:
+            environment = RolloutEnvironment(
+                search_index=str(index_dir),
+                blocked_hosts=blocked_hosts,
+                allowed_hosts=sorted(allowed_hosts),
+                proxy_url=proxy_url,
+                judge=judge_config,
+                summarizer=summarizer.endpoint_config(),
+            )
+            environment_file = run.output_dir / ENVIRONMENT_FILE
+            write_text_atomic(environment_file, environment.model_dump_json(indent=1))
+            args = [
+                *["--train_file", str(run.train_file), "--environment_file", str(environment_file)],
+                *["--model_dir", start["path"], "--output_dir", str(run.output_dir), *to_cli_args(hparams)],
+            ]
+            return torchrun.run(context, DAPO_MODULE, args, run.output_dir / "logs")
+
+    record, reused = _train_or_reuse(context, run, launch)
     history = record["train_history"]
     rewards_plot = plot_curves(
         history, REWARD_SERIES, run.output_dir / "reward_curve.png", "DAPO rewards per step", "mean reward"
