@@ -5,15 +5,13 @@ import re
 
 import dagster as dg
 import pytest
+from scripted_roles import scripted_resources
 from test_corpus import run_config, small_web  # noqa: F401 (fixture)
 
 from webdancer_dagster.assets import corpus, evaluation
 from webdancer_dagster.evaluation.run import RETRY_SEPARATOR
 from webdancer_dagster.llm.client import EndpointConfig, SamplingParams
 from webdancer_dagster.llm.scripted import ScriptedLLMServer
-from webdancer_dagster.resources.llm import LLMEndpointResource, LocalModelServer
-from webdancer_dagster.resources.warehouse import Warehouse
-from webdancer_dagster.resources.web import WebEnvironment
 from webdancer_dagster.warehouse import WarehouseStore
 
 HALL = "G. Stanley Hall"
@@ -52,16 +50,10 @@ def scripted():
 
 
 def resources(home, base_url):
-    warehouse = Warehouse(home=str(home))
-    server = LocalModelServer(mode="external", base_url=base_url, served_model_name="scripted")
-    roles = {
-        role: LLMEndpointResource(
-            role=role, server=server, warehouse=warehouse, base_url=base_url, model="scripted", max_attempts=1,
-            use_cache=False, seed=0 if role == "policy" else None,
-        )
-        for role in ("policy", "judge", "summarizer")
-    }  # fmt: skip
-    return {"warehouse": warehouse, "web": WebEnvironment(warehouse=warehouse), **roles}
+    return scripted_resources(
+        home, base_url, ("policy", "judge", "summarizer"), use_cache=False,
+        seed=lambda role: 0 if role == "policy" else None,
+    )  # fmt: skip
 
 
 def test_benchmark_scores_materialize_and_resume(small_web, isolated_home, scripted):  # noqa: F811

@@ -8,6 +8,7 @@ import json
 import dagster as dg
 import pandas as pd
 import pytest
+from scripted_roles import scripted_resources
 from test_corpus import run_config, small_web  # noqa: F401 (fixture)
 
 from webdancer_dagster.assets import corpus, evaluation, qa, training, trajectories
@@ -15,7 +16,6 @@ from webdancer_dagster.evaluation.registry import REGISTRY_ENV
 from webdancer_dagster.evaluation.settings import CLOSED_BOOK_MESSAGE
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.llm.scripted import ScriptedLLMServer
-from webdancer_dagster.resources.llm import LLMEndpointResource, LocalModelServer
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
 from webdancer_dagster.training.base_model import create_tiny_llama
@@ -76,16 +76,10 @@ def reload_asset_modules() -> None:
 
 
 def resources(home, base_url):
-    warehouse = Warehouse(home=str(home))
-    server = LocalModelServer(mode="external", base_url=base_url, served_model_name="scripted")
-    roles = {
-        role: LLMEndpointResource(
-            role=role, server=server, warehouse=warehouse, base_url=None if role == "policy" else base_url,
-            model="scripted", max_attempts=1, use_cache=False, seed=0, max_tokens=24, temperature=0.0,
-        )
-        for role in ("policy", "judge", "summarizer")
-    }  # fmt: skip
-    return {"warehouse": warehouse, "web": WebEnvironment(warehouse=warehouse), **roles}
+    return scripted_resources(
+        home, base_url, ("policy", "judge", "summarizer"), base_url=lambda role: None if role == "policy" else base_url,
+        use_cache=False, seed=0, max_tokens=24, temperature=0.0,
+    )  # fmt: skip
 
 
 def test_declared_models_and_benchmarks_are_partitions_and_score(small_web, isolated_home, declared, tmp_path):  # noqa: F811

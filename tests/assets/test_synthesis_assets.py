@@ -5,13 +5,11 @@ import re
 
 import dagster as dg
 import pytest
+from scripted_roles import scripted_resources
 from test_corpus import run_config, small_web  # noqa: F401 (fixture)
 
 from webdancer_dagster.assets import corpus, qa, trajectories
 from webdancer_dagster.llm.scripted import ScriptedLLMServer
-from webdancer_dagster.resources.llm import LLMEndpointResource, LocalModelServer
-from webdancer_dagster.resources.warehouse import Warehouse
-from webdancer_dagster.resources.web import WebEnvironment
 from webdancer_dagster.warehouse import WarehouseStore
 
 ANSWER = "Lotharingia"
@@ -42,15 +40,7 @@ def scripted():
 
 
 def resources(home, base_url):
-    warehouse = Warehouse(home=str(home))
-    server = LocalModelServer(mode="external", base_url=base_url, served_model_name="scripted")
-    roles = {
-        role: LLMEndpointResource(
-            role=role, server=server, warehouse=warehouse, base_url=base_url, model="scripted", max_attempts=1
-        )
-        for role in ("teacher_short", "teacher_long", "judge", "summarizer")
-    }
-    return {"warehouse": warehouse, "web": WebEnvironment(warehouse=warehouse), **roles}
+    return scripted_resources(home, base_url, ("teacher_short", "teacher_long", "judge", "summarizer"))
 
 
 def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, scripted):  # noqa: F811

@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
+from scripted_roles import scripted_resources
 
 from webdancer_dagster.assets.training import (
     base_model,
@@ -19,10 +20,9 @@ from webdancer_dagster.assets.training import (
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.llm.scripted import ScriptedLLMServer
 from webdancer_dagster.paths import DATA_DIR
-from webdancer_dagster.resources.llm import LLMEndpointResource, LocalModelServer
 from webdancer_dagster.resources.torchrun import TorchrunLauncher
 from webdancer_dagster.resources.warehouse import Warehouse
-from webdancer_dagster.resources.web import SEARCH_INDEX_DIR, WebEnvironment
+from webdancer_dagster.resources.web import SEARCH_INDEX_DIR
 from webdancer_dagster.synthesis.qa import QAPair, qa_pairs_frame
 from webdancer_dagster.training.artifacts import (
     prepare_run,
@@ -231,19 +231,10 @@ def test_rl_checkpoint_runs_dapo_on_the_rl_pool_and_records_its_dynamic_sampling
     isolated_home: Path, tiny_model: BaseModel
 ) -> None:
     _rl_world(isolated_home)
-    warehouse = Warehouse()
     with ScriptedLLMServer(lambda request: "Incorrect") as judge:
-        server = LocalModelServer(mode="external", base_url=judge.base_url, served_model_name="scripted")
-        roles = {
-            role: LLMEndpointResource(role=role, server=server, warehouse=warehouse, base_url=judge.base_url,
-                                      model="scripted", max_attempts=1)
-            for role in ("judge", "summarizer")
-        }  # fmt: skip
         resources = {
-            "warehouse": warehouse,
-            "web": WebEnvironment(warehouse=warehouse),
+            **scripted_resources(isolated_home, judge.base_url, ("judge", "summarizer")),
             "torchrun": TorchrunLauncher(nproc_per_node=1, device="cpu"),
-            **roles,
         }
         run_config = {
             "ops": {
