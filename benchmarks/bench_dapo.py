@@ -1,26 +1,33 @@
 """DAPO: how much of the generated text reaches a gradient step after dynamic sampling, and what rollouts cost.
 
-A tiny Llama with the real SmolLM2 tokenizer is taught to search once and then give one of two answers with
-equal odds, so its groups of rollouts sometimes agree (dropped by dynamic sampling) and sometimes do not (kept).
-DAPO then runs through the torchrun resource under Dagster on a local index, with the real agent, a judge on a
-scripted local endpoint, oversampling and refill rounds. Both figures are ratios measured within the run:
+A tiny Llama with the real SmolLM2 tokenizer (or the model given with `--model`) is taught to search once and then
+give one of two answers with equal odds, so its groups of rollouts sometimes agree (dropped by dynamic sampling) and
+sometimes do not (kept). DAPO then runs through the torchrun resource under Dagster on a local index, with the real
+agent, a judge on a scripted local endpoint, oversampling and refill rounds.
+Both figures are ratios measured within the run:
 
 - trained token share = generated tokens of the groups that reached the loss / all generated tokens
   (dropped groups, surplus oversampled groups and masked fillers are the rest);
 - rollout time share = seconds in rollouts (generation, tools, judging) / seconds of optimizer steps.
 
+It runs on the GPU when there is one (the launcher's `auto` device); it also reports generated tokens per
+second of rollout.
+
     .venv/bin/python benchmarks/bench_dapo.py [--steps 4] [--oversample 2.0] [--refill-rounds 2]
+        [--model path/to/hf-folder --fit-steps 300 --fit-lr 5e-4]
 """
 
 import argparse
 import datetime as dt
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import torch
 
 from webdancer_dagster.agent.prompts import system_message, tool_response, user_message
 from webdancer_dagster.llm.client import EndpointConfig
@@ -65,7 +72,7 @@ def chat(question: str, query: str, observation: str, answer: str) -> list[dict[
     ]
 
 
-def build_world(root: Path) -> tuple[Path, Path, Path]:
+def build_world(root: Path, start_model: Path | None, fit_steps: int, fit_lr: float) -> tuple[Path, Path, Path]:
     """The index, the RL pool and a model that answers each question right or wrong with equal odds."""
     docs = pd.DataFrame(
         [{"url": f"http://geo.webdancer.test/{i}.html", "title": f[1], "text": f[2], "site": "geo"}
@@ -79,9 +86,12 @@ def build_world(root: Path) -> tuple[Path, Path, Path]:
         for answer in (right, wrong)
     ]
     model = root / "model"
-    create_tiny_llama(model, find_smollm2_gguf(), seed=1)
-    loss = fit_assistant_turns(model, chats, steps=150)
-    print(f"tiny policy taught its rollouts: loss {loss:.3f}")
+    if start_model is None:
+        create_tiny_llama(model, find_smollm2_gguf(), seed=1)
+    else:
+        shutil.copytree(start_model, model)
+    loss = fit_assistant_turns(model, chats, steps=fit_steps, learning_rate=fit_lr)
+    print(f"policy taught its rollouts in {fit_steps} steps: loss {loss:.3f}")
     pool = root / "pool.jsonl"
     pool.write_text(
         "".join(json.dumps({"id": f"q{i}", "question": f[0], "answers": [f[3]]}) + "\n" for i, f in enumerate(FACTS))
@@ -94,10 +104,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--oversample", type=float, default=2.0)
     parser.add_argument("--refill-rounds", type=int, default=2)
+    parser.add_argument("--model", type=Path, help="HF model folder to start from; default: a tiny random Llama")
+    parser.add_argument("--fit-steps", type=int, default=150, help="steps teaching the model its rollouts")
+    parser.add_argument("--fit-lr", type=float, default=3e-3, help="learning rate of that teaching")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-dapo-") as tmp, ScriptedLLMServer(lambda _: "Incorrect") as judge:
         root = Path(tmp)
-        index, pool, model = build_world(root)
+        index, pool, model = build_world(root, options.model, options.fit_steps, options.fit_lr)
         environment = RolloutEnvironment(
             search_index=str(index),
             judge=EndpointConfig(role="judge", base_url=judge.base_url, model="judge"),
@@ -124,13 +137,16 @@ def main() -> None:
         started = time.perf_counter()
         result = dg.materialize(
             [bench_rl_checkpoint],
-            resources={"launcher": TorchrunLauncher(nproc_per_node=1, device="cpu")},
+            resources={"launcher": TorchrunLauncher(nproc_per_node=1)},
             run_config={"ops": {"bench_rl_checkpoint": {"config": {"args": args, "output_dir": str(output_dir)}}}},
         )
         wall = time.perf_counter() - started
     [event] = result.asset_materializations_for_node("bench_rl_checkpoint")
     metadata = {key: value.value for key, value in event.metadata.items()}
+    rollout_seconds = metadata["rollout_time_share"] * sum(metadata["step_seconds"])
     report = {
+        "model": str(options.model) if options.model else "tiny random Llama (2 layers, 64 wide, SmolLM2 tokenizer)",
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
         "steps": metadata["steps"],
         "oversample_factor": options.oversample,
         "max_refill_rounds": options.refill_rounds,
@@ -141,6 +157,7 @@ def main() -> None:
         "trained_token_share": metadata["trained_token_share"],
         "rollout_time_share": metadata["rollout_time_share"],
         "seconds_per_step": metadata["seconds_per_step"],
+        "generated_tokens_per_rollout_s": round(metadata["tokens_generated"] / rollout_seconds, 1),
         "launch_wall_seconds": round(wall, 2),
         "rewards": [entry.get("reward") for entry in metadata["train_history"]],
     }
@@ -149,7 +166,8 @@ def main() -> None:
         f"trained token share {report['trained_token_share']:.2f} "
         f"({report['tokens_trained']} of {report['tokens_generated']} generated tokens reached a gradient step; "
         f"{report['dropped_group_share']:.0%} of {report['groups_sampled']} groups dropped); "
-        f"rollout share of step time {report['rollout_time_share']:.2f}"
+        f"rollout share of step time {report['rollout_time_share']:.2f}; "
+        f"{report['generated_tokens_per_rollout_s']} generated tokens per rollout second on {report['device']}"
     )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "dapo.json").write_text(json.dumps(report, indent=1) + "\n")

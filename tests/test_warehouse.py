@@ -78,3 +78,17 @@ def test_frame_version_follows_contents_only():
     assert frame_version(frame) == frame_version(frame.copy())
     assert frame_version(frame) != frame_version(frame.assign(text=["one", "changed"]))
     assert len(frame_version(frame)) == 32
+
+
+def test_a_home_written_by_older_code_takes_the_columns_newer_code_adds(store):
+    """An eval_runs table from before a column existed keeps its rows; the new column is empty for them."""
+    store.write_tables(appends={"eval_runs": pd.DataFrame({"question_id": ["q1"], "correct": [True]})})
+    newer = pd.DataFrame({"question_id": ["q2"], "correct": [False], "setting": ["local_web"], "note": [None]})
+
+    store.write_tables(partition=("question_id", "q2"), partition_replacements={"eval_runs": newer})
+    store.write_tables(appends={"eval_runs": newer.assign(question_id="q3", note="late")})
+
+    rows = store.read_table("eval_runs").sort_values("question_id").to_dict("records")
+    assert [row["question_id"] for row in rows] == ["q1", "q2", "q3"]
+    assert [row["setting"] for row in rows][1:] == ["local_web", "local_web"] and pd.isna(rows[0]["setting"])
+    assert rows[2]["note"] == "late"

@@ -16,7 +16,13 @@ from rich.console import Console
 from webdancer_dagster.agent.trajectory import Step
 from webdancer_dagster.warehouse import WarehouseStore, resolve_home
 
-app = typer.Typer(help="WebDancer on Dagster: crawl, synthesize, train and evaluate web agents.", no_args_is_help=True)
+# Plain Python tracebacks: rich's pretty ones looped on the error chain of a failed Dagster run, using minutes of
+# CPU and gigabytes of memory before the command exited, and they print local variables, which may hold keys.
+app = typer.Typer(
+    help="WebDancer on Dagster: crawl, synthesize, train and evaluate web agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 
 HomeOption = Annotated[

@@ -159,12 +159,27 @@ def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
 
 
 def _ensure_table(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    """Create `table` from `frame`'s columns, or add the columns a newer version of the code writes.
+
+    Appended and partitioned tables outlive code changes (a home keeps its eval runs and page history), so a
+    column added since the table was created is added to it, empty for the older rows, rather than failing.
+    """
     if frame.empty:
         # An empty object column would become a column of type NULL, which no later row can be cast to.
         frame = frame.astype({column: "string" for column in frame.columns if frame[column].dtype == object})
     con.register("incoming", frame)
-    con.execute(f'CREATE TABLE IF NOT EXISTS "{table}" AS SELECT * FROM incoming LIMIT 0')
-    con.unregister("incoming")
+    try:
+        if not _table_exists(con, table):
+            con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM incoming LIMIT 0')
+            return
+        existing = {row[0] for row in con.execute(f'DESCRIBE "{table}"').fetchall()}
+        for name, column_type, *_ in con.execute("DESCRIBE incoming").fetchall():
+            if name not in existing:
+                # A column holding only nulls has type NULL, which no later value can be cast to.
+                column_type = "VARCHAR" if column_type.strip('"') == "NULL" else column_type
+                con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {column_type}')
+    finally:
+        con.unregister("incoming")
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:

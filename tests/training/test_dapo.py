@@ -15,7 +15,13 @@ from webdancer_dagster.llm.client import EndpointConfig
 from webdancer_dagster.resources.torchrun import TorchrunLauncher
 from webdancer_dagster.training.base_model import folder_sha256
 from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment, to_cli_args
-from webdancer_dagster.training.dapo import HISTORY_FILE, main, score_completions_directly
+from webdancer_dagster.training.dapo import (
+    HISTORY_FILE,
+    ROLLOUT_STATE_FILE,
+    DAPOResult,
+    main,
+    score_completions_directly,
+)
 
 DAPO_MODULE = "webdancer_dagster.training.dapo"
 QUESTIONS = [RL_QUESTION, "What is the capital city of France?"]
@@ -77,6 +83,30 @@ def test_prompts_longer_than_the_limit_are_counted_and_none_left_is_an_error(
     with pytest.raises(ValueError, match=r"none of the 2 RL prompts fits max_prompt_length=64 .*'too_long': 1, "
                                          r"'duplicate_question': 1"):  # fmt: skip
         main(_args(pool, environment, tiny_model.path, tmp_path / "out", max_prompt_length=64))
+
+
+def test_a_killed_run_resumes_its_rollout_state_with_the_weights(
+    tmp_path: Path, answering_model: Path, rl_index: Path, scripted
+) -> None:
+    """Token and group counts are run totals and the refill order carries on, as if the run had not stopped."""
+    judge = scripted(lambda request: "Incorrect")
+    pool = _pool_file(tmp_path, _pool_lines(QUESTIONS))
+    environment = _environment_file(tmp_path, rl_index, judge.base_url)
+    output_dir = tmp_path / "rl"
+    # No refill rounds: every step samples the same number of groups, so the totals are exact.
+    settings = {"temperature": 0.5, "oversample_factor": 1.0, "max_refill_rounds": 0, "save_steps": 1}
+
+    first = main(_args(pool, environment, answering_model, output_dir, **settings))
+    saved = json.loads((output_dir / "checkpoint-1" / ROLLOUT_STATE_FILE.format(rank=0)).read_text())
+    resumed = main(_args(pool, environment, answering_model, output_dir, max_steps=2, **settings))
+
+    assert isinstance(first, DAPOResult) and isinstance(resumed, DAPOResult)
+    assert (saved["groups_sampled"], saved["tokens_generated"]) == (first.groups_sampled, first.tokens_generated)
+    assert (resumed.resumed_from_step, resumed.steps) == (1, 2)
+    assert resumed.groups_sampled == 2 * first.groups_sampled
+    assert resumed.tokens_generated > first.tokens_generated
+    final_state = json.loads((output_dir / "checkpoint-2" / ROLLOUT_STATE_FILE.format(rank=0)).read_text())
+    assert final_state["groups_sampled"] == resumed.groups_sampled
 
 
 class TinyDAPOConfig(dg.Config):

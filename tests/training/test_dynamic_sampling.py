@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pytest
@@ -98,3 +99,17 @@ def test_prompt_drawer_is_seeded_and_never_repeats_or_returns_excluded_prompts()
     assert first == again
     assert sorted(first) == ["q2", "q3", "q4", "q5"]
     assert PromptDrawer(pool, seed=3)(10, exclude=pool[:5]) == ["q5"]
+
+
+def test_a_restored_drawer_draws_what_the_saved_one_would_have_drawn() -> None:
+    pool = [f"q{i}" for i in range(7)]
+    running = PromptDrawer(pool, seed=5)
+    running(3, exclude=[])
+    saved = json.loads(json.dumps(running.state()))  # as it travels through a checkpoint file
+
+    restored, unrestored = PromptDrawer(pool, seed=99), PromptDrawer(pool, seed=99)
+    restored.restore(saved)
+
+    expected = [running(2, exclude=["q0"]) for _ in range(5)]
+    assert [restored(2, exclude=["q0"]) for _ in range(5)] == expected
+    assert [unrestored(2, exclude=["q0"]) for _ in range(5)] != expected

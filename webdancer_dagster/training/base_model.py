@@ -139,24 +139,27 @@ def fit_assistant_turns(
 ) -> float:
     """Teach the model in `folder` (in place) to produce the assistant turns of `chats`; returns the final loss.
 
-    For tiny test and benchmark models that must act in the agent's format (a random one never calls a tool or
-    answers). The LM head runs on the learned positions only, so a step costs a fraction of a full forward.
+    For test and benchmark models that must act in the agent's format (a random one never calls a tool or
+    answers). The LM head runs on the learned positions only, so a step costs a fraction of a full forward; a
+    GPU is used when there is one, so full-size benchmark models can be taught too.
     """
     from transformers import AutoTokenizer
 
     from webdancer_dagster.training.masking import IGNORE_INDEX, tokenize_chat
 
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32).to(device)
     examples = [tokenize_chat(tokenizer, chat) for chat in chats]
     width = max(len(example.input_ids) for example in examples)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in examples])
-    targets = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in examples])[:, 1:]
+    input_ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in examples], device=device)
+    targets = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in examples], device=device)
+    targets = targets[:, 1:]
     learned = targets != IGNORE_INDEX
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     loss = torch.tensor(float("nan"))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []):
         torch.manual_seed(0)
         for _ in range(steps):
             hidden = model.model(input_ids=input_ids).last_hidden_state[:, :-1]

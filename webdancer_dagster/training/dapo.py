@@ -38,7 +38,12 @@ from transformers import (
     HfArgumentParser,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import FusedCausalLMOutput
 
@@ -72,6 +77,7 @@ logger = logging.getLogger(__name__)
 
 FINAL_MODEL_DIR = "final"
 HISTORY_FILE = "train_history.json"
+ROLLOUT_STATE_FILE = "rollout_state_rank{rank}.json"
 AGENT_STOP = ("\n<tool_response>", "<tool_response>")
 
 
@@ -207,11 +213,13 @@ def train_dapo(
         train_dataset=Dataset.from_dict({"prompt": [prompt.question for prompt in pool]}),
         processing_class=tokenizer,
         rollout_func=rollout,
-        callbacks=[timer],
+        callbacks=[timer, RolloutStateSaver(rollout)],
     )
     if not (on_gpu if hparams.fused_lm_head is None else hparams.fused_lm_head):
         score_completions_directly(trainer.model, hparams.temperature)
     last_checkpoint, resumed_from_step = resume_point(output_dir)
+    if last_checkpoint is not None:
+        rollout.restore_from(Path(last_checkpoint))
     try:
         trainer.train(resume_from_checkpoint=last_checkpoint)
     finally:
@@ -327,6 +335,18 @@ def answer_reward(
     return list(answer_reward)
 
 
+class RolloutStateSaver(TrainerCallback):
+    """Saves the rollout state into every checkpoint the trainer writes, so a killed run resumes it too."""
+
+    def __init__(self, rollout: AgentRollout) -> None:
+        self._rollout = rollout
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if checkpoint.is_dir():
+            self._rollout.save_to(checkpoint)
+
+
 class AgentRollout:
     """TRL's `rollout_func`: groups of agent rollouts for the sampler's prompts, after dynamic sampling."""
 
@@ -397,6 +417,36 @@ class AgentRollout:
             self.policy.close()
         self.judge.close()
         self.summarizer.close()
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to go on as this one would: the refill order and the run's token counts."""
+        return {
+            "drawer": self.drawer.state(),
+            "tokens_generated": self.tokens_generated,
+            "tokens_trained": self.tokens_trained,
+            "groups_sampled": self.groups_sampled,
+            "groups_dropped": self.groups_dropped,
+            "completion_tokens": self._completion_tokens,
+            "masked_tokens": self._masked_tokens,
+        }
+
+    def save_to(self, checkpoint: Path) -> None:
+        """Write this rank's state into `checkpoint`; each rank has its own drawer seed."""
+        path = checkpoint / ROLLOUT_STATE_FILE.format(rank=os.environ.get("RANK", "0"))
+        path.write_text(json.dumps(self.state()), encoding="utf-8")
+
+    def restore_from(self, checkpoint: Path) -> None:
+        """Continue from the state saved with `checkpoint` (a checkpoint from before it was saved starts afresh)."""
+        path = checkpoint / ROLLOUT_STATE_FILE.format(rank=os.environ.get("RANK", "0"))
+        if not path.is_file():
+            logger.warning("%s holds no rollout state: refill prompts restart from the seed", checkpoint)
+            return
+        state = json.loads(path.read_text(encoding="utf-8"))
+        self.drawer.restore(state["drawer"])
+        self.tokens_generated, self.tokens_trained = state["tokens_generated"], state["tokens_trained"]
+        self.groups_sampled, self.groups_dropped = state["groups_sampled"], state["groups_dropped"]
+        self._completion_tokens, self._masked_tokens = state["completion_tokens"], state["masked_tokens"]
+        logger.info("rollout state restored from %s: %d groups sampled so far", path, self.groups_sampled)
 
     def _sample_groups(self, questions: Sequence[str]) -> list[Group[ScoredRollout]]:
         assert self.policy is not None

@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 RolloutT = TypeVar("RolloutT")
 
@@ -122,3 +122,13 @@ class PromptDrawer:
             if prompt not in excluded and prompt not in drawn:
                 drawn.append(prompt)
         return drawn
+
+    def state(self) -> dict[str, Any]:
+        """Where the drawer is in its seeded order (JSON-ready), so a resumed run draws what this one would."""
+        version, internal, gauss = self._rng.getstate()
+        return {"rng": [version, list(internal), gauss], "order": list(self._order)}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+        self._order = [prompt for prompt in state["order"] if prompt in self._prompts]

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import torch
 from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -39,9 +40,11 @@ class StepTimer(TrainerCallback):
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        _wait_for_device()
         self._started = time.perf_counter()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        _wait_for_device()
         self.step_seconds.append(time.perf_counter() - self._started)
 
     def on_log(
@@ -56,6 +59,12 @@ class StepTimer(TrainerCallback):
         if self._pipes is not None and "loss" in shown:
             values = " ".join(f"{key} {value:.4f}" for key, value in shown.items())
             self._pipes.log.info(f"step {state.global_step}/{state.max_steps} {values}")
+
+
+def _wait_for_device() -> None:
+    """GPU kernels run asynchronously: without this a step's time would be the time to queue it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 @contextmanager
