@@ -433,7 +433,9 @@ class AgentRollout:
     def save_to(self, checkpoint: Path) -> None:
         """Write this rank's state into `checkpoint`; each rank has its own drawer seed."""
         path = checkpoint / ROLLOUT_STATE_FILE.format(rank=os.environ.get("RANK", "0"))
-        path.write_text(json.dumps(self.state()), encoding="utf-8")
+        staging = path.with_suffix(".json.tmp")
+        staging.write_text(json.dumps(self.state()), encoding="utf-8")
+        os.replace(staging, path)  # a kill mid-write leaves the previous state or none, never half a file
 
     def restore_from(self, checkpoint: Path) -> None:
         """Continue from the state saved with `checkpoint` (a checkpoint from before it was saved starts afresh)."""
