@@ -10,9 +10,13 @@ from test_corpus import run_config, small_web  # noqa: F401 (fixture)
 
 from webdancer_dagster.assets import corpus, qa, trajectories
 from webdancer_dagster.llm.scripted import ScriptedLLMServer
+from webdancer_dagster.paths import DATA_DIR
+from webdancer_dagster.synthesis.reference import load_reference_trajectories
 from webdancer_dagster.warehouse import WarehouseStore
 
 ANSWER = "Lotharingia"
+# The judge rejects the first released trajectory, so its question must land in the RL pool.
+REJECTED = load_reference_trajectories(DATA_DIR / "webdancer_samples" / "sample_traj.jsonl")[0].qa
 
 
 def teacher(request: dict) -> str:
@@ -20,7 +24,7 @@ def teacher(request: dict) -> str:
     messages = request["messages"]
     last = messages[-1]["content"]
     if "Judge whether the predicted answer" in last:
-        return "Correct"
+        return "Incorrect" if REJECTED.question in last else "Correct"
     if '"source_pages"' in last:  # CRAWLQA: cite the wiki pages by their labels
         pages = re.findall(r"^\[(Page \d+)\]\nURL: (\S+)", last, flags=re.MULTILINE)
         wiki = [label for label, url in pages if "wiki.webdancer.test" in url] or [label for label, _ in pages]
@@ -110,6 +114,7 @@ def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, script
     rl = store.read_table("rl_pool")
     solved = set(sft["qa_id"])
     assert len(rl) > 0 and not set(rl["id"]) & solved and set(rl["rl_reason"]) == {"unsolved"}
+    assert REJECTED.id in set(rl["id"]) and REJECTED.id not in solved
     stages = store.read_table("funnel_stages")
     assert len(stages) == 3
     events = {e.asset_key.to_user_string(): e for e in funnel_run.get_asset_materialization_events()}
