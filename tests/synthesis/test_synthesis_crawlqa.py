@@ -258,3 +258,18 @@ def test_each_cluster_gets_one_request_per_kind_and_output_follows_task_order(pa
 def test_pages_without_a_title_still_form_clusters(pages, links):
     clusters = sample_clusters(pages.assign(title=None), links, ["wiki"], clusters=2, subpages=2, min_page_chars=50)
     assert len(clusters) == 2 and {p.title for c in clusters for p in c.pages} == {""}
+
+
+def test_the_schema_sent_allows_only_the_clusters_page_labels(pages, links):
+    """With a schema format, a server that enforces it cannot cite a page outside the prompt, or one page for two."""
+    cluster = the_cluster(pages, links)
+    labels = [f"Page {number}" for number in range(1, len(cluster.pages) + 1)]
+    kinds = ("multi_hop", "count")
+    with ScriptedLLMServer([reply(), reply()]) as server:
+        synthesize_crawlqa(pages, links, ["wiki"], endpoint(server), config(kinds=kinds, json_format="json_schema"))
+
+    sent = [request["response_format"]["json_schema"]["schema"] for request in server.requests]
+    cited = [schema["properties"]["source_pages"] for schema in sent]
+    assert [field["items"] for field in cited] == [{"type": "string", "enum": labels}] * 2
+    assert [field["minItems"] for field in cited] == [2, 1]  # multi-hop needs two pages, count one
+    assert all(schema["required"] == ["question", "answer", "source_pages"] for schema in sent)

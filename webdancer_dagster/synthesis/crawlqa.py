@@ -16,7 +16,7 @@ import re
 from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urldefrag
 
 import pandas as pd
@@ -215,6 +215,23 @@ def resolve_citation(citation: str, cluster: PageCluster) -> str | None:
     return url if url in cluster.urls else None
 
 
+def reply_schema(cluster: PageCluster, kind: CrawlQAKind) -> dict[str, Any]:
+    """The reply's JSON schema for one task: `source_pages` may hold only this cluster's page labels, at least two
+    of them for the kinds that need two pages.
+
+    Sent with `object_with_schema` or `json_schema`, a server that enforces schemas (llama.cpp's grammar, vLLM's
+    guided decoding) cannot cite a page that is not in the prompt; the checks still run for servers that do not.
+    """
+    schema = CrawlQAReply.model_json_schema()
+    labels = [f"Page {number}" for number in range(1, len(cluster.pages) + 1)]
+    schema["properties"]["source_pages"] = {
+        **schema["properties"]["source_pages"],
+        "items": {"type": "string", "enum": labels},
+        "minItems": 1 if kind == "count" else min(2, len(labels)),
+    }
+    return schema
+
+
 def crawlqa_messages(cluster: PageCluster, kind: CrawlQAKind, page_chars: int) -> list[dict[str, str]]:
     """The teacher prompt for one cluster and one question kind."""
     blocks = [
@@ -301,7 +318,9 @@ def synthesize_crawlqa(
     def run(task: tuple[PageCluster, CrawlQAKind]) -> QAPair | Drop:
         cluster, kind = task
         messages = crawlqa_messages(cluster, kind, config.page_chars)
-        reply = ask_json(teacher, messages, CrawlQAReply, json_format=config.json_format)
+        reply = ask_json(
+            teacher, messages, CrawlQAReply, json_format=config.json_format, schema=reply_schema(cluster, kind)
+        )
         return check_crawlqa_reply(reply, cluster, kind, config, teacher.config.model)
 
     workers = min(len(tasks), config.max_workers or teacher.max_concurrency)

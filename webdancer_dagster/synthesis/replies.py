@@ -89,13 +89,18 @@ def parse_json_reply(raw: str, model: type[Model]) -> JsonReply[Model]:
     return JsonReply(raw, reason="not_json", detail=f"no JSON object in the reply: {text[:120]!r}")
 
 
-def response_format(json_format: JsonFormat, model: type[BaseModel]) -> dict[str, Any] | None:
-    """The `response_format` request field for `json_format` and the reply's pydantic model."""
+def response_format(
+    json_format: JsonFormat, model: type[BaseModel], schema: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The `response_format` request field for `json_format` and the reply's pydantic model.
+
+    `schema` replaces the model's own JSON schema when one request can be constrained further than the model
+    says (a server that enforces it then cannot produce a reply the checks would drop for that reason)."""
     if json_format == "none":
         return None
     if json_format == "object":
         return {"type": "json_object"}
-    schema = model.model_json_schema()
+    schema = dict(schema) if schema is not None else model.model_json_schema()
     if json_format == "object_with_schema":
         return {"type": "json_object", "schema": schema}
     return {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": schema}}
@@ -108,6 +113,7 @@ def ask_json(
     *,
     sample_index: int = 0,
     json_format: JsonFormat = "object",
+    schema: Mapping[str, Any] | None = None,
 ) -> JsonReply[Model]:
     """Send `messages` and parse the reply as `model`.
 
@@ -116,7 +122,9 @@ def ask_json(
     other endpoint failure raises, because then every later request would fail too.
     """
     try:
-        result = endpoint.chat(messages, sample_index=sample_index, response_format=response_format(json_format, model))
+        result = endpoint.chat(
+            messages, sample_index=sample_index, response_format=response_format(json_format, model, schema)
+        )
     except LLMRequestRejected as error:
         return JsonReply("", reason="request_rejected", detail=str(error)[:500])
     return parse_json_reply(result.content, model)
