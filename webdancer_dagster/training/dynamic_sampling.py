@@ -131,4 +131,5 @@ class PromptDrawer:
     def restore(self, state: Mapping[str, Any]) -> None:
         version, internal, gauss = state["rng"]
         self._rng.setstate((version, tuple(internal), gauss))
-        self._order = [prompt for prompt in state["order"] if prompt in self._prompts]
+        known = set(self._prompts)
+        self._order = [prompt for prompt in state["order"] if prompt in known]
