@@ -391,6 +391,9 @@ def test_the_rl_pool_takes_unsolved_pairs_and_a_stable_held_out_share():
     sft_ids = {r["qa_id"] for r in sft_records(result, held_out)}
     assert sft_ids == {p.id for p in pairs[:300]} - held_out
     assert select_rl_pool(pairs, result).held_out_ids == frozenset()
+    # A question known only from its attempt (a released trajectory) joins the pool when the funnel drops it.
+    only_attempted = select_rl_pool(pairs[:300], result)
+    assert [p.id for p in only_attempted.pairs] == [p.id for p in pairs[300:350]]
     assert not is_held_out("qa-x", 0.0)
     with pytest.raises(ValueError, match="held_out_share"):
         select_rl_pool(pairs, result, held_out_share=1.0)

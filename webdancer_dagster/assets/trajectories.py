@@ -179,11 +179,8 @@ def funnel(
     """Validity, correctness and quality over every attempt; kept trajectories become SFT data, the rest of the
     QA pairs (every QA asset and every attempted question, the released ones included) the RL pool."""
     store = warehouse.store()
+    pairs = read_pairs(store, [*SYNTHESIZED_TABLES, "reference_qa_pairs"])
     attempted_pairs = {pair.id: pair for pair in read_pairs(store, ["trajectory_pairs"])}
-    # A released trajectory's question is a QA pair too (WebDancer's sample trajectories answer other questions than
-    # its sample QA pairs): when the funnel drops the trajectory, RL gets the question.
-    qa_pairs = {pair.id: pair for pair in read_pairs(store, [*SYNTHESIZED_TABLES, "reference_qa_pairs"])}
-    pairs = [*qa_pairs.values(), *(pair for pair_id, pair in attempted_pairs.items() if pair_id not in qa_pairs)]
     attempts = attempts_from_frame(store.read_table("trajectories"), attempted_pairs)
     settings = FunnelConfig(max_actions=config.max_actions, min_grade_mean=config.min_grade_mean)
     result = run_funnel(attempts, teacher_short.endpoint() if config.use_llm_grade else None, settings)

@@ -491,12 +491,18 @@ def select_rl_pool(
     pairs: Sequence[QAPair], result: FunnelResult, *, held_out_share: float = 0.0, seed: int = 0
 ) -> RLPool:
     """As in WebDancer, RL trains on the pairs SFT has no trajectory for; `held_out_share` of the solved pairs
-    also moves to RL (and out of SFT, see `sft_records`) so RL sees some questions the policy can solve."""
+    also moves to RL (and out of SFT, see `sft_records`) so RL sees some questions the policy can solve.
+
+    The candidates are `pairs` and then every question the funnel saw an attempt for: a released trajectory's
+    question is a QA pair too (WebDancer's sample trajectories answer other questions than its sample QA pairs)."""
     if not 0.0 <= held_out_share < 1.0:
         raise ValueError(f"held_out_share must be in [0, 1), got {held_out_share}")
     solved = {record.attempt.qa.id for record in result.kept}
+    candidates = {pair.id: pair for pair in pairs}
+    for record in result.records:
+        candidates.setdefault(record.attempt.qa.id, record.attempt.qa)
     chosen, reasons = [], {}
-    for pair in pairs:
+    for pair in candidates.values():
         if pair.id not in solved:
             reasons[pair.id] = "unsolved"
         elif is_held_out(pair.id, held_out_share, seed):

@@ -335,6 +335,10 @@ def answer_reward(
     return list(answer_reward)
 
 
+def _rollout_state_path(checkpoint: Path) -> Path:
+    return checkpoint / ROLLOUT_STATE_FILE.format(rank=os.environ.get("RANK", "0"))
+
+
 class RolloutStateSaver(TrainerCallback):
     """Saves the rollout state into every checkpoint the trainer writes, so a killed run resumes it too."""
 
@@ -432,14 +436,14 @@ class AgentRollout:
 
     def save_to(self, checkpoint: Path) -> None:
         """Write this rank's state into `checkpoint`; each rank has its own drawer seed."""
-        path = checkpoint / ROLLOUT_STATE_FILE.format(rank=os.environ.get("RANK", "0"))
+        path = _rollout_state_path(checkpoint)
         staging = path.with_suffix(".json.tmp")
         staging.write_text(json.dumps(self.state()), encoding="utf-8")
         os.replace(staging, path)  # a kill mid-write leaves the previous state or none, never half a file
 
     def restore_from(self, checkpoint: Path) -> None:
         """Continue from the state saved with `checkpoint` (a checkpoint from before it was saved starts afresh)."""
-        path = checkpoint / ROLLOUT_STATE_FILE.format(rank=os.environ.get("RANK", "0"))
+        path = _rollout_state_path(checkpoint)
         if not path.is_file():
             logger.warning("%s holds no rollout state: refill prompts restart from the seed", checkpoint)
             return
