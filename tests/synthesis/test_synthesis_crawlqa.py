@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
+from llama_cpp.llama_grammar import json_schema_to_gbnf
 from synth_helpers import ADA, BABBAGE, BENCH_PAGE, ENGINE, PAGE_TEXT, STUB, WIKI, endpoint, user_prompt
 
 from webdancer_dagster.llm.scripted import ScriptedLLMServer, ScriptedReply
@@ -13,6 +15,7 @@ from webdancer_dagster.synthesis.crawlqa import (
     EVIDENCE_PLACEHOLDER,
     QUESTION_PLACEHOLDER,
     CrawlQAConfig,
+    reply_schema,
     resolve_citation,
     sample_clusters,
     synthesize_crawlqa,
@@ -111,6 +114,20 @@ def test_a_count_question_is_grounded_by_its_evidence(pages, links):
     assert "COUNT" in user_prompt(server.requests[0])
 
 
+@pytest.mark.parametrize(("answer", "kept"), [("2", True), ("two", True), ("2 people", True), ("Ada", False)])
+def test_a_count_answer_must_be_a_number(pages, links, answer, kept):
+    count = {
+        "question": "How many of these people were born in England and worked on mechanical computers?",
+        "answer": answer,
+        "source_pages": ["Page 1", "Page 2"],
+        "evidence": ["was an English mathematician and writer", "an English polymath and mechanical engineer"],
+    }
+    with ScriptedLLMServer([json.dumps(count)]) as server:
+        result = synthesize_crawlqa(pages, links, ["wiki"], endpoint(server), config(kinds=("count",)))
+    assert [pair.answer for pair in result.pairs] == ([answer] if kept else [])
+    assert [drop.reason for drop in result.drops] == ([] if kept else ["count_not_a_number"])
+
+
 @pytest.mark.parametrize(
     ("teacher_reply", "reason"),
     [
@@ -128,6 +145,8 @@ def test_a_count_question_is_grounded_by_its_evidence(pages, links):
         (reply(question="..."), "copied_prompt_example"),
         (reply(answer=ANSWER_PLACEHOLDER.upper() + "."), "copied_prompt_example"),
         (reply(source_urls=[BABBAGE]), "needs_two_pages"),
+        (reply(question="Question 1"), "not_a_question"),  # both written by the offline teacher
+        (reply(question="How to fix a Python bug"), "not_a_question"),
         (
             reply(answer="Charles Babbage the English polymath and mechanical engineer born in Walworth"),
             "answer_too_long",
@@ -261,15 +280,42 @@ def test_pages_without_a_title_still_form_clusters(pages, links):
 
 
 def test_the_schema_sent_allows_only_the_clusters_page_labels(pages, links):
-    """With a schema format, a server that enforces it cannot cite a page outside the prompt, or one page for two."""
+    """With a schema format, a server that enforces it cannot cite a page outside the prompt, one page for two, or
+    a COUNT answer that is not a number."""
     cluster = the_cluster(pages, links)
-    labels = [f"Page {number}" for number in range(1, len(cluster.pages) + 1)]
+    assert len(cluster.pages) == 3
     kinds = ("multi_hop", "count")
     with ScriptedLLMServer([reply(), reply()]) as server:
         synthesize_crawlqa(pages, links, ["wiki"], endpoint(server), config(kinds=kinds, json_format="json_schema"))
+    multi_hop, count = (request["response_format"]["json_schema"]["schema"] for request in server.requests)
 
-    sent = [request["response_format"]["json_schema"]["schema"] for request in server.requests]
-    cited = [schema["properties"]["source_pages"] for schema in sent]
-    assert [field["items"] for field in cited] == [{"type": "string", "enum": labels}] * 2
-    assert [field["minItems"] for field in cited] == [2, 1]  # multi-hop needs two pages, count one
-    assert all(schema["required"] == ["question", "answer", "source_pages"] for schema in sent)
+    def allowed(schema: dict, answer: str, cited: list[str]) -> bool:
+        candidate = {"question": "Which page says so?", "answer": answer, "source_pages": cited}
+        return jsonschema.Draft202012Validator(schema).is_valid(candidate)
+
+    assert allowed(multi_hop, "Charles Babbage", ["Page 1", "Page 3"])
+    assert allowed(multi_hop, "Charles Babbage", ["Page 2", "Page 3"])
+    assert not allowed(multi_hop, "Charles Babbage", ["Page 2", "Page 2"])  # one page cited twice
+    assert not allowed(multi_hop, "Charles Babbage", ["Page 2"])
+    assert not allowed(multi_hop, "Charles Babbage", ["Page 1", "Page 4"])  # no fourth page in the prompt
+    assert not allowed(multi_hop, "Charles Babbage", [ADA, BABBAGE])
+    assert allowed(count, "2", ["Page 1"]) and allowed(count, "12", ["Page 1", "Page 2"])
+    assert not allowed(count, "two", ["Page 1"]) and not allowed(count, "2", ["Page 4"])
+    assert not allowed(count, "2", [])
+    assert multi_hop["required"] == count["required"] == ["question", "answer", "source_pages"]
+
+
+def test_the_schema_compiles_to_a_llama_cpp_grammar(pages, links):
+    """llama.cpp's server turns the schema into a grammar (one it cannot convert is a 400): two-page kinds may
+    cite only the three pairs of different pages, and a COUNT answer only digits."""
+    cluster = the_cluster(pages, links)
+
+    def rules(kind: str) -> dict[str, str]:
+        grammar = json_schema_to_gbnf(json.dumps(reply_schema(cluster, kind)))
+        return dict(line.split(" ::= ", 1) for line in grammar.splitlines() if " ::= " in line)
+
+    for kind in ("multi_hop", "intersection"):
+        assert rules(kind)["source-pages"] == "source-pages-0 | source-pages-1 | source-pages-2"
+    count = rules("count")
+    assert count["source-pages-item"] == '"\\"Page 1\\"" | "\\"Page 2\\"" | "\\"Page 3\\""'
+    assert count["answer"] == '"\\"" [0-9]+ "\\"" space'

@@ -192,6 +192,7 @@ def test_seeds_come_only_from_allowed_sites_and_rewrite_counts_are_seeded(pages)
         ({**SEED, "question": "..."}, "copied_prompt_example"),
         ({**SEED, "answer": "its short answer"}, "copied_prompt_example"),
         ({**SEED, "question": "Was Ada Lovelace born in 1815?"}, "answer_in_question"),
+        ({**SEED, "question": "Ada Lovelace's year of birth"}, "not_a_question"),
         ({**SEED, "answer": "1820", "evidence": ""}, "ungrounded"),
         ({**SEED, "answer": "1820", "evidence": "she was born in 1820 in Paris"}, "ungrounded"),
         (ScriptedReply(status=400), "request_rejected"),
@@ -228,6 +229,7 @@ REWRITE_CASES = [
         "answer_in_question",
     ),
     ({"entity": "Ada Lovelace"}, {**FIRST, "question": SEED["question"] + " "}, "no_change"),
+    ({"entity": "Ada Lovelace"}, {**FIRST, "question": FIRST["question"].rstrip("?")}, "not_a_question"),
     (
         {"entity": "Ada Lovelace"},
         {

@@ -10,6 +10,7 @@ is not a near-duplicate of a question already kept. The teacher cites a page by 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import re
@@ -31,6 +32,8 @@ from webdancer_dagster.synthesis.qa import (
     deduplicate,
     is_grounded,
     normalize_answer,
+    normalize_words,
+    question_problem,
     stable_id,
 )
 from webdancer_dagster.synthesis.replies import JSON_FORMAT_HELP, JsonFormat, JsonReply, NonEmpty, ask_json
@@ -205,6 +208,18 @@ _NOT_EVIDENCE = _PLACEHOLDERS | {normalize_answer(EVIDENCE_PLACEHOLDER)}  # copi
 _PAGE_LABEL = re.compile(r"^\[?\s*(?:page\s*#?\s*)?(\d+)\s*\]?$", re.IGNORECASE)
 
 
+_NUMBER_WORDS = frozenset(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split()
+)
+
+
+def is_number(answer: str) -> bool:
+    """A count as people write it: digits or a number word first ("12", "1,024", "three modules")."""
+    words = normalize_words(answer).split()
+    return bool(words) and (words[0].isdigit() or words[0] in _NUMBER_WORDS)
+
+
 def resolve_citation(citation: str, cluster: PageCluster) -> str | None:
     """The cluster URL a citation names, by page label (1-based, as numbered in the prompt) or by URL; else None."""
     label = _PAGE_LABEL.match(citation.strip())
@@ -216,19 +231,33 @@ def resolve_citation(citation: str, cluster: PageCluster) -> str | None:
 
 
 def reply_schema(cluster: PageCluster, kind: CrawlQAKind) -> dict[str, Any]:
-    """The reply's JSON schema for one task: `source_pages` may hold only this cluster's page labels, at least two
-    of them for the kinds that need two pages.
+    """The reply's JSON schema for one task: `source_pages` may hold only this cluster's page labels, and for the
+    kinds that need two pages exactly two different ones; a COUNT answer is a number.
 
     Sent with `object_with_schema` or `json_schema`, a server that enforces schemas (llama.cpp's grammar, vLLM's
-    guided decoding) cannot cite a page that is not in the prompt; the checks still run for servers that do not.
+    guided decoding) cannot cite a page that is not in the prompt, or one page twice (grammars do not enforce
+    `uniqueItems`, so two-page citations are listed as ordered pairs); the checks still run for servers that do not.
     """
     schema = CrawlQAReply.model_json_schema()
     labels = [f"Page {number}" for number in range(1, len(cluster.pages) + 1)]
-    schema["properties"]["source_pages"] = {
-        **schema["properties"]["source_pages"],
-        "items": {"type": "string", "enum": labels},
-        "minItems": 1 if kind == "count" else min(2, len(labels)),
-    }
+    properties = schema["properties"]
+    if kind == "count" or len(labels) < 2:
+        properties["source_pages"] = {
+            **properties["source_pages"],
+            "items": {"type": "string", "enum": labels},
+            "minItems": 1,
+        }
+    else:
+        pairs = itertools.combinations(labels, 2)
+        properties["source_pages"] = {
+            "title": properties["source_pages"].get("title", "Source Pages"),
+            "anyOf": [
+                {"type": "array", "prefixItems": [{"const": a}, {"const": b}], "items": False, "minItems": 2}
+                for a, b in pairs
+            ],
+        }
+    if kind == "count":
+        properties["answer"] = {**properties["answer"], "pattern": "^[0-9]+$"}
     return schema
 
 
@@ -257,6 +286,10 @@ def check_crawlqa_reply(
     copied = [text for text in (value.question, value.answer) if normalize_answer(text) in _PLACEHOLDERS]
     if copied:
         return drop("copied_prompt_example", f"the reply repeats the format's placeholder {copied[0]!r}")
+    if problem := question_problem(value.question):
+        return drop(*problem)
+    if kind == "count" and not is_number(value.answer):
+        return drop("count_not_a_number", f"a COUNT question's answer is a number, not {value.answer!r}")
     pages = {page.url: page for page in cluster.pages}
     resolved = {citation: resolve_citation(citation, cluster) for citation in value.source_pages}
     unknown = [citation for citation, url in resolved.items() if url is None]

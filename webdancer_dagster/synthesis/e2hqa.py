@@ -34,6 +34,7 @@ from webdancer_dagster.synthesis.qa import (
     deduplicate,
     is_grounded,
     normalize_answer,
+    question_problem,
     url_host,
 )
 from webdancer_dagster.synthesis.replies import JSON_FORMAT_HELP, JsonFormat, JsonReply, NonEmpty, ask_json
@@ -194,6 +195,8 @@ def check_seed(reply: JsonReply[SeedReply], page: ClusterPage, config: E2HQAConf
     copied = [text for text in (value.question, value.answer) if normalize_answer(text) in _SEED_COPIES]
     if copied:
         return drop("copied_prompt_example", f"the reply repeats the prompt's example or placeholder {copied[0]!r}")
+    if problem := question_problem(value.question):
+        return drop(*problem)
     if len(value.answer.split()) > config.max_answer_words:
         return drop("answer_too_long", f"{len(value.answer.split())} words > {config.max_answer_words}")
     if contains_phrase(value.question, value.answer):
@@ -228,6 +231,8 @@ def check_rewrite(
     """(reason, detail) when a rewrite is unusable; None when it obscures the entity and keeps the answer out."""
     if contains_phrase(after, answer):
         return "answer_in_question", f"the rewrite contains the answer {answer!r}: {after!r}"
+    if problem := question_problem(after):
+        return problem
     if normalize_answer(after) == normalize_answer(before):
         return "no_change", f"the rewrite equals the question: {after!r}"
     if contains_phrase(after, entity):

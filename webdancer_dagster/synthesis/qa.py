@@ -357,6 +357,17 @@ class SynthesisResult:
         return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
+MIN_QUESTION_WORDS = 4
+
+
+def question_problem(question: str) -> tuple[str, str] | None:
+    """("not_a_question", detail) for text a searcher cannot work on: a label such as "Question 1" or a topic such
+    as "How to fix a Python bug" (the offline teacher wrote both); None for a question of a few words ending in "?"."""
+    if question.rstrip().endswith("?") and len(question.split()) >= MIN_QUESTION_WORDS:
+        return None
+    return "not_a_question", f'a question has at least {MIN_QUESTION_WORDS} words and ends with "?": {question!r}'
+
+
 def is_grounded(answer: str, evidence: Sequence[str], text: str, min_evidence_words: int) -> bool:
     """The answer appears in `text`, or every evidence quote does and each is long enough to mean something."""
     if contains_phrase(text, answer):
