@@ -4,6 +4,9 @@ llama.cpp, and fails with the asset to materialize while none is recorded."""
 
 import importlib
 import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pandas as pd
@@ -37,6 +40,14 @@ def responder(request: dict) -> str:
     last = messages[-1]["content"]
     if "Judge whether the predicted answer" in last:
         return "Incorrect"
+    if last.startswith("Read the webpage content below"):  # the visit tool's summarizer
+        evidence = "The Zorblax Institute was founded by Ada Quill in 1901 in Tromso."
+        return json.dumps({"rational": "The page names the founder.", "evidence": evidence, "summary": evidence})
+    live_page = re.search(r"http://127\.0\.0\.1:\d+/zorblax\.html", last)
+    visited = any('"visit"' in m["content"] for m in messages if m["role"] == "assistant")
+    if last.startswith("<tool_response>") and live_page and not visited:
+        call = json.dumps({"name": "visit", "arguments": {"url": [live_page.group()], "goal": "who founded it"}})
+        return f"<think>A live page; I read it.</think>\n<tool_call>\n{call}\n</tool_call>"
     if last.startswith("<tool_response>"):
         answer = "Ada Quill" if "founded the" in messages[1]["content"] else "Tromso"
         return f"<think>The results tell.</think>\n<answer>{answer}</answer>"
@@ -161,3 +172,107 @@ def test_live_search_comes_from_the_key_variable(isolated_home, monkeypatch):
     assert web.live_search() is None
     monkeypatch.setenv("MY_SERPER", "secret")
     assert isinstance(web.live_search(), SerperSearch) and "secret" not in repr(web.live_search())
+    own = WebEnvironment(
+        warehouse=Warehouse(home=str(isolated_home)), search_backend="serper", serper_api_key="k",
+        serper_base_url="http://127.0.0.1:9/",
+    )  # fmt: skip
+    assert own.search().base_url == own.live_search().base_url == "http://127.0.0.1:9"  # both use the configured API
+
+
+class LiveWeb(ThreadingHTTPServer):
+    """A stand-in for the live web on 127.0.0.1: a Serper-compatible `POST /search` whose one hit links to a page
+    this server also serves, so a run searches with the key and visits what it found."""
+
+    daemon_threads = True
+    PAGE = (
+        "<html><head><title>Zorblax</title></head>"
+        "<body><p>The Zorblax Institute was founded by Ada Quill in 1901 in Tromso.</p></body></html>"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), LiveWebHandler)
+        self.searches: list[tuple[str, dict]] = []
+        self.visits: list[str] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class LiveWebHandler(BaseHTTPRequestHandler):
+    server: LiveWeb
+
+    def log_message(self, format, *args):  # noqa: A002
+        pass
+
+    def reply(self, content_type: str, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):  # noqa: N802
+        query = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.searches.append((self.headers.get("X-API-KEY", ""), query))
+        hit = {"title": "Zorblax Institute history", "link": f"{self.server.base_url}/zorblax.html", "snippet": "..."}
+        self.reply("application/json", json.dumps({"organic": [hit]}).encode())
+
+    def do_GET(self):  # noqa: N802
+        self.server.visits.append(self.path)
+        self.reply("text/html; charset=utf-8", LiveWeb.PAGE.encode())
+
+
+@pytest.fixture
+def live_web(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    server = LiveWeb()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_question_only_benchmark_searches_the_live_web_when_a_key_is_set(
+    isolated_home, declared, live_web, monkeypatch
+):
+    """With a key, the question-only benchmark runs in the live-web setting (search, then visit what was found),
+    the setting is stored with every run and the score, and the key is not; without the key the same partition
+    starts afresh closed-book instead of mixing the two settings."""
+    assets = [*dg.load_assets_from_modules([corpus, evaluation])]
+    res = resources(isolated_home, declared.base_url)
+    res["web"] = WebEnvironment(warehouse=res["warehouse"], serper_base_url=live_web.base_url)
+    instance = dg.DagsterInstance.ephemeral()
+    partition = dg.MultiPartitionKey({"model": "hosted", "benchmark": "zorblax-closed"})
+    config = {"ops": {"benchmark_scores": {"config": {"max_llm_calls": 4, "runs": 1}}}}
+
+    def score() -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            assets, selection=["benchmark_scores"], partition_key=partition, resources=res, instance=instance,
+            run_config=config,
+        )  # fmt: skip
+
+    monkeypatch.setenv("SERPER_API_KEY", "test-serper-key")
+    [event] = score().asset_materializations_for_node("benchmark_scores")
+    assert event.metadata["setting"].value == "live_web" and event.metadata["search_backend"].value == "serper"
+    assert event.metadata["pass_at_1"].value == 1.0
+    assert [key for key, _ in live_web.searches] == ["test-serper-key"] * 2
+    assert [query["q"] for _, query in live_web.searches] == ["Zorblax Institute"] * 2
+    assert live_web.visits == ["/zorblax.html"] * 2
+
+    store = WarehouseStore(isolated_home)
+    runs = store.read_table("eval_runs")
+    assert list(runs["setting"]) == ["live_web"] * 2 and list(runs["visits"]) == [1, 1]
+    observations = [s["observation"] or "" for t in runs["trajectory"] for s in json.loads(t)["steps"]]
+    assert any(f"{live_web.base_url}/zorblax.html" in text for text in observations)
+    assert any("founded by Ada Quill" in text for text in observations)
+    assert store.read_table("scores").set_index("benchmark").loc["zorblax-closed", "setting"] == "live_web"
+    stored = " ".join(str(value) for table in ("eval_runs", "scores") for value in store.read_table(table).values.flat)
+    assert "test-serper-key" not in stored and "test-serper-key" not in repr(event.metadata)
+
+    monkeypatch.delenv("SERPER_API_KEY")
+    [event] = score().asset_materializations_for_node("benchmark_scores")
+    assert event.metadata["setting"].value == "closed_book" and event.metadata["runs_resumed"].value == 0
+    assert list(store.read_table("eval_runs")["setting"]) == ["closed_book"] * 2
+    assert len(live_web.searches) == 2  # closed-book runs search nothing

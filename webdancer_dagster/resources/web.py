@@ -47,7 +47,7 @@ class WebEnvironment(dg.ConfigurableResource):
         if self.search_backend == "serper":
             if not self.serper_api_key:
                 raise ValueError("search_backend='serper' needs serper_api_key (dg.EnvVar('SERPER_API_KEY'))")
-            return SerperSearch(api_key=self.serper_api_key)
+            return SerperSearch(api_key=self.serper_api_key, base_url=self.serper_base_url)
         if self.search_backend != "local":
             raise ValueError(f"unknown search_backend {self.search_backend!r}; use 'local' or 'serper'")
         return self.local_search()
