@@ -126,8 +126,9 @@ def test_declared_models_and_benchmarks_are_partitions_and_score(small_web, isol
     [event] = local.asset_materializations_for_node("benchmark_scores")
     assert event.metadata["setting"].value == "local_web" and event.metadata["pass_at_1"].value == 1.0
     assert event.metadata["policy"].value == f"scripted @ {declared.base_url}"
-    [check] = local.get_asset_check_evaluations()
-    assert check.passed and check.metadata["partitions_checked"].value == 1
+    evaluations = {check.check_name: check for check in local.get_asset_check_evaluations()}
+    assert set(evaluations) == {"benchmark_scores_are_sound", "benchmark_judge_credits_are_supported"}
+    assert all(check.passed and check.metadata["partitions_checked"].value == 1 for check in evaluations.values())
 
     closed = run(scores, dg.MultiPartitionKey({"model": "hosted", "benchmark": "zorblax-closed"}))
     [event] = closed.asset_materializations_for_node("benchmark_scores")
@@ -276,3 +277,23 @@ def test_a_question_only_benchmark_searches_the_live_web_when_a_key_is_set(
     assert event.metadata["setting"].value == "closed_book" and event.metadata["runs_resumed"].value == 0
     assert list(store.read_table("eval_runs")["setting"]) == ["closed_book"] * 2
     assert len(live_web.searches) == 2  # closed-book runs search nothing
+
+
+def test_a_judge_crediting_unrelated_answers_is_a_warning(isolated_home):
+    """SmolLM2-135M as judge said "Correct" to "1973" for "James K. Polk": the check warns, without blocking."""
+    store = WarehouseStore(isolated_home)
+    runs = pd.DataFrame({
+        "partition": "musique|base", "fingerprint": "f", "question_id": ["a", "b", "c", "d"], "run": 0,
+        "judge_method": "llm", "correct": True, "f1": [0.0, 0.0, 0.0, 0.5],
+    })  # fmt: skip
+    score = {"partition": "musique|base", "fingerprint": "f", "questions": 4, "runs_per_question": 1}
+    store.replace_table("eval_runs", runs)
+    store.replace_table("scores", pd.DataFrame([score]))
+    result = evaluation.benchmark_judge_credits_are_supported(warehouse=Warehouse(home=str(isolated_home)))
+    assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
+    assert result.metadata["doubtful_partitions"].value == ["musique|base"]
+    table = result.metadata["credits"].value
+    assert re.search(r"musique\\\|base \|\s+4 \|\s+3 \|\s+0\.75 \|$", table)  # credited, without overlap, share
+
+    store.replace_table("eval_runs", runs.assign(f1=[0.0, 0.3, 0.3, 0.5]))  # one credit in four without overlap
+    assert evaluation.benchmark_judge_credits_are_supported(warehouse=Warehouse(home=str(isolated_home))).passed

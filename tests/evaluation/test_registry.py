@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from webdancer_dagster.evaluation.benchmarks import load_benchmark
-from webdancer_dagster.evaluation.metrics import audit_scores
+from webdancer_dagster.evaluation.metrics import audit_scores, credits_without_overlap
 from webdancer_dagster.evaluation.registry import REGISTRY_ENV, RegistryError, load_registry, registry_path
 from webdancer_dagster.evaluation.settings import CLOSED_BOOK_MESSAGE, ClosedBookSearch, benchmark_setting
 from webdancer_dagster.web.errors import ToolInputError
@@ -117,6 +117,22 @@ def test_audit_passes_sound_scores_and_names_each_problem():
     assert flagged["problem"].tolist() == ["judge_unreadable"] and "25.0%" in flagged["detail"].iloc[0]
     other_fingerprint = _runs().assign(fingerprint="old")
     assert "questions" in set(audit_scores(_scores(), other_fingerprint, 0.2)["problem"])
+
+
+def test_credits_without_overlap_counts_llm_credits_that_share_no_word_with_the_gold():
+    runs = pd.DataFrame({
+        "partition": ["musique|base"] * 5 + ["musique|sft"],
+        "fingerprint": ["f", "f", "f", "f", "old", "f"],
+        "judge_method": ["llm", "llm", "llm", "exact", "llm", "llm"],
+        "correct": [True, True, False, True, True, True],
+        "f1": [0.0, 0.4, 0.0, 1.0, 0.0, 0.0],
+    })  # fmt: skip
+    scores = pd.concat([_scores(), _scores(partition="musique|sft")])
+    credits = credits_without_overlap(scores, runs).set_index("partition")
+    # base: two LLM credits of this fingerprint (an exact match and an old run do not count), one with no overlap
+    assert credits.loc["musique|base"].tolist() == [2, 1, 0.5]
+    assert credits.loc["musique|sft"].tolist() == [1, 1, 1.0]
+    assert credits_without_overlap(_scores(), runs.iloc[:0]).loc[0].tolist() == ["musique|base", 0, 0, 0.0]
 
 
 def test_a_profile_picks_the_partitions_it_runs():

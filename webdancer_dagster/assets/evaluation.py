@@ -23,7 +23,7 @@ from pydantic import Field
 from webdancer_dagster.agent.factory import build_web_agent
 from webdancer_dagster.assets.corpus import REGISTRY, search_index
 from webdancer_dagster.evaluation.benchmarks import load_benchmark
-from webdancer_dagster.evaluation.metrics import audit_scores, score_runs
+from webdancer_dagster.evaluation.metrics import audit_scores, credits_without_overlap, score_runs
 from webdancer_dagster.evaluation.models import GGUF_CACHE_DIR, checkpoint_server_config, recorded_checkpoint
 from webdancer_dagster.evaluation.plots import comparison_chart, comparison_table
 from webdancer_dagster.evaluation.registry import ModelSpec
@@ -331,5 +331,37 @@ def benchmark_scores_are_sound(warehouse: Warehouse) -> dg.AssetCheckResult:
             "actual_problems": len(problems),
             "max_judge_unreadable_share": MAX_JUDGE_UNREADABLE_SHARE,
             "problems": dg.MetadataValue.md(markdown_preview(problems, rows=20) if len(problems) else "none"),
+        },
+    )
+
+
+MAX_CREDITS_WITHOUT_OVERLAP_SHARE = 0.5
+MIN_CREDITS_TO_JUDGE_THE_JUDGE = 3
+
+
+@dg.asset_check(
+    asset=benchmark_scores,
+    description="A warning when, in a scored partition, more than "
+    f"{MAX_CREDITS_WITHOUT_OVERLAP_SHARE:.0%} of the answers the LLM judge accepted (at least "
+    f"{MIN_CREDITS_TO_JUDGE_THE_JUDGE}) share no word with any gold answer: the judge is too weak to trust.",
+    blocking=False,
+)
+def benchmark_judge_credits_are_supported(warehouse: Warehouse) -> dg.AssetCheckResult:
+    store = warehouse.store()
+    if not store.table_exists(SCORES_TABLE):
+        return dg.AssetCheckResult(passed=False, metadata={"actual": "no scores table"})
+    credits = credits_without_overlap(store.read_table(SCORES_TABLE), store.read_table(RUNS_TABLE))
+    doubtful = credits[
+        (credits["llm_credited"] >= MIN_CREDITS_TO_JUDGE_THE_JUDGE)
+        & (credits["share"] > MAX_CREDITS_WITHOUT_OVERLAP_SHARE)
+    ]
+    return dg.AssetCheckResult(
+        passed=doubtful.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "partitions_checked": len(credits),
+            "doubtful_partitions": sorted(doubtful["partition"]),
+            "max_share": MAX_CREDITS_WITHOUT_OVERLAP_SHARE,
+            "credits": dg.MetadataValue.md(markdown_preview(credits, rows=20) if len(credits) else "none"),
         },
     )

@@ -154,3 +154,24 @@ def audit_scores(scores: pd.DataFrame, runs: pd.DataFrame, max_flagged_share: fl
                 "inconsistent", f"Pass@1 {score.pass_at_1}, Cons@k {score.cons_at_k} above Pass@k {score.pass_at_k}"
             )
     return pd.DataFrame(problems, columns=["partition", "problem", "detail"])
+
+
+def credits_without_overlap(scores: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per scored partition: the answers the LLM judge accepted (`llm_credited`) and how many of them share no word
+    with any gold answer (`no_word_in_common`, token F1 = 0).
+
+    A few such credits are paraphrases ("USA" for "United States"); a high share means the judge says "Correct" to
+    unrelated answers, so its Pass@k says more about the judge than the model (SmolLM2-135M as judge credited "1973"
+    for "James K. Polk" on MuSiQue). Runs count when they carry the score's fingerprint."""
+    rows = []
+    for score in scores.itertuples(index=False):
+        mine = runs[(runs["partition"] == score.partition) & (runs["fingerprint"] == score.fingerprint)]
+        credited = mine[(mine["judge_method"] == "llm") & mine["correct"].fillna(False).astype(bool)]
+        unsupported = int((credited["f1"].fillna(0.0) <= 0.0).sum())
+        rows.append({
+            "partition": score.partition,
+            "llm_credited": len(credited),
+            "no_word_in_common": unsupported,
+            "share": round(unsupported / len(credited), 4) if len(credited) else 0.0,
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=["partition", "llm_credited", "no_word_in_common", "share"])
