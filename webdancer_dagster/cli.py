@@ -165,8 +165,8 @@ def evaluate(
     ops = load_profile(profile).get("ops") or {}
     run_config = {"ops": {k: v for k, v in ops.items() if k == "benchmark_scores"}}
     with dg.DagsterInstance.get() as instance:
-        dg.materialize(
-            defs.assets,
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks],  # the asset's checks run with it, as in the UI
             selection=["benchmark_scores"],
             partition_key=dg.MultiPartitionKey({"model": model, "benchmark": benchmark}),
             instance=instance,
@@ -174,6 +174,9 @@ def evaluate(
             run_config=run_config,
         )
     _print_scores(WarehouseStore(home))
+    for check in result.get_asset_check_evaluations():
+        verdict = "[green]passed[/green]" if check.passed else f"[red]failed ({check.severity.value})[/red]"
+        console.print(f"check {check.check_name}: {verdict}")
 
 
 @app.command()

@@ -349,7 +349,7 @@ MIN_CREDITS_TO_JUDGE_THE_JUDGE = 3
 def benchmark_judge_credits_are_supported(warehouse: Warehouse) -> dg.AssetCheckResult:
     store = warehouse.store()
     if not store.table_exists(SCORES_TABLE):
-        return dg.AssetCheckResult(passed=False, metadata={"actual": "no scores table"})
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"actual": "no scores"})
     credits = credits_without_overlap(store.read_table(SCORES_TABLE), store.read_table(RUNS_TABLE))
     doubtful = credits[
         (credits["llm_credited"] >= MIN_CREDITS_TO_JUDGE_THE_JUDGE)
