@@ -293,7 +293,7 @@ def test_a_judge_crediting_unrelated_answers_is_a_warning(isolated_home):
     assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
     assert result.metadata["doubtful_partitions"].value == ["musique|base"]
     table = result.metadata["credits"].value
-    assert re.search(r"musique\\\|base \|\s+4 \|\s+3 \|\s+0\.75 \|$", table)  # credited, without overlap, share
+    assert re.search(r"musique\\\|base \|\s+4 \|\s+3 \|\s+0\.75 \| True\s+\|$", table)  # credited, no overlap, share
 
     store.replace_table("eval_runs", runs.assign(f1=[0.0, 0.3, 0.3, 0.5]))  # one credit in four without overlap
     assert evaluation.benchmark_judge_credits_are_supported(warehouse=Warehouse(home=str(isolated_home))).passed

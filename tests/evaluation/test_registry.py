@@ -128,11 +128,15 @@ def test_credits_without_overlap_counts_llm_credits_that_share_no_word_with_the_
         "f1": [0.0, 0.4, 0.0, 1.0, 0.0, 0.0],
     })  # fmt: skip
     scores = pd.concat([_scores(), _scores(partition="musique|sft")])
-    credits = credits_without_overlap(scores, runs).set_index("partition")
-    # base: two LLM credits of this fingerprint (an exact match and an old run do not count), one with no overlap
-    assert credits.loc["musique|base"].tolist() == [2, 1, 0.5]
-    assert credits.loc["musique|sft"].tolist() == [1, 1, 1.0]
-    assert credits_without_overlap(_scores(), runs.iloc[:0]).loc[0].tolist() == ["musique|base", 0, 0, 0.0]
+    credits = credits_without_overlap(scores, runs, min_credits=1, max_share=0.5).set_index("partition")
+    # base: two LLM credits of this fingerprint (an exact match and an old run do not count), one with no overlap:
+    # half is not more than half
+    assert credits.loc["musique|base"].tolist() == [2, 1, 0.5, False]
+    assert credits.loc["musique|sft"].tolist() == [1, 1, 1.0, True]
+    too_few = credits_without_overlap(scores, runs, min_credits=2, max_share=0.5).set_index("partition")
+    assert too_few.loc["musique|sft"].tolist() == [1, 1, 1.0, False]  # one credit says little about a judge
+    empty = credits_without_overlap(_scores(), runs.iloc[:0], min_credits=1, max_share=0.5)
+    assert empty.loc[0].tolist() == ["musique|base", 0, 0, 0.0, False]
 
 
 def test_a_profile_picks_the_partitions_it_runs():

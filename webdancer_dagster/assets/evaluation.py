@@ -310,6 +310,13 @@ def benchmark_scores(
 
 
 MAX_JUDGE_UNREADABLE_SHARE = 0.2
+MAX_CREDITS_WITHOUT_OVERLAP_SHARE = 0.5
+MIN_CREDITS_TO_JUDGE_THE_JUDGE = 3
+
+
+def _run_columns(store: WarehouseStore, columns: list[str]) -> pd.DataFrame:
+    """The stored runs with only the columns a check needs: the trajectories would be most of the bytes."""
+    return store.query("SELECT " + ", ".join(f'"{column}"' for column in columns) + f' FROM "{RUNS_TABLE}"')
 
 
 @dg.asset_check(
@@ -321,7 +328,8 @@ def benchmark_scores_are_sound(warehouse: Warehouse) -> dg.AssetCheckResult:
     store = warehouse.store()
     if not store.table_exists(SCORES_TABLE):
         return dg.AssetCheckResult(passed=False, metadata={"actual": "no scores table"})
-    scores, runs = store.read_table(SCORES_TABLE), store.read_table(RUNS_TABLE)
+    scores = store.read_table(SCORES_TABLE)
+    runs = _run_columns(store, ["partition", "fingerprint", "question_id", "judge_flag"])
     problems = audit_scores(scores, runs, MAX_JUDGE_UNREADABLE_SHARE)
     return dg.AssetCheckResult(
         passed=problems.empty,
@@ -335,10 +343,6 @@ def benchmark_scores_are_sound(warehouse: Warehouse) -> dg.AssetCheckResult:
     )
 
 
-MAX_CREDITS_WITHOUT_OVERLAP_SHARE = 0.5
-MIN_CREDITS_TO_JUDGE_THE_JUDGE = 3
-
-
 @dg.asset_check(
     asset=benchmark_scores,
     description="A warning when, in a scored partition, more than "
@@ -350,17 +354,17 @@ def benchmark_judge_credits_are_supported(warehouse: Warehouse) -> dg.AssetCheck
     store = warehouse.store()
     if not store.table_exists(SCORES_TABLE):
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"actual": "no scores"})
-    credits = credits_without_overlap(store.read_table(SCORES_TABLE), store.read_table(RUNS_TABLE))
-    doubtful = credits[
-        (credits["llm_credited"] >= MIN_CREDITS_TO_JUDGE_THE_JUDGE)
-        & (credits["share"] > MAX_CREDITS_WITHOUT_OVERLAP_SHARE)
-    ]
+    runs = _run_columns(store, ["partition", "fingerprint", "judge_method", "correct", "f1"])
+    credits = credits_without_overlap(
+        store.read_table(SCORES_TABLE), runs, MIN_CREDITS_TO_JUDGE_THE_JUDGE, MAX_CREDITS_WITHOUT_OVERLAP_SHARE
+    )
+    doubtful = sorted(credits.loc[credits["doubtful"], "partition"])
     return dg.AssetCheckResult(
-        passed=doubtful.empty,
+        passed=not doubtful,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "partitions_checked": len(credits),
-            "doubtful_partitions": sorted(doubtful["partition"]),
+            "doubtful_partitions": doubtful,
             "max_share": MAX_CREDITS_WITHOUT_OVERLAP_SHARE,
             "credits": dg.MetadataValue.md(markdown_preview(credits, rows=20) if len(credits) else "none"),
         },

@@ -156,9 +156,12 @@ def audit_scores(scores: pd.DataFrame, runs: pd.DataFrame, max_flagged_share: fl
     return pd.DataFrame(problems, columns=["partition", "problem", "detail"])
 
 
-def credits_without_overlap(scores: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """Per scored partition: the answers the LLM judge accepted (`llm_credited`) and how many of them share no word
-    with any gold answer (`no_word_in_common`, token F1 = 0).
+def credits_without_overlap(
+    scores: pd.DataFrame, runs: pd.DataFrame, min_credits: int, max_share: float
+) -> pd.DataFrame:
+    """Per scored partition: the answers the LLM judge accepted (`llm_credited`), how many of them share no word
+    with any gold answer (`no_word_in_common`, token F1 = 0), and `doubtful` when there are at least `min_credits`
+    and more than `max_share` of them have no word in common.
 
     A few such credits are paraphrases ("USA" for "United States"); a high share means the judge says "Correct" to
     unrelated answers, so its Pass@k says more about the judge than the model (SmolLM2-135M as judge credited "1973"
@@ -168,10 +171,12 @@ def credits_without_overlap(scores: pd.DataFrame, runs: pd.DataFrame) -> pd.Data
         mine = runs[(runs["partition"] == score.partition) & (runs["fingerprint"] == score.fingerprint)]
         credited = mine[(mine["judge_method"] == "llm") & mine["correct"].fillna(False).astype(bool)]
         unsupported = int((credited["f1"].fillna(0.0) <= 0.0).sum())
+        share = round(unsupported / len(credited), 4) if len(credited) else 0.0
         rows.append({
             "partition": score.partition,
             "llm_credited": len(credited),
             "no_word_in_common": unsupported,
-            "share": round(unsupported / len(credited), 4) if len(credited) else 0.0,
+            "share": share,
+            "doubtful": len(credited) >= min_credits and share > max_share,
         })  # fmt: skip
-    return pd.DataFrame(rows, columns=["partition", "llm_credited", "no_word_in_common", "share"])
+    return pd.DataFrame(rows, columns=["partition", "llm_credited", "no_word_in_common", "share", "doubtful"])
