@@ -1,7 +1,8 @@
 """SFT step time: TRL's SFTTrainer launched by the torchrun resource through Dagster vs a plain PyTorch loop.
 
-Both train the same model on the same batches: the shipped WebDancer trajectories, masked by `masking.py` and cut
-to `--seq-len` tokens (every trajectory is longer, so every batch has exactly that shape), batch size 1, fused
+Both train the same model on the same batches: the shipped WebDancer trajectories, masked by `masking.py` and fitted
+to `--seq-len` tokens by shortening their observations (most are longer, so most batches are just under that shape;
+the few whose assistant turns alone are longer are dropped), batch size 1, fused
 AdamW with gradient clipping. The baseline runs in this process before and after the launch, so both see the
 same machine load. The ratio compares median seconds per optimizer step (the fastest steps are compared too, as
 other people's jobs move medians on a shared machine); the launch's fixed cost (process start, imports, model
@@ -9,7 +10,7 @@ load, checkpoint writes) is reported beside it. Target: ratio <= 1.15. Also time
 `sft.py` does not pick on this device (TRL's fused head is its GPU default, the model's own its CPU default). On a
 GPU both train fp32 weights under bf16 autocast, as the Trainer does there.
 
-    .venv/bin/python benchmarks/bench_sft.py [--steps 20] [--seq-len 1024] [--model path/to/hf-folder]
+    .venv/bin/python benchmarks/bench_sft.py [--steps 20] [--seq-len 2048] [--model path/to/hf-folder]
 """
 
 import argparse
@@ -59,7 +60,7 @@ def hyperparameters(steps: int, seq_len: int, fused_lm_head: bool | None) -> SFT
         learning_rate=1e-5,
         max_steps=steps,
         max_length=seq_len,
-        truncation=TruncationPolicy.TRUNCATE,
+        truncation=TruncationPolicy.SHORTEN_OBSERVATIONS,
         warmup_ratio=0.0,
         lr_scheduler_type="constant",
         save_steps=steps,
@@ -125,7 +126,7 @@ def launched_run(model_dir: Path, output_dir: Path, hparams: SFTHyperparameters)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--model", type=Path, help="HF model folder; default: a tiny random Llama (SmolLM2 tokenizer)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,7 @@ def test_definitions_load_with_expected_assets_and_checks():
     assert {
         "crawl_pages_are_consistent", "search_index_finds_pages",
         "crawlqa_pairs_do_not_leak_benchmarks", "e2hqa_pairs_do_not_leak_benchmarks", "sft_checkpoint_loads",
-        "benchmark_scores_are_sound", "benchmark_judge_credits_are_supported",
+        "benchmark_scores_are_sound", "benchmark_judge_credits_are_supported", "benchmark_turn_budget_fits_training",
     } <= checks  # fmt: skip
     assert graph.get(dg.AssetKey("crawl_pages")).partitions_def.get_partition_keys() == [
         "python-docs",

@@ -187,9 +187,13 @@ def scores(home: HomeOption = None) -> None:
 
 SCORE_HEADERS = {
     "questions": "questions",
+    "format_valid_rate": "format-valid",
+    "answered_rate": "answered",
     "pass_at_1": "Pass@1",
     "pass_at_k": "Pass@k",
     "cons_at_k": "Cons@k",
+    "exact_match": "EM",
+    "f1": "F1",
     "mean_actions": "actions",
     "format_error_rate": "format errors",
     "mean_tokens": "tokens",

@@ -17,6 +17,7 @@ from webdancer_dagster.agent.prompts import (
     user_message,
 )
 from webdancer_dagster.agent.trajectory import Trajectory
+from webdancer_dagster.agent.validity import check_format
 from webdancer_dagster.llm.client import LLMEndpointError
 from webdancer_dagster.llm.scripted import ScriptedReply
 from webdancer_dagster.llm.server import free_port
@@ -41,7 +42,7 @@ def test_search_visit_answer(scripted, make_agent):
 
     assert trajectory.termination == "answer"
     assert trajectory.answer == "10 December 1815"
-    assert trajectory.well_formed
+    assert check_format(trajectory).valid
     assert (trajectory.llm_calls, trajectory.tool_calls, trajectory.format_errors) == (3, 2, 0)
     assert [m.role for m in trajectory.messages] == ["system", "user"] + ["assistant", "user"] * 2 + ["assistant"]
     assert trajectory.messages[0].content == system_message(TEST_DATE)
@@ -98,7 +99,7 @@ def test_broken_json_is_repaired_and_recorded(scripted, make_agent):
     assert "repaired tool-call JSON" in trajectory.steps[0].format_issues
     assert page_url("Charles_Babbage") in observation(trajectory, 0)
     assert trajectory.termination == "answer"
-    assert not trajectory.well_formed
+    assert check_format(trajectory).reason == "format_error"
 
 
 def test_unrepairable_json_comes_back_as_an_error_observation(scripted, make_agent):

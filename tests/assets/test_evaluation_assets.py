@@ -52,7 +52,7 @@ def scripted():
 def resources(home, base_url):
     return scripted_resources(
         home, base_url, ("policy", "judge", "summarizer"), use_cache=False,
-        seed=lambda role: 0 if role == "policy" else None,
+        seed=lambda role: 0 if role == "policy" else None, capable_judge=lambda role: role == "judge",
     )  # fmt: skip
 
 
@@ -98,6 +98,7 @@ def test_benchmark_scores_materialize_and_resume(small_web, isolated_home, scrip
     assert meta["judge_flagged"].value == 3 and meta["exact_match"].value == pytest.approx(3 / 9, abs=1e-4)
     assert meta["terminations"].value == {"answer": 9}
     assert meta["mean_actions"].value == 1.0 and meta["format_error_rate"].value == 0.0
+    assert meta["judge"].value == f"rules + scripted @ {scripted.base_url}"
     assert "| base" in meta["comparison"].value and "data:image/png;base64," in meta["comparison_chart"].value
 
     meta, requests = score(3)  # everything stored: no agent or judge call

@@ -127,7 +127,11 @@ def test_declared_models_and_benchmarks_are_partitions_and_score(small_web, isol
     assert event.metadata["setting"].value == "local_web" and event.metadata["pass_at_1"].value == 1.0
     assert event.metadata["policy"].value == f"scripted @ {declared.base_url}"
     evaluations = {check.check_name: check for check in local.get_asset_check_evaluations()}
-    assert set(evaluations) == {"benchmark_scores_are_sound", "benchmark_judge_credits_are_supported"}
+    assert set(evaluations) == {
+        "benchmark_scores_are_sound",
+        "benchmark_judge_credits_are_supported",
+        "benchmark_turn_budget_fits_training",
+    }
     assert all(check.passed and check.metadata["partitions_checked"].value == 1 for check in evaluations.values())
 
     closed = run(scores, dg.MultiPartitionKey({"model": "hosted", "benchmark": "zorblax-closed"}))
@@ -297,3 +301,19 @@ def test_a_judge_crediting_unrelated_answers_is_a_warning(isolated_home):
 
     store.replace_table("eval_runs", runs.assign(f1=[0.0, 0.3, 0.3, 0.5]))  # one credit in four without overlap
     assert evaluation.benchmark_judge_credits_are_supported(warehouse=Warehouse(home=str(isolated_home))).passed
+
+
+def test_a_turn_budget_below_the_trained_turns_is_a_warning(isolated_home):
+    """sft scored with 512 tokens a turn when the SFT set's p95 turn was 870 warns; base is not compared."""
+    store = WarehouseStore(isolated_home)
+    scores = pd.DataFrame({
+        "partition": ["musique|sft", "musique|rl", "musique|base"], "max_turn_tokens": [512, 1088, 512],
+        "trained_turn_tokens_p95": [870, 870, None],
+    })  # fmt: skip
+    store.replace_table("scores", scores)
+    result = evaluation.benchmark_turn_budget_fits_training(warehouse=Warehouse(home=str(isolated_home)))
+    assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
+    assert result.metadata["partitions_below_trained_p95"].value == ["musique|sft"]
+
+    store.replace_table("scores", scores.assign(max_turn_tokens=[870, 1088, 512]))
+    assert evaluation.benchmark_turn_budget_fits_training(warehouse=Warehouse(home=str(isolated_home))).passed

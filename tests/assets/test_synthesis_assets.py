@@ -8,6 +8,7 @@ import pytest
 from scripted_roles import scripted_resources
 from test_corpus import run_config, small_web  # noqa: F401 (fixture)
 
+from webdancer_dagster.agent.prompts import SYSTEM_PROMPT
 from webdancer_dagster.assets import corpus, qa, trajectories
 from webdancer_dagster.llm.scripted import ScriptedLLMServer
 from webdancer_dagster.paths import DATA_DIR
@@ -44,7 +45,13 @@ def scripted():
 
 
 def resources(home, base_url):
-    return scripted_resources(home, base_url, ("teacher_short", "teacher_long", "judge", "summarizer"))
+    """The teacher passes for a llama.cpp server, so trajectories are sampled under the turn grammar; the judge is
+    declared capable, so it decides what the rules leave open (the released trajectories' verbose answers)."""
+    kind = {"teacher_short": "llama_cpp"}.get
+    return scripted_resources(
+        home, base_url, ("teacher_short", "teacher_long", "judge", "summarizer"), server_kind=kind,
+        capable_judge=lambda role: role == "judge",
+    )  # fmt: skip
 
 
 def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, scripted):  # noqa: F811
@@ -54,7 +61,10 @@ def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, script
         {
             "crawlqa_pairs": {"config": {"clusters": 2, "subpages": 2, "min_page_chars": 20, "json_format": "none"}},
             "e2hqa_pairs": {"config": {"seeds": 2, "min_page_chars": 20, "json_format": "none", "answer_check": True}},
-            "trajectories": {"config": {"attempts": 2, "max_pairs": 2, "max_llm_calls": 4, "max_reference": 30}},
+            "trajectories": {
+                "config": {"attempts": 2, "max_pairs": 2, "max_llm_calls": 4, "max_reference": 30,
+                           "derive_short_cot": True, "short_cot_thought_words": 30}
+            },  # fmt: skip
         }
     )
     assets = [
@@ -100,11 +110,21 @@ def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, script
     sampled = frame[frame["model"] == "scripted"]
     assert len(sampled) == min(2, len(crawlqa)) and sampled["accepted"].all()  # accepted on the first attempt
     assert (frame["model"] == "webdancer-release").sum() == 30
+    derived = frame[frame["model"] == "webdancer-release+short-cot-derived"]
+    assert len(derived) == 30 and set(derived["cot_mode"]) == {"short"}  # every released one is format-valid
+    assert derived["accepted"].sum() == 29  # the judge rejects one question, in both forms
     assert all(json.loads(t)["termination"] == "answer" for t in sampled["trajectory"])
     # The teacher's searches never return benchmark pages.
     observations = " ".join(step["observation"] or "" for t in sampled["trajectory"] for step in json.loads(t)["steps"])
     assert "wiki.webdancer.test" in observations and "musique.webdancer.test" not in observations
     assert traj_run.success
+    [traj_event] = traj_run.asset_materializations_for_node("trajectories")
+    assert traj_event.metadata["constrained_attempts"].value == len(sampled)
+    assert traj_event.metadata["derived_short_cot"].value == 30
+    assert traj_event.metadata["judge"].value == f"rules + scripted @ {scripted.base_url}"
+    assert all(json.loads(t)["constrained"] for t in sampled["trajectory"])
+    agent_requests = [r for r in scripted.requests if r["messages"][0]["content"].startswith(SYSTEM_PROMPT)]
+    assert agent_requests and all(r["grammar"].startswith("root ::= think action") for r in agent_requests)
 
     funnel_run = run(["sft_dataset", "rl_pool"])
     sft = store.read_table("sft_dataset")

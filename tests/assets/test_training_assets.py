@@ -115,6 +115,10 @@ def test_sft_checkpoint_trains_through_torchrun_passes_its_check_and_is_reused(
     assert Path(metadata["loss_curve_png"].value).read_bytes().startswith(b"\x89PNG")
     assert metadata["tokens_seen"].value > 0 and 0 < metadata["masked_token_share"].value < 1
     assert metadata["examples"].value == metadata["sft_rows"].value == 2
+    turns = metadata["assistant_turn_tokens"].value
+    assert 0 < turns["p50"] <= turns["p95"] <= turns["max"] and set(metadata["chat_tokens"].value) == set(turns)
+    recorded_sft = WarehouseStore(isolated_home).read_table("sft_checkpoint").iloc[0]
+    assert recorded_sft["assistant_turn_tokens_p95"] == turns["p95"]  # what evaluation's turn budget follows
     assert metadata["seconds_per_step"].value > 0
     checkpoint = Path(metadata["checkpoint_path"].value)
     assert metadata["checkpoint_sha256"].value == folder_sha256(checkpoint)
@@ -240,7 +244,14 @@ def test_rl_checkpoint_runs_dapo_on_the_rl_pool_and_records_its_dynamic_sampling
             "ops": {
                 "base_model": {"config": {"source": str(tiny_model.path)}},
                 "rl_checkpoint": {
-                    "config": {"start_from": "base", "max_steps": 1, "max_turn_tokens": 16, "max_llm_calls": 2}
+                    "config": {
+                        "start_from": "base",
+                        "max_steps": 1,
+                        "max_turn_tokens": 16,
+                        "max_llm_calls": 2,
+                        "oversample_factor": 1.0,
+                        "max_refill_rounds": 1,
+                    }
                 },
             }
         }
@@ -256,6 +267,7 @@ def test_rl_checkpoint_runs_dapo_on_the_rl_pool_and_records_its_dynamic_sampling
     assert metadata["reward_curve"].value.startswith("![DAPO reward curve](data:image/png;base64,")
     assert metadata["train_history"].value[0]["dynamic_sampling/dropped_group_share"] == 1.0
     assert metadata["upstream_data_versions"].value["base_model"] == tiny_model.sha256
+    assert metadata["judge"].value == "rules"  # the judge role is not declared capable: rules alone reward answers
     recorded = WarehouseStore(isolated_home).read_table("rl_checkpoint").iloc[0]
     assert recorded["sha256"] == metadata["checkpoint_sha256"].value == folder_sha256(Path(recorded["path"]))
     [check] = result.get_asset_check_evaluations()

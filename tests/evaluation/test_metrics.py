@@ -60,6 +60,8 @@ def test_score_runs_behaviour_columns():
         searches=[1, 2, 0, 3, 0, 0],
         visits=[1, 0, 0, 1, 0, 0],
         format_errors=[0, 1, 0, 0, 2, 0],
+        format_valid=[True, False, True, False, False, False],
+        answered=[True, True, True, False, False, False],
         termination=["answer", "answer", "answer", "max_llm_calls", "format_error", "no_answer"],
         tokens=[10, 20, 30, 40, 50, 60],
         judge_flag=["", "", "", "unparsed", "", ""],
@@ -72,6 +74,7 @@ def test_score_runs_behaviour_columns():
     assert scores.mean_actions == pytest.approx(8 / 6)
     assert (scores.mean_searches, scores.mean_visits) == pytest.approx((1.0, 2 / 6))
     assert scores.format_error_rate == pytest.approx(2 / 6)
+    assert (scores.format_valid_rate, scores.answered_rate) == pytest.approx((2 / 6, 3 / 6))
     assert scores.mean_tokens == pytest.approx(35.0)
     assert scores.judge_flagged == 1
     assert (scores.exact_match, scores.f1) == pytest.approx((1 / 6, 2 / 6))

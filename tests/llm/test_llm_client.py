@@ -154,3 +154,38 @@ def test_list_models(scripted):
     assert LLMEndpoint(config(server.base_url)).list_models() == ["scripted-model"]
     with pytest.raises(LLMEndpointError, match="did not list its models"):
         LLMEndpoint(config(f"http://127.0.0.1:{free_port()}/v1")).list_models()
+
+
+GRAMMAR = 'root ::= "<answer>" [^<]{1,20} "</answer>"'
+
+
+def test_a_grammar_goes_to_llama_cpp_as_grammar_and_to_vllm_as_structured_outputs(scripted):
+    server = scripted(["<answer>Paris</answer>"] * 2)
+    for kind in ("llama_cpp", "vllm"):
+        endpoint = LLMEndpoint(config(server.base_url, server_kind=kind))
+        assert endpoint.supports_grammar
+        assert endpoint.chat(MESSAGES, grammar=GRAMMAR).content == "<answer>Paris</answer>"
+    llama_cpp, vllm = server.requests
+    plain = {"model", "messages", "temperature", "top_p", "max_tokens"}
+    assert llama_cpp == {**{key: llama_cpp[key] for key in plain}, "grammar": GRAMMAR}
+    assert vllm == {**{key: vllm[key] for key in plain}, "structured_outputs": {"grammar": GRAMMAR}}
+
+
+def test_an_endpoint_of_unknown_kind_refuses_a_grammar_without_sending_anything(scripted):
+    server = scripted(["ok"])
+    endpoint = LLMEndpoint(config(server.base_url))
+    assert endpoint.config.server_kind == "other" and not endpoint.supports_grammar
+    with pytest.raises(ValueError, match="judge endpoint .* cannot take a grammar: its server kind is 'other'"):
+        endpoint.chat(MESSAGES, grammar=GRAMMAR)
+    assert server.requests == []
+    assert endpoint.chat(MESSAGES).content == "ok"  # without a grammar it is an ordinary endpoint
+
+
+def test_the_cache_key_includes_the_grammar(scripted, tmp_path):
+    server = scripted(["free", "first grammar", "second grammar"])
+    endpoint = LLMEndpoint(config(server.base_url, server_kind="llama_cpp"), cache=ResponseCache(tmp_path / "c.sqlite"))
+    other = GRAMMAR.replace("20", "30")
+    replies = [endpoint.chat(MESSAGES, grammar=grammar).content for grammar in (None, GRAMMAR, other, GRAMMAR, None)]
+    assert replies == ["free", "first grammar", "second grammar", "first grammar", "free"]
+    assert len(server.requests) == 3
+    assert endpoint.usage.as_metadata()["cache_hits"] == 2

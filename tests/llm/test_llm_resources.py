@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
@@ -107,6 +108,29 @@ def test_requests_in_flight_follow_what_the_server_can_answer_at_once(scripted):
     role = LLMEndpointResource(role="judge", server=external, warehouse=Warehouse(), max_concurrency=4)
 
     assert role.endpoint_config().max_concurrency == 4
+
+
+def test_each_endpoint_knows_what_serves_it(scripted, monkeypatch):
+    """The kind decides how a grammar is sent: the local server's mode, or what a role with its own URL says."""
+    server = scripted([])
+    external = LocalModelServer(mode="external", base_url=server.base_url, served_model_name="m")
+
+    def kind(local: LocalModelServer, **settings) -> str:
+        role = LLMEndpointResource(role="teacher_short", server=local, warehouse=Warehouse(), **settings)
+        return role.endpoint_config().server_kind
+
+    own_url = {"base_url": server.base_url, "model": "m"}
+    assert kind(external) == kind(external, **own_url) == "other"
+    assert kind(external, server_kind="vllm") == "vllm"
+    assert kind(external, server_kind="llama_cpp", **own_url) == "llama_cpp"
+    monkeypatch.setattr(
+        LocalModelServer, "ensure_running", lambda self: SimpleNamespace(base_url="http://x/v1", model="m")
+    )
+    assert kind(LocalModelServer(mode="llama_cpp", model_path="m.gguf")) == "llama_cpp"
+    assert kind(LocalModelServer(mode="vllm", model_path="org/m")) == "vllm"
+    assert kind(LocalModelServer(mode="vllm", model_path="org/m"), **own_url) == "other"
+    with pytest.raises(ValueError, match="server_kind"):
+        kind(external, server_kind="llamacpp")
 
 
 def test_an_unknown_server_mode_is_refused():

@@ -9,6 +9,8 @@ import pytest
 from synth_helpers import answer_turn, endpoint, make_trajectory, search_turn, user_prompt
 
 from webdancer_dagster.agent.trajectory import ChatMessage
+from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion
+from webdancer_dagster.evaluation.run import judge_with_retry, run_row
 from webdancer_dagster.llm.scripted import ScriptedLLMServer, ScriptedReply
 from webdancer_dagster.paths import DATA_DIR
 from webdancer_dagster.synthesis.funnel import (
@@ -35,6 +37,7 @@ from webdancer_dagster.synthesis.funnel import (
 from webdancer_dagster.synthesis.judge import exact_match, parse_verdict
 from webdancer_dagster.synthesis.qa import QAPair
 from webdancer_dagster.synthesis.reference import load_reference_trajectories
+from webdancer_dagster.training.rollout import score_rollout
 
 QUESTION = "In which year was the English mathematician who worked with Charles Babbage born?"
 OBSERVATION = "1. [Ada Lovelace](http://wiki.webdancer.test/wiki/ada.html)\nAda Lovelace was born in London in 1815."
@@ -129,6 +132,31 @@ def test_invalid_trajectories_are_dropped_with_their_reason(case):
     assert verdict.detail
 
 
+@pytest.mark.parametrize("case", ["valid", *sorted(INVALID)])
+def test_the_funnel_the_rl_reward_and_evaluation_agree_on_validity(case):
+    """One meaning of valid: SFT data, the RL format reward and evaluation's format-valid rate."""
+    trajectory = good() if case == "valid" else INVALID[case]()
+    funnel = check_validity(trajectory).passed
+    reward = score_rollout(QUESTION, ["1815"], trajectory, judge=None).format
+    item = BenchmarkQuestion(id="q", question=QUESTION, answers=["1815"])
+    evaluation = run_row(item, 0, trajectory, judge_with_retry(QUESTION, trajectory.answer, ["1815"], None))
+    assert funnel == bool(reward) == evaluation["format_valid"] == (case == "valid")
+    assert evaluation["format_reason"] == check_validity(trajectory).reason
+
+
+def test_the_three_agree_on_every_released_trajectory(references):
+    for reference in references[:50]:
+        trajectory = reference.trajectory
+        row = run_row(
+            BenchmarkQuestion(id="q", question="q", answers=["a"]),
+            0,
+            trajectory,
+            judge_with_retry("q", "x", ["a"], None),
+        )
+        assert check_validity(trajectory).passed and score_rollout("q", ["a"], trajectory, None).format == 1.0
+        assert row["format_valid"] and row["answered"]
+
+
 # --- (b) correctness ------------------------------------------------------------------------------------------
 
 
@@ -155,15 +183,21 @@ def test_exact_match_short_circuits_the_judge():
 )
 def test_the_judge_decides_otherwise_and_its_raw_reply_is_kept(reply, passed, reason):
     with ScriptedLLMServer([reply]) as server:
-        verdict = check_correctness(QA, good("She was born in the year 1815"), endpoint(server, "judge"))
+        verdict = check_correctness(QA, good("the year of the Battle of Waterloo"), endpoint(server, "judge"))
     assert (verdict.passed, verdict.reason, verdict.raw, verdict.method) == (passed, reason, reply, "llm")
     prompt = user_prompt(server.requests[0])
-    assert QUESTION in prompt and "Labeled answer: 1815" in prompt and "She was born in the year 1815" in prompt
+    assert QUESTION in prompt and "Labeled answer: 1815" in prompt and "the year of the Battle of Waterloo" in prompt
+
+
+def test_without_a_capable_judge_the_rules_decide_alone():
+    assert check_correctness(QA, good("in 1815"), None) == Verdict("correctness", True, method="contains")
+    verdict = check_correctness(QA, good("the year of the Battle of Waterloo"), None)
+    assert (verdict.passed, verdict.reason, verdict.method, verdict.raw) == (False, "incorrect", "unmatched", "")
 
 
 def test_a_judge_request_the_server_rejects_is_a_counted_drop():
     with ScriptedLLMServer([ScriptedReply(status=400)]) as server:
-        verdict = check_correctness(QA, good("in 1815, I believe"), endpoint(server, "judge"))
+        verdict = check_correctness(QA, good("the year of Waterloo"), endpoint(server, "judge"))
     assert (verdict.passed, verdict.reason) == (False, "judge_rejected") and "400" in verdict.detail
 
 
@@ -372,6 +406,7 @@ def test_the_funnel_counts_in_kept_and_dropped_per_stage_and_reason():
     (record,) = sft_records(result)
     assert record["qa_id"] == QA.id and record["id"] == attempts[2].id
     assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert record["cot_mode"] == "short" and sft_records(result, cot_modes=("long",)) == []
 
 
 def test_the_rl_pool_takes_unsolved_pairs_and_a_stable_held_out_share():

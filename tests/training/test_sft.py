@@ -85,7 +85,13 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_ends_where_an_unbroken_
         torch.testing.assert_close(tensor, unbroken_weights[name])
     assert json.loads((output_dir / LOSS_HISTORY_FILE).read_text()) == resumed.loss_history
     assert resumed.checkpoint_sha256 == folder_sha256(output_dir / FINAL_MODEL_DIR)
-    assert (resumed.examples, resumed.truncated, resumed.dropped) == (4, 0, {})
+    assert (resumed.examples, resumed.shortened, resumed.dropped) == (4, {}, {})
+    assert resumed.chat_tokens["p50"] <= resumed.chat_tokens["p95"] <= resumed.chat_tokens["max"] <= 256
+    turns = resumed.assistant_turn_tokens
+    assert 0 < turns["p50"] <= turns["p95"] <= turns["max"] < resumed.chat_tokens["max"]
+    reported = resumed.pipes_metadata()
+    for key in ("shortened", "dropped", "chat_tokens", "assistant_turn_tokens"):
+        assert reported[key] == {"raw_value": getattr(resumed, key), "type": "json"}
     assert 0.3 < resumed.masked_share < 0.7
     assert resumed.labelled_tokens < resumed.tokens
 

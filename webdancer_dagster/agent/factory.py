@@ -6,6 +6,7 @@ import datetime as dt
 
 from transformers import PreTrainedTokenizerBase
 
+from webdancer_dagster.agent.grammar import TurnLimits
 from webdancer_dagster.agent.loop import AgentConfig, ReactAgent
 from webdancer_dagster.agent.search import SearchTool
 from webdancer_dagster.agent.tools import tool_map
@@ -30,8 +31,12 @@ def build_web_agent(
     max_llm_calls: int = 20,
     cot_mode: CotMode = "short",
     current_date: dt.date | None = None,
+    constrained: bool = False,
+    turn_limits: TurnLimits | None = None,
 ) -> ReactAgent:
-    """A ReAct agent with WebDancer's `search` and `visit` tools whose prompts always fit in `n_ctx` tokens."""
+    """A ReAct agent with WebDancer's `search` and `visit` tools whose prompts always fit in `n_ctx` tokens.
+
+    `constrained` samples every turn under the turn grammar (a short-CoT teacher on llama.cpp or vLLM)."""
     max_tokens = policy.config.sampling.max_tokens
     return ReactAgent(
         policy,
@@ -41,6 +46,8 @@ def build_web_agent(
             max_llm_calls=max_llm_calls,
             max_context_tokens=n_ctx - 2 * max_tokens - FORCED_ANSWER_MARGIN,
             cot_mode=cot_mode,
+            constrained=constrained,
             **({"current_date": current_date} if current_date is not None else {}),
+            **({"turn_limits": turn_limits} if turn_limits is not None else {}),
         ),
     )

@@ -1,9 +1,11 @@
 """The WebDancer ReAct loop: think, call a tool or answer, read the observation, repeat within limits.
 
 The loop is the same for trajectory sampling (a teacher endpoint), RL rollouts and evaluation (the policy):
-only the endpoint and the CoT mode change. It never crashes on model output or tool failures; it returns a
-`Trajectory` with a termination label (see `webdancer_dagster.agent.trajectory`), or raises `LLMEndpointError`
-naming the endpoint when the model server itself fails.
+only the endpoint and the CoT mode change, and in rejection sampling the short-CoT teacher may write every turn
+under the turn grammar (`constrained`, see `webdancer_dagster.agent.grammar`); evaluation never does. It never
+crashes on model output or tool failures; it returns a `Trajectory` with a termination label (see
+`webdancer_dagster.agent.trajectory`), or raises `LLMEndpointError` naming the endpoint when the model server
+itself fails.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from webdancer_dagster.agent.grammar import TurnLimits, turn_grammar
 from webdancer_dagster.agent.parser import ParsedTurn, parse_turn
 from webdancer_dagster.agent.prompts import FORCED_ANSWER_PROMPT, system_message, tool_response, user_message
 from webdancer_dagster.agent.tools import Tool, ToolOutput
@@ -50,6 +53,18 @@ class AgentConfig(BaseModel):
         default_factory=dt.date.today, description="date in the system prompt; pin it for reproducible reruns"
     )
     stop: tuple[str, ...] = ("\n<tool_response>", "<tool_response>")
+    constrained: bool = Field(
+        False,
+        description="sample every turn under the turn grammar (short CoT; an endpoint that takes a grammar): "
+        "the teacher in rejection sampling, never evaluation",
+    )
+    turn_limits: TurnLimits = Field(default_factory=TurnLimits, description="length bounds of constrained turns")
+
+    @model_validator(mode="after")
+    def _check_constrained(self) -> AgentConfig:
+        if self.constrained and self.cot_mode != "short":
+            raise ValueError("constrained decoding is for short CoT: a long-CoT teacher's reasoning is not the turn")
+        return self
 
 
 def strip_thoughts(content: str) -> str:
@@ -76,6 +91,16 @@ class ReactAgent:
             update={"stop": tuple(dict.fromkeys((*llm.config.sampling.stop, *self.config.stop)))}
         )
         self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not safe for concurrent calls
+        self._grammar: str | None = None
+        self._answer_grammar: str | None = None
+        if self.config.constrained:
+            if not getattr(llm, "supports_grammar", False):
+                raise ValueError(
+                    f"{llm.config.describe()} cannot sample under a grammar (server kind "
+                    f"{getattr(llm.config, 'server_kind', 'unknown')!r}): set constrained=False"
+                )
+            self._grammar = turn_grammar(self._tool_schemas, self.config.turn_limits)
+            self._answer_grammar = turn_grammar({}, self.config.turn_limits)  # the forced-answer reply
 
     def count_tokens(self, messages: Sequence[Mapping[str, str]]) -> int:
         """Prompt size as the model sees it: its own chat template plus the generation prompt."""
@@ -146,7 +171,7 @@ class _Run:
         for call_index in range(config.max_llm_calls):
             if context_tokens > config.max_context_tokens:
                 return self._forced_answer(context_tokens)
-            parsed, result, llm_latency = self._generate()
+            parsed, result, llm_latency = self._generate(self.agent._grammar)
             step = self._step(parsed, result, llm_latency, context_tokens)
             if parsed.kind == "empty":
                 return self._finish(step, "no_answer")
@@ -171,10 +196,11 @@ class _Run:
             context_tokens = self.agent.count_tokens(self.messages)
         return self._finish(None, "max_llm_calls")
 
-    def _generate(self) -> tuple[ParsedTurn, ChatResult, float]:
+    def _generate(self, grammar: str | None) -> tuple[ParsedTurn, ChatResult, float]:
         started = time.perf_counter()
+        constraint = {"grammar": grammar} if grammar is not None else {}  # only endpoints that take one see it
         result = self.agent.llm.chat(
-            self.agent._view(self.messages), sampling=self.agent._sampling, sample_index=self.sample_index
+            self.agent._view(self.messages), sampling=self.agent._sampling, sample_index=self.sample_index, **constraint
         )
         latency = time.perf_counter() - started
         self.results.append(result)
@@ -208,7 +234,7 @@ class _Run:
         logger.info("context %d > %d tokens: forcing an answer", context_tokens, self.agent.config.max_context_tokens)
         self.messages[-1] = {"role": "user", "content": FORCED_ANSWER_PROMPT}
         context_tokens = self.agent.count_tokens(self.messages)
-        parsed, result, latency = self._generate()
+        parsed, result, latency = self._generate(self.agent._answer_grammar)
         step = self._step(parsed, result, latency, context_tokens)
         step.forced = True
         if parsed.kind == "empty":
@@ -242,6 +268,7 @@ class _Run:
             cot_mode=self.agent.config.cot_mode,
             sample_index=self.sample_index,
             forced_at_tokens=self.forced_at_tokens,
+            constrained=self.agent.config.constrained,
         )
 
 

@@ -80,9 +80,4 @@ class Trajectory(BaseModel):
     forced_at_tokens: int | None = Field(
         None, description="context size that triggered the forced-answer request, if it was sent"
     )
-
-    @property
-    def well_formed(self) -> bool:
-        """Every turn parsed cleanly and an answer ended it: the format half of the RL reward."""
-        clean = all(not s.format_issues and s.action not in ("invalid", "empty") for s in self.steps)
-        return clean and self.termination in ("answer", "context_limit_forced_answer")
+    constrained: bool = Field(False, description="every turn was sampled under the turn grammar")

@@ -23,8 +23,18 @@ from pydantic import Field
 from webdancer_dagster.agent.factory import build_web_agent
 from webdancer_dagster.assets.corpus import REGISTRY, search_index
 from webdancer_dagster.evaluation.benchmarks import load_benchmark
-from webdancer_dagster.evaluation.metrics import audit_scores, credits_without_overlap, score_runs
-from webdancer_dagster.evaluation.models import GGUF_CACHE_DIR, checkpoint_server_config, recorded_checkpoint
+from webdancer_dagster.evaluation.metrics import (
+    audit_scores,
+    credits_without_overlap,
+    score_runs,
+    turn_budget_shortfalls,
+)
+from webdancer_dagster.evaluation.models import (
+    GGUF_CACHE_DIR,
+    checkpoint_server_config,
+    recorded_checkpoint,
+    turn_budget,
+)
 from webdancer_dagster.evaluation.plots import comparison_chart, comparison_table
 from webdancer_dagster.evaluation.registry import ModelSpec
 from webdancer_dagster.evaluation.run import evaluate
@@ -58,6 +68,11 @@ class BenchmarkScoresConfig(dg.Config):
     max_questions: int | None = Field(default=3, description="Score the first N questions (smoke); empty: all.")
     runs: int = Field(default=3, description="k: runs per question for Pass@1, Pass@k and Cons@k.")
     max_llm_calls: int = Field(default=8, description="Assistant turns per run.")
+    max_turn_tokens: int | None = Field(
+        default=None,
+        description="Tokens per assistant turn; empty: the policy role's max_tokens, raised for sft/rl to the p95 "
+        "assistant turn of the SFT set behind the checkpoint (plus 25%).",
+    )
     n_ctx: int = Field(default=8192, description="The policy's context window in tokens.")
     cot_mode: str = Field(default="short", description="'short' or 'long' (how the policy's turns are prompted).")
     tokenizer: str | None = Field(
@@ -74,7 +89,7 @@ class BenchmarkScoresConfig(dg.Config):
 
 
 def _fingerprint(
-    config: BenchmarkScoresConfig, policy: EndpointConfig, judge: EndpointConfig, setting: Setting = "local_web"
+    config: BenchmarkScoresConfig, policy: EndpointConfig, judge: EndpointConfig | None, setting: Setting = "local_web"
 ) -> str:
     """Rows from another agent or judge setting are not this evaluation's: resuming must not mix them in.
     Endpoints count by model and sampling, not URL: the local server takes a new free port on every start.
@@ -85,7 +100,7 @@ def _fingerprint(
         "cot_mode": config.cot_mode,
         "tokenizer": config.tokenizer,
         "policy": [policy.model, policy.sampling.model_dump()],
-        "judge": [judge.model, judge.sampling.model_dump()],
+        "judge": [judge.model, judge.sampling.model_dump()] if judge is not None else "rules",
     }
     if setting != "local_web":  # the default is left out so fingerprints stored before settings existed still match
         settings["setting"] = setting
@@ -101,9 +116,15 @@ class _Policy:
         tokenizer: str,
         shared: LLMEndpointResource | None = None,
         server: Callable[[], ModelServerConfig] | None = None,
+        trained_turn_tokens_p95: int | None = None,
     ) -> None:
         self.config, self.tokenizer, self._shared, self._server = endpoint_config, tokenizer, shared, server
+        self.trained_turn_tokens_p95 = trained_turn_tokens_p95
         self.usage = TokenUsage()
+
+    @property
+    def max_turn_tokens(self) -> int:
+        return self.config.sampling.max_tokens
 
     @property
     def name(self) -> str:
@@ -137,19 +158,27 @@ def resolve_policy(
 ) -> _Policy:
     """`base`: the policy role as configured; `sft`/`rl`: the recorded checkpoint behind its own server (the judge
     and summarizer stay on theirs); a declared endpoint: its URL, model and key variable with the policy's sampling.
-    Raises `CheckpointMissingError` naming the asset to materialize when a checkpoint was never trained."""
+    Each with its turn budget (`turn_budget`). Raises `CheckpointMissingError` naming the asset to materialize when
+    a checkpoint was never trained."""
     default_tokenizer = config.tokenizer or str(find_smollm2_gguf())
+
+    def budgeted(endpoint: EndpointConfig, trained_p95: int | None = None) -> EndpointConfig:
+        tokens = turn_budget(config.max_turn_tokens, endpoint.sampling.max_tokens, trained_p95)
+        return endpoint.model_copy(update={"sampling": endpoint.sampling.model_copy(update={"max_tokens": tokens})})
+
     if spec.kind == "base":
-        return _Policy(policy.endpoint().config, default_tokenizer, shared=policy)
+        if config.max_turn_tokens is None:
+            return _Policy(policy.endpoint().config, default_tokenizer, shared=policy)
+        return _Policy(budgeted(policy.endpoint_config()), default_tokenizer)
     if spec.kind == "endpoint":
         endpoint = policy.endpoint_config(base_url=spec.base_url, model=spec.model, api_key_env=spec.api_key_env)
-        return _Policy(endpoint, default_tokenizer)
+        return _Policy(budgeted(endpoint), default_tokenizer)
     checkpoint = recorded_checkpoint(store, str(spec.checkpoint_table))
     template = policy.server.server_config()  # the same resources (mode, threads, context) as llm_server
     # Known before the server starts: the fingerprint needs the model id, not the URL.
     endpoint = policy.endpoint_config(base_url="http://127.0.0.1/v1", model=checkpoint.served_name)
     return _Policy(
-        endpoint,
+        budgeted(endpoint, checkpoint.trained_turn_tokens_p95),
         config.tokenizer or str(checkpoint.path),
         server=lambda: checkpoint_server_config(
             checkpoint,
@@ -157,6 +186,7 @@ def resolve_policy(
             template,
             config.gguf_outtype,  # type: ignore[arg-type]
         ),
+        trained_turn_tokens_p95=checkpoint.trained_turn_tokens_p95,
     )
 
 
@@ -208,10 +238,11 @@ def benchmark_scores(
     model_policy = resolve_policy(REGISTRY.models[model], policy, store, config)
     live = None if source.offline else web.live_search()
     setting = benchmark_setting(source, live is not None)
-    judge_endpoint = judge.endpoint()
+    judge_endpoint = judge.judge_endpoint()
     policy_name = model_policy.name
-    judge_name = f"{judge_endpoint.config.model} @ {judge_endpoint.config.base_url}"
-    fingerprint = _fingerprint(config, model_policy.config, judge_endpoint.config, setting)
+    judge_name = judge.judge_name()
+    judge_config = judge_endpoint.config if judge_endpoint is not None else None
+    fingerprint = _fingerprint(config, model_policy.config, judge_config, setting)
 
     stored = _stored_runs(store, partition)
     if len(stored) and (stored["fingerprint"] != fingerprint).any():
@@ -264,6 +295,8 @@ def benchmark_scores(
     score_row = pd.DataFrame([{
         "partition": partition, "model": model, "benchmark": benchmark, **scores.as_row(),
         "search_backend": search_backend, "setting": setting, "policy": policy_name, "judge": judge_name,
+        "max_turn_tokens": model_policy.max_turn_tokens,
+        "trained_turn_tokens_p95": model_policy.trained_turn_tokens_p95,
         "fingerprint": fingerprint, "scored_at": dt.datetime.now(dt.UTC).isoformat(),
     }])  # fmt: skip
     writes = store.write_tables(partition=("partition", partition), partition_replacements={SCORES_TABLE: score_row})
@@ -286,6 +319,8 @@ def benchmark_scores(
             f"pass_at_{config.runs}": round(scores.pass_at_k, 4),
             f"cons_at_{config.runs}": round(scores.cons_at_k, 4),
             "mean_actions": round(scores.mean_actions, 2),
+            "format_valid_rate": round(scores.format_valid_rate, 4),
+            "answered_rate": round(scores.answered_rate, 4),
             "format_error_rate": round(scores.format_error_rate, 4),
             "mean_tokens": round(scores.mean_tokens, 1),
             "judge_flagged": scores.judge_flagged,
@@ -293,6 +328,7 @@ def benchmark_scores(
             "f1": round(scores.f1, 4),
             "terminations": dg.MetadataValue.json(scores.terminations),
             "setting": setting,
+            "max_turn_tokens": model_policy.max_turn_tokens,
             "policy": policy_name,
             "judge": judge_name,
             "search_backend": search_backend,
@@ -367,5 +403,28 @@ def benchmark_judge_credits_are_supported(warehouse: Warehouse) -> dg.AssetCheck
             "doubtful_partitions": doubtful,
             "max_share": MAX_CREDITS_WITHOUT_OVERLAP_SHARE,
             "credits": dg.MetadataValue.md(markdown_preview(credits, rows=20) if len(credits) else "none"),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=benchmark_scores,
+    description="A warning when a scored partition's turn budget (max tokens per assistant turn) is below the p95 "
+    "assistant-turn length of the SFT set behind the checkpoint it scores: the budget would cut trained turns.",
+    blocking=False,
+)
+def benchmark_turn_budget_fits_training(warehouse: Warehouse) -> dg.AssetCheckResult:
+    store = warehouse.store()
+    if not store.table_exists(SCORES_TABLE):
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"actual": "no scores"})
+    scores = store.read_table(SCORES_TABLE)
+    short = turn_budget_shortfalls(scores)
+    return dg.AssetCheckResult(
+        passed=short.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "partitions_checked": len(scores),
+            "partitions_below_trained_p95": sorted(short["partition"]),
+            "shortfalls": dg.MetadataValue.md(markdown_preview(short, rows=20) if len(short) else "none"),
         },
     )

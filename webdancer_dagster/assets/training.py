@@ -6,7 +6,9 @@ to a folder named by a hash of their inputs: a rerun with the same data, start m
 finished run (or resumes a killed one) instead of training again.
 """
 
+import dataclasses
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -88,20 +90,38 @@ def base_model(
     )
 
 
-class SFTCheckpointConfig(dg.Config):
-    """SFT hyperparameters (see `SFTHyperparameters`); the defaults are the CPU smoke run."""
+def _hyperparameter(hyperparameters: type, name: str) -> Any:
+    """A config field with the dataclass field's default and help text, so run config and the command line agree.
 
-    max_steps: int = Field(default=4, description="Optimizer steps; -1 trains for num_train_epochs.")
-    num_train_epochs: float = Field(default=1.0, description="Epochs over the data when max_steps is -1.")
-    learning_rate: float = Field(default=5e-5, description="Peak AdamW learning rate.")
-    per_device_train_batch_size: int = Field(default=1, description="Chats per device per micro-batch.")
-    gradient_accumulation_steps: int = Field(default=1, description="Micro-batches per optimizer step.")
-    max_length: int = Field(default=1024, description="Longest tokenized chat, in tokens.")
-    truncation: str = Field(default="truncate", description="Longer chats: 'truncate' or 'drop' (counted).")
-    warmup_ratio: float = Field(default=0.1, description="Share of steps with linear warmup.")
-    lr_scheduler_type: str = Field(default="cosine", description="transformers scheduler name.")
-    save_steps: int = Field(default=50, description="Save a resumable checkpoint every N steps.")
-    seed: int = Field(default=42, description="Seed for data order and initialisation.")
+    The smoke and full runs set their own values in `profiles/`; the class defaults are the training defaults.
+    """
+    spec = next(spec for spec in dataclasses.fields(hyperparameters) if spec.name == name)
+    default = spec.default.value if isinstance(spec.default, Enum) else spec.default
+    return Field(default=default, description=spec.metadata["help"])
+
+
+def _sft(name: str) -> Any:
+    return _hyperparameter(SFTHyperparameters, name)
+
+
+def _dapo(name: str) -> Any:
+    return _hyperparameter(DAPOHyperparameters, name)
+
+
+class SFTCheckpointConfig(dg.Config):
+    """SFT hyperparameters: a subset of `SFTHyperparameters`, with its defaults and descriptions."""
+
+    max_steps: int = _sft("max_steps")
+    num_train_epochs: float = _sft("num_train_epochs")
+    learning_rate: float = _sft("learning_rate")
+    per_device_train_batch_size: int = _sft("per_device_train_batch_size")
+    gradient_accumulation_steps: int = _sft("gradient_accumulation_steps")
+    max_length: int = _sft("max_length")
+    truncation: str = _sft("truncation")
+    warmup_ratio: float = _sft("warmup_ratio")
+    lr_scheduler_type: str = _sft("lr_scheduler_type")
+    save_steps: int = _sft("save_steps")
+    seed: int = _sft("seed")
 
     def hyperparameters(self) -> SFTHyperparameters:
         return SFTHyperparameters(**self.model_dump())
@@ -123,16 +143,17 @@ def _train_or_reuse(
 
 
 def _record_checkpoint(
-    store: WarehouseStore, table: str, record: dict[str, Any], run: RunInputs, **lineage: str
+    store: WarehouseStore, table: str, record: dict[str, Any], run: RunInputs, **columns: str | int
 ) -> None:
-    """The one-row table that tells checks, later steps and evaluation which checkpoint is current."""
+    """The one-row table that tells checks, later steps and evaluation which checkpoint is current (and the
+    `columns` they need about it: lineage, what it was trained on)."""
     row = {
         "path": record["checkpoint_path"],
         "sha256": record["checkpoint_sha256"],
         "run_key": run.run_key,
         "steps": record["steps"],
         "dataset_sha256": run.dataset_sha256,
-        **lineage,
+        **columns,
     }
     store.replace_table(table, pd.DataFrame([row]))
 
@@ -165,7 +186,15 @@ def sft_checkpoint(
         record["loss_curve"], {"loss": "loss"}, run.output_dir / "loss_curve.png", "SFT training loss",
         "loss (assistant tokens)",
     )  # fmt: skip
-    _record_checkpoint(store, SFT_CHECKPOINT_TABLE, record, run, base_model_sha256=base["sha256"])
+    # Evaluation compares a policy's turn budget against the turns this checkpoint learned to write.
+    _record_checkpoint(
+        store,
+        SFT_CHECKPOINT_TABLE,
+        record,
+        run,
+        base_model_sha256=base["sha256"],
+        assistant_turn_tokens_p95=int(record["assistant_turn_tokens"]["p95"]),
+    )
     return dg.MaterializeResult(
         metadata={
             "loss_curve": dg.MetadataValue.md(png_markdown(plot, "SFT loss curve")),
@@ -178,7 +207,9 @@ def sft_checkpoint(
             "examples": record["examples"],
             "sft_rows": run.examples,
             "dropped": dg.MetadataValue.json(record["dropped"]),
-            "truncated": record["truncated"],
+            "shortened": dg.MetadataValue.json(record["shortened"]),
+            "chat_tokens": dg.MetadataValue.json(record["chat_tokens"]),
+            "assistant_turn_tokens": dg.MetadataValue.json(record["assistant_turn_tokens"]),
             "dataset_tokens": record["dataset_tokens"],
             "labelled_tokens": record["labelled_tokens"],
             "tokens_seen": record["tokens_seen"],
@@ -221,24 +252,24 @@ def _checkpoint_check(recorded: pd.Series) -> dg.AssetCheckResult:
 
 
 class RLCheckpointConfig(dg.Config):
-    """DAPO hyperparameters (see `DAPOHyperparameters`); the defaults are the CPU smoke run."""
+    """DAPO hyperparameters: a subset of `DAPOHyperparameters`, with its defaults and descriptions."""
 
     start_from: str = Field(default="sft", description="'sft' (WebDancer: RL after the cold start) or 'base'.")
     max_prompts: int | None = Field(default=None, description="Use the first N RL-pool prompts (by id); empty: all.")
-    max_steps: int = Field(default=2, description="Optimizer steps.")
-    learning_rate: float = Field(default=1e-6, description="Constant AdamW learning rate.")
-    num_generations: int = Field(default=4, description="Rollouts per prompt (the group size).")
-    per_device_train_batch_size: int = Field(default=4, description="Rollouts per device per micro-batch.")
-    gradient_accumulation_steps: int = Field(default=1, description="Micro-batches per optimizer step.")
-    temperature: float = Field(default=1.0, description="Sampling temperature of rollouts.")
-    max_prompt_length: int = Field(default=2048, description="Longest prompt in tokens; longer ones are dropped.")
-    max_completion_length: int = Field(default=1024, description="Longest multi-turn completion in tokens.")
-    max_turn_tokens: int = Field(default=256, description="Longest assistant turn in tokens.")
-    max_llm_calls: int = Field(default=3, description="Agent turns per rollout.")
-    oversample_factor: float = Field(default=1.0, description="Prompts sampled per needed group (>= 1).")
-    max_refill_rounds: int = Field(default=1, description="Rounds that refill groups dropped by dynamic sampling.")
-    save_steps: int = Field(default=25, description="Save a resumable checkpoint every N steps.")
-    seed: int = Field(default=42, description="Seed for prompt order and sampling.")
+    max_steps: int = _dapo("max_steps")
+    learning_rate: float = _dapo("learning_rate")
+    num_generations: int = _dapo("num_generations")
+    per_device_train_batch_size: int = _dapo("per_device_train_batch_size")
+    gradient_accumulation_steps: int = _dapo("gradient_accumulation_steps")
+    temperature: float = _dapo("temperature")
+    max_prompt_length: int = _dapo("max_prompt_length")
+    max_completion_length: int = _dapo("max_completion_length")
+    max_turn_tokens: int = _dapo("max_turn_tokens")
+    max_llm_calls: int = _dapo("max_llm_calls")
+    oversample_factor: float = _dapo("oversample_factor")
+    max_refill_rounds: int = _dapo("max_refill_rounds")
+    save_steps: int = _dapo("save_steps")
+    seed: int = _dapo("seed")
 
     def hyperparameters(self) -> DAPOHyperparameters:
         return DAPOHyperparameters(**self.model_dump(exclude={"start_from", "max_prompts"}))
@@ -268,8 +299,16 @@ def rl_checkpoint(
     start = _read_rows(store, start_table, f"materialize {start_table} first, or set start_from").iloc[0]
     index_dir = web.local_index_dir()
     hparams = config.hyperparameters()
-    judge_config = judge.endpoint_config()
-    settings = {**hparams.to_dict(), "judge_model": judge_config.model, "search_index": folder_sha256(index_dir)}
+    # Rules judge every answer; the judge model only what they leave open, and only when declared capable.
+    judge_config = judge.endpoint_config() if judge.capable_judge else None
+    settings = {**hparams.to_dict(), "judge": judge.judge_name(), "search_index": folder_sha256(index_dir)}
+    trained_p95 = start.get("assistant_turn_tokens_p95")
+    trained_p95 = None if trained_p95 is None or pd.isna(trained_p95) else int(trained_p95)
+    if trained_p95 is not None and hparams.max_turn_tokens < trained_p95:
+        context.log.warning(
+            f"rl_checkpoint: max_turn_tokens {hparams.max_turn_tokens} is below the p95 assistant turn "
+            f"({trained_p95} tokens) of the SFT set behind {start_table}: rollouts will cut turns it learned to write"
+        )
     run = prepare_run(rl_jsonl(records), len(records), start["sha256"], settings, store.artifact_dir("rl_checkpoint"))
 
     def launch() -> dg.PipesClientCompletedInvocation:
@@ -298,9 +337,10 @@ def rl_checkpoint(
         history, REWARD_SERIES, run.output_dir / "reward_curve.png", "DAPO rewards per step", "mean reward"
     )
     loss_plot = plot_curves(history, {"loss": "loss"}, run.output_dir / "loss_curve.png", "DAPO loss", "loss")
-    _record_checkpoint(
-        store, RL_CHECKPOINT_TABLE, record, run, start_model_sha256=start["sha256"], start_from=config.start_from
-    )
+    lineage = {"start_model_sha256": start["sha256"], "start_from": config.start_from}
+    if trained_p95 is not None:  # the SFT set behind the start model is the one behind this checkpoint too
+        lineage["assistant_turn_tokens_p95"] = trained_p95
+    _record_checkpoint(store, RL_CHECKPOINT_TABLE, record, run, **lineage)
     return dg.MaterializeResult(
         metadata={
             "reward_curve": dg.MetadataValue.md(png_markdown(rewards_plot, "DAPO reward curve")),
@@ -324,7 +364,9 @@ def rl_checkpoint(
             "checkpoint_sha256": record["checkpoint_sha256"],
             "run_key": run.run_key,
             "start_from": config.start_from,
-            "judge": judge_config.describe(),
+            "judge": settings["judge"],
+            "max_turn_tokens": hparams.max_turn_tokens,
+            "trained_turn_tokens_p95": trained_p95 if trained_p95 is not None else dg.MetadataValue.null(),
             "upstream_data_versions": dg.MetadataValue.json(
                 {"rl_pool": run.dataset_sha256, start_table: start["sha256"], "search_index": settings["search_index"]}
             ),

@@ -13,6 +13,8 @@ import pandas as pd
 from pydantic import Field
 
 from webdancer_dagster.agent.factory import build_web_agent
+from webdancer_dagster.agent.grammar import TurnLimits
+from webdancer_dagster.agent.validity import check_format
 from webdancer_dagster.assets.corpus import search_index
 from webdancer_dagster.assets.qa import crawlqa_pairs, e2hqa_pairs, reference_qa_pairs, synthesis_sites
 from webdancer_dagster.files import write_text_atomic
@@ -34,6 +36,7 @@ from webdancer_dagster.synthesis.funnel import (
 )
 from webdancer_dagster.synthesis.qa import QAPair, qa_pairs_frame, qa_pairs_from_frame
 from webdancer_dagster.synthesis.reference import load_reference_trajectories
+from webdancer_dagster.synthesis.short_cot import DERIVED_SUFFIX, derive_short_cot
 from webdancer_dagster.warehouse import WarehouseStore, frame_version, markdown_preview
 from webdancer_dagster.web.search import ExcludeHosts
 from webdancer_dagster.web.visit import FetchPolicy
@@ -66,6 +69,18 @@ class TrajectoriesConfig(dg.Config):
     )
     reference_path: str = Field(default=str(DATA_DIR / "webdancer_samples" / "sample_traj.jsonl"))
     max_workers: int = Field(default=1, description="QA pairs sampled in parallel.")
+    constrained: bool = Field(
+        default=True,
+        description="Sample the short-CoT teacher under the turn grammar (llama.cpp or vLLM teachers; others, and "
+        "long CoT, sample unconstrained with a warning). Each attempt records whether it was constrained.",
+    )
+    max_thought_chars: int = Field(default=800, description="Constrained turns: longest thought in characters.")
+    derive_short_cot: bool = Field(
+        default=False,
+        description="Also add a short-CoT copy of each released (long-CoT) trajectory: every thought cut to its "
+        "closing sentences, actions, observations and answer kept; tagged in the model name.",
+    )
+    short_cot_thought_words: int = Field(default=60, description="Derived short CoT: longest thought in words.")
 
 
 @dg.asset(
@@ -90,13 +105,22 @@ def trajectories(
     pairs = read_pairs(store, SYNTHESIZED_TABLES)[: config.max_pairs]
     _, allowed_hosts, blocked = synthesis_sites(store)
     teacher = teacher_short if config.cot_mode == "short" else teacher_long
-    judge_endpoint = judge.endpoint() if pairs or config.include_reference else None
+    judge_endpoint = judge.judge_endpoint() if pairs or config.include_reference else None
     attempts = []
     if pairs:
         tokenizer = load_tokenizer(config.tokenizer or str(find_smollm2_gguf()), str(store.home / "tokenizers"))
+        teacher_endpoint = teacher.endpoint()
+        constrained = config.constrained and config.cot_mode == "short" and teacher_endpoint.supports_grammar
+        if config.constrained and not constrained:
+            context.log.warning(
+                "trajectories: sampling unconstrained: the turn grammar needs short CoT and a llama_cpp or vllm "
+                "teacher (cot_mode=%s, server_kind=%s)",
+                config.cot_mode,
+                teacher_endpoint.config.server_kind,
+            )
         with web.serve() as proxy_url:
             agent = build_web_agent(
-                teacher.endpoint(),
+                teacher_endpoint,
                 summarizer.endpoint(),
                 ExcludeHosts(web.search(), blocked),
                 FetchPolicy(allowed_hosts=allowed_hosts, proxy_url=proxy_url),
@@ -104,6 +128,8 @@ def trajectories(
                 n_ctx=config.n_ctx,
                 max_llm_calls=config.max_llm_calls,
                 cot_mode=config.cot_mode,
+                constrained=constrained,
+                turn_limits=TurnLimits(max_thought_chars=config.max_thought_chars),
             )
             attempts = rejection_sample(
                 pairs,
@@ -114,10 +140,16 @@ def trajectories(
             )
     reference = []
     if config.include_reference:
-        reference = [
-            assess_attempt(item.qa, item.trajectory, judge_endpoint)
-            for item in load_reference_trajectories(Path(config.reference_path))[: config.max_reference]
-        ]
+        released = load_reference_trajectories(Path(config.reference_path))[: config.max_reference]
+        reference = [assess_attempt(item.qa, item.trajectory, judge_endpoint) for item in released]
+        if config.derive_short_cot:
+            reference += [
+                assess_attempt(
+                    item.qa, derive_short_cot(item.trajectory, config.short_cot_thought_words), judge_endpoint
+                )
+                for item in released
+                if check_format(item.trajectory).valid
+            ]
     frame = attempts_frame([*attempts, *reference])
     if frame.empty:
         raise LookupError("no QA pairs and no reference trajectories: materialize the QA assets first")
@@ -137,6 +169,9 @@ def trajectories(
             "accepted": int(frame["accepted"].sum()),
             "pairs_solved": int(sampled.loc[sampled["accepted"], "qa_id"].nunique()) if len(sampled) else 0,
             "attempts_per_pair": round(len(attempts) / len(pairs), 2) if pairs else 0.0,
+            "constrained_attempts": sum(attempt.trajectory.constrained for attempt in attempts),
+            "derived_short_cot": sum(item.trajectory.model.endswith(DERIVED_SUFFIX) for item in reference),
+            "judge": judge.judge_name(),
             "termination": dg.MetadataValue.json(sampled["termination"].value_counts().to_dict()),
             "validity_drops": dg.MetadataValue.json(
                 frame.loc[frame["validity_reason"] != "", "validity_reason"].value_counts().to_dict()
@@ -162,6 +197,11 @@ class FunnelAssetConfig(dg.Config):
     max_actions: int = Field(default=10, description="More tool calls than this: dropped as too_many_actions.")
     min_grade_mean: float = Field(default=3.0, description="Mean 1-5 grade needed to keep a trajectory.")
     held_out_share: float = Field(default=0.0, description="Share of solved pairs moved from SFT to the RL pool.")
+    sft_cot_modes: list[str] = Field(
+        default=["short", "long"],
+        description="CoT modes of the kept trajectories that become SFT data: 'short' for an instruct model, 'long' "
+        "for a reasoning model (WebDancer's split), both by default.",
+    )
 
 
 @dg.multi_asset(
@@ -185,9 +225,15 @@ def funnel(
     settings = FunnelConfig(max_actions=config.max_actions, min_grade_mean=config.min_grade_mean)
     result = run_funnel(attempts, teacher_short.endpoint() if config.use_llm_grade else None, settings)
     pool = select_rl_pool(pairs, result, held_out_share=config.held_out_share)
-    records = sft_records(result, pool.held_out_ids)
+    unknown = set(config.sft_cot_modes) - {"short", "long"}
+    if unknown:
+        raise ValueError(f"sft_cot_modes may hold 'short' and 'long', got {sorted(unknown)}")
+    records = sft_records(result, pool.held_out_ids, config.sft_cot_modes)  # type: ignore[arg-type]
     if not records:
-        raise ValueError("the funnel kept no trajectory: sft_dataset would be empty (see the trajectories asset)")
+        raise ValueError(
+            f"the funnel kept no {'/'.join(config.sft_cot_modes)}-CoT trajectory: sft_dataset would be empty (see the "
+            "trajectories asset)"
+        )
     sft = pd.DataFrame(records)
     sft["messages"] = sft["messages"].map(lambda messages: json.dumps(messages, ensure_ascii=False))
     rl = qa_pairs_frame(pool.pairs).assign(rl_reason=[pool.reasons[pair.id] for pair in pool.pairs])
@@ -211,6 +257,7 @@ def funnel(
             "funnel": dg.MetadataValue.md(stages.to_markdown(index=False)),
             "drops_by_reason": dg.MetadataValue.md(drops.to_markdown(index=False) if len(drops) else "none"),
             "by_source": dg.MetadataValue.json(sft["source"].value_counts().to_dict()),
+            "by_cot_mode": dg.MetadataValue.json(sft["cot_mode"].value_counts().to_dict()),
             "llm_grade": config.use_llm_grade,
             "jsonl": dg.MetadataValue.path(str(jsonl_path)),
             "parquet": dg.MetadataValue.path(str(writes["sft_dataset"].parquet_path)),

@@ -32,6 +32,8 @@ class Scores:
     mean_searches: float
     mean_visits: float
     format_error_rate: float
+    format_valid_rate: float
+    answered_rate: float
     mean_tokens: float
     judge_flagged: int
     exact_match: float
@@ -97,10 +99,12 @@ def cons_at_k(runs: pd.DataFrame, runs_per_question: int = 3) -> float:
 
 def score_runs(runs: pd.DataFrame, runs_per_question: int = 3) -> Scores:
     """Every score of one model on one benchmark. Needs the `eval_runs` columns: correct, searches, visits,
-    format_errors, termination, tokens, judge_flag, em, f1.
+    format_errors, format_valid, answered, termination, tokens, judge_flag, em, f1.
 
-    `format_error_rate` is the share of runs with at least one turn that could not be acted on, which shows a
-    weak policy's format trouble before it turns into `format_error` terminations.
+    `format_valid_rate` is the share of runs that `check_format` accepts (what SFT data and the RL format reward
+    require); `format_error_rate` the share with at least one turn that could not be acted on, which shows a weak
+    policy's format trouble before it turns into `format_error` terminations; `answered_rate` the share that
+    ended with a non-empty answer.
     """
     counts = correct_counts(runs, runs_per_question)
     return Scores(
@@ -113,6 +117,8 @@ def score_runs(runs: pd.DataFrame, runs_per_question: int = 3) -> Scores:
         mean_searches=float(runs["searches"].mean()),
         mean_visits=float(runs["visits"].mean()),
         format_error_rate=float((runs["format_errors"] > 0).mean()),
+        format_valid_rate=float(runs["format_valid"].astype(bool).mean()),
+        answered_rate=float(runs["answered"].astype(bool).mean()),
         mean_tokens=float(runs["tokens"].mean()),
         judge_flagged=int((runs["judge_flag"] != "").sum()),
         exact_match=float(runs["em"].astype(bool).mean()),
@@ -121,7 +127,10 @@ def score_runs(runs: pd.DataFrame, runs_per_question: int = 3) -> Scores:
     )
 
 
-RATE_COLUMNS = ("pass_at_1", "pass_at_k", "cons_at_k", "format_error_rate", "exact_match", "f1")
+RATE_COLUMNS = (
+    "pass_at_1", "pass_at_k", "cons_at_k", "format_error_rate", "format_valid_rate", "answered_rate", "exact_match",
+    "f1",
+)  # fmt: skip
 
 
 def audit_scores(scores: pd.DataFrame, runs: pd.DataFrame, max_flagged_share: float) -> pd.DataFrame:
@@ -146,8 +155,8 @@ def audit_scores(scores: pd.DataFrame, runs: pd.DataFrame, max_flagged_share: fl
         if flagged > max_flagged_share:
             problem("judge_unreadable", f"{flagged:.1%} of judgements unreadable (threshold {max_flagged_share:.0%})")
         for column in RATE_COLUMNS:
-            value = float(getattr(score, column))
-            if not 0.0 <= value <= 1.0:
+            value = float(getattr(score, column, float("nan")))  # NaN: a rate scored before it existed
+            if value == value and not 0.0 <= value <= 1.0:
                 problem("out_of_range", f"{column} = {value}")
         if score.pass_at_1 > score.pass_at_k + 1e-9 or score.cons_at_k > score.pass_at_k + 1e-9:
             problem(
@@ -180,3 +189,13 @@ def credits_without_overlap(
             "doubtful": len(credited) >= min_credits and share > max_share,
         })  # fmt: skip
     return pd.DataFrame(rows, columns=["partition", "llm_credited", "no_word_in_common", "share", "doubtful"])
+
+
+def turn_budget_shortfalls(scores: pd.DataFrame) -> pd.DataFrame:
+    """Scored partitions whose policy could write fewer tokens a turn (`max_turn_tokens`) than the p95 assistant turn
+    of the SFT set behind the checkpoint they score: such a budget cuts turns the model learned to write, and the
+    cut turns count as format errors against it. Partitions without a trained checkpoint are not compared."""
+    columns = ["partition", "max_turn_tokens", "trained_turn_tokens_p95"]
+    compared = scores.reindex(columns=columns).dropna(subset=["max_turn_tokens", "trained_turn_tokens_p95"])
+    short = compared[compared["max_turn_tokens"] < compared["trained_turn_tokens_p95"]]
+    return short.astype({"max_turn_tokens": int, "trained_turn_tokens_p95": int}).reset_index(drop=True)

@@ -9,7 +9,10 @@ retrained checkpoint never mix with the old one's.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
+
+import pandas as pd
 
 from webdancer_dagster.llm.gguf_export import OutType, export_gguf
 from webdancer_dagster.llm.server import ModelServerConfig
@@ -17,6 +20,9 @@ from webdancer_dagster.training.base_model import folder_sha256
 from webdancer_dagster.warehouse import WarehouseStore
 
 GGUF_CACHE_DIR = "gguf"
+TRAINED_TURN_COLUMN = "assistant_turn_tokens_p95"
+# Headroom over the p95 trained turn: a budget at p95 would still cut one turn in twenty mid-thought.
+TURN_BUDGET_MARGIN = 1.25
 
 
 class CheckpointMissingError(LookupError):
@@ -28,6 +34,7 @@ class RecordedCheckpoint:
     path: Path
     sha256: str
     table: str
+    trained_turn_tokens_p95: int | None = None
 
     @property
     def served_name(self) -> str:
@@ -51,7 +58,20 @@ def recorded_checkpoint(store: WarehouseStore, table: str, verify: bool = False)
         raise CheckpointMissingError(
             f"{path} no longer has the recorded sha256 {row['sha256'][:12]}: materialize the {table} asset again"
         )
-    return RecordedCheckpoint(path, str(row["sha256"]), table)
+    trained = row.get(TRAINED_TURN_COLUMN)
+    trained_p95 = None if trained is None or pd.isna(trained) else int(trained)
+    return RecordedCheckpoint(path, str(row["sha256"]), table, trained_p95)
+
+
+def turn_budget(configured: int | None, default: int, trained_turn_tokens_p95: int | None) -> int:
+    """Tokens the policy may write in one turn: `configured` when set; else `default` (the policy role's), raised
+    for a trained checkpoint to its SFT set's p95 assistant turn plus `TURN_BUDGET_MARGIN`, so evaluation does
+    not cut the turns the model learned to write."""
+    if configured is not None:
+        return configured
+    if trained_turn_tokens_p95 is None:
+        return default
+    return max(default, math.ceil(trained_turn_tokens_p95 * TURN_BUDGET_MARGIN))
 
 
 def checkpoint_server_config(

@@ -15,10 +15,11 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Literal, cast
 
 from webdancer_dagster.agent.trajectory import Trajectory
+from webdancer_dagster.agent.validity import check_format
 from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion
 from webdancer_dagster.evaluation.metrics import token_f1
 from webdancer_dagster.llm.client import ChatResult, LLMEndpoint
-from webdancer_dagster.synthesis.judge import exact_match, judge_answer
+from webdancer_dagster.synthesis.judge import JudgeMethod, exact_match, judge_answer
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,11 @@ RETRY_TEMPERATURE = 0.6  # the least temperature of a retry: a greedy judge woul
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """The judgement stored with a run. `flag` says why an unjudgeable answer was counted incorrect."""
+    """The judgement stored with a run: the rule or `llm` that decided (`none`: no answer). `flag` says why an
+    answer the LLM judge could not judge was counted incorrect."""
 
     correct: bool
-    method: Literal["exact", "llm", "none"]
+    method: JudgeMethod | Literal["none"]
     raw: str = ""
     flag: JudgeFlag = ""
     attempts: int = 0
@@ -53,15 +55,17 @@ class _Resampled:
         return self._endpoint.chat(messages, sampling=self._sampling, sample_index=self._sample_index, **kwargs)
 
 
-def judge_with_retry(question: str, predicted: str | None, gold_answers: Sequence[str], judge: LLMEndpoint) -> Verdict:
-    """`judge_answer`, asked once more when the reply holds neither Correct nor Incorrect; still none: incorrect,
-    flagged `unparsed`. A rejected request (input the judge cannot take) is not retried and is flagged `rejected`.
-    No answer is incorrect without a judge call."""
+def judge_with_retry(
+    question: str, predicted: str | None, gold_answers: Sequence[str], judge: LLMEndpoint | None
+) -> Verdict:
+    """`judge_answer` (rules, then `judge` if one is given); an LLM reply holding neither Correct nor Incorrect is
+    asked once more, and still none: incorrect, flagged `unparsed`. A rejected request (input the judge cannot
+    take) is not retried and is flagged `rejected`. No answer is incorrect without a judge call."""
     if not predicted or not predicted.strip():
         return Verdict(False, "none")
     judgement = judge_answer(question, predicted, gold_answers, judge)
-    if judgement.method == "exact":
-        return Verdict(True, "exact")
+    if judgement.method != "llm" or judge is None:
+        return Verdict(bool(judgement.correct), judgement.method)
     if judgement.error:
         return Verdict(False, "llm", judgement.error, "rejected", 1)
     if judgement.correct is not None:
@@ -74,9 +78,11 @@ def judge_with_retry(question: str, predicted: str | None, gold_answers: Sequenc
 
 
 def run_row(item: BenchmarkQuestion, run: int, trajectory: Trajectory, verdict: Verdict) -> dict[str, Any]:
-    """One `eval_runs` row: the answer, its judgement, EM/F1 and what the agent did to get there."""
+    """One `eval_runs` row: the answer, its judgement, EM/F1, whether the run was format-valid (the funnel's and the
+    RL reward's `check_format`) and what the agent did to get there."""
     answer = trajectory.answer or ""
     actions = action_counts(trajectory)
+    format_check = check_format(trajectory)
     return {
         "question_id": item.id,
         "run": run,
@@ -84,6 +90,9 @@ def run_row(item: BenchmarkQuestion, run: int, trajectory: Trajectory, verdict: 
         "gold_answers": json.dumps(item.answers, ensure_ascii=False),
         "answer": answer,
         "termination": trajectory.termination,
+        "answered": bool(answer.strip()),
+        "format_valid": format_check.valid,
+        "format_reason": format_check.reason,
         "correct": verdict.correct,
         "judge_method": verdict.method,
         "judge_raw": verdict.raw,
@@ -122,7 +131,7 @@ def pending_jobs(
 def evaluate(
     questions: Sequence[BenchmarkQuestion],
     run_agent: RunAgent,
-    judge: LLMEndpoint,
+    judge: LLMEndpoint | None,
     *,
     runs: int = 3,
     done: Collection[tuple[str, int]] = frozenset(),

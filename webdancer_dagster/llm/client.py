@@ -27,6 +27,10 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 logger = logging.getLogger(__name__)
 
 EndpointRole = Literal["teacher_short", "teacher_long", "judge", "summarizer", "policy"]
+# What serves an endpoint, as far as request fields differ: llama.cpp's server takes a GBNF `grammar`, vLLM takes
+# `structured_outputs: {grammar}`; `other` (OpenAI, unknown servers) gets no grammar at all.
+ServerKind = Literal["llama_cpp", "vllm", "other"]
+GRAMMAR_SERVER_KINDS: tuple[ServerKind, ...] = ("llama_cpp", "vllm")
 NO_API_KEY = "EMPTY"  # local servers ignore the key, but the openai client insists on one
 LLM_CACHE_FILE = "llm_cache.sqlite"  # the response cache's file name under the WebDancer home
 
@@ -79,6 +83,7 @@ class EndpointConfig(BaseModel):
     backoff_max_s: float = Field(30.0, ge=0)
     max_concurrency: int = Field(4, ge=1)
     cache_path: Path | None = None
+    server_kind: ServerKind = Field("other", description="what serves base_url; decides how a grammar is sent")
 
     @field_validator("base_url")
     @classmethod
@@ -196,6 +201,26 @@ def request_key(request: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+# Request fields outside OpenAI's API: the openai client sends them through `extra_body`.
+EXTRA_BODY_FIELDS = frozenset({"grammar", "structured_outputs"})
+
+
+def grammar_fields(config: EndpointConfig, grammar: str) -> dict[str, Any]:
+    """The request fields that carry a GBNF grammar to this endpoint's server.
+
+    llama-cpp-python's server: `grammar` (its chat request model's field). vLLM: `structured_outputs.grammar`
+    (xgrammar reads GBNF; older vLLM releases took `guided_grammar`, removed in 0.12). Other servers have no
+    such field, and sending an unconstrained request in its place would pass it off as constrained: refused."""
+    if config.server_kind == "llama_cpp":
+        return {"grammar": grammar}
+    if config.server_kind == "vllm":
+        return {"structured_outputs": {"grammar": grammar}}
+    raise ValueError(
+        f"{config.describe()} cannot take a grammar: its server kind is {config.server_kind!r}, "
+        f"not one of {', '.join(GRAMMAR_SERVER_KINDS)}"
+    )
+
+
 def _is_retryable(error: BaseException) -> bool:
     if isinstance(error, openai.APIConnectionError | MalformedResponseError):  # includes APITimeoutError
         return True
@@ -259,6 +284,11 @@ class LLMEndpoint:
     def max_concurrency(self) -> int:
         return self.config.max_concurrency
 
+    @property
+    def supports_grammar(self) -> bool:
+        """Whether `chat(..., grammar=...)` can constrain this endpoint (its server kind is known to take one)."""
+        return self.config.server_kind in GRAMMAR_SERVER_KINDS
+
     def chat(
         self,
         messages: Sequence[Mapping[str, str]],
@@ -266,14 +296,16 @@ class LLMEndpoint:
         sampling: SamplingParams | None = None,
         sample_index: int = 0,
         response_format: Mapping[str, Any] | None = None,
+        grammar: str | None = None,
     ) -> ChatResult:
         """Return one completion for `messages`, from the cache when this exact request was answered before.
 
         `sample_index` tells apart the k samples rejection sampling draws for the same prompt: each is
-        cached on its own, and with a base seed it also shifts the server-side seed.
+        cached on its own, and with a base seed it also shifts the server-side seed. `grammar` (GBNF) constrains
+        the reply on llama.cpp and vLLM servers; it is part of the request, so of the cache key.
         """
         sampling = sampling or self.config.sampling
-        request = self._request_body(messages, sampling, sample_index, response_format)
+        request = self._request_body(messages, sampling, sample_index, response_format, grammar)
         key = request_key({"request": request, "sample_index": sample_index})
         if self.cache is not None:
             stored = self.cache.get(key)
@@ -308,6 +340,7 @@ class LLMEndpoint:
         sampling: SamplingParams,
         sample_index: int,
         response_format: Mapping[str, Any] | None,
+        grammar: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.config.model,
@@ -324,6 +357,8 @@ class LLMEndpoint:
             body["presence_penalty"] = sampling.presence_penalty
         if response_format is not None:
             body["response_format"] = dict(response_format)
+        if grammar is not None:
+            body.update(grammar_fields(self.config, grammar))
         return body
 
     def _call_with_retries(self, request: dict[str, Any]) -> ChatResult:
@@ -355,8 +390,10 @@ class LLMEndpoint:
     def _call_once(self, request: dict[str, Any]) -> ChatResult:
         with self._slots:
             started = time.perf_counter()
+            standard = {key: value for key, value in request.items() if key not in EXTRA_BODY_FIELDS}
+            extra = {key: value for key, value in request.items() if key in EXTRA_BODY_FIELDS}
             try:
-                response = self._client.chat.completions.create(**request)
+                response = self._client.chat.completions.create(**standard, extra_body=extra or None)
             except ValueError as error:  # a JSON content type whose body does not parse
                 raise MalformedResponseError(f"unparseable body: {error}") from error
             latency = time.perf_counter() - started

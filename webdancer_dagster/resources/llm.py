@@ -121,7 +121,18 @@ class LLMEndpointResource(dg.ConfigurableResource):
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 30.0
     max_concurrency: int = Field(default=4, description="Requests in flight at once for this role.")
+    server_kind: str | None = Field(
+        default=None,
+        description="What serves base_url: 'llama_cpp', 'vllm' or 'other' (decides how a grammar is sent). "
+        "Empty: the local server's mode for the local server, 'other' for a base_url of its own.",
+    )
     use_cache: bool = Field(default=True, description=f"Cache responses in <home>/{LLM_CACHE_FILE}.")
+    capable_judge: bool = Field(
+        default=False,
+        description="judge role: this model is trusted to decide the answers the rules (exact match, aliases, the "
+        "gold answer as whole words) leave open; otherwise those count as incorrect. Off for the offline "
+        "SmolLM2-135M, which credits unrelated answers.",
+    )
 
     _endpoint: LLMEndpoint | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -133,12 +144,17 @@ class LLMEndpointResource(dg.ConfigurableResource):
 
         Arguments point the role at another endpoint (e.g. a checkpoint under evaluation) with its sampling intact.
         """
+        server_kind = "other"  # an endpoint given here (a checkpoint under evaluation) never takes a grammar
         if base_url is None:
             base_url, model, api_key_env = self.base_url, model or self.model, api_key_env or self.api_key_env
+            server_kind = self.server_kind or "other"
         max_concurrency = self.max_concurrency
         if base_url is None:
             server = self.server.ensure_running()
             base_url, model = server.base_url, model or server.model
+            server_kind = self.server_kind or (
+                self.server.mode if self.server.mode in ("llama_cpp", "vllm") else "other"
+            )
             # Requests queued inside the server would spend their timeout waiting: queue them here instead.
             max_concurrency = min(max_concurrency, self.server.requests_served_at_once() or max_concurrency)
         if model is None:
@@ -162,6 +178,7 @@ class LLMEndpointResource(dg.ConfigurableResource):
             backoff_max_s=self.backoff_max_s,
             max_concurrency=max_concurrency,
             cache_path=cache_path,
+            server_kind=server_kind,
         )
 
     def endpoint(self) -> LLMEndpoint:
@@ -170,6 +187,17 @@ class LLMEndpointResource(dg.ConfigurableResource):
             if self._endpoint is None:
                 self._endpoint = LLMEndpoint(self.endpoint_config())
             return self._endpoint
+
+    def judge_endpoint(self) -> LLMEndpoint | None:
+        """The endpoint that may decide what the judging rules leave open; None unless declared `capable_judge`."""
+        return self.endpoint() if self.capable_judge else None
+
+    def judge_name(self) -> str:
+        """How answers are judged, for scores and metadata: the rules, plus the LLM when it is capable."""
+        if not self.capable_judge:
+            return "rules"
+        config = self.endpoint_config()
+        return f"rules + {config.model} @ {config.base_url}"
 
     def usage_metadata(self) -> dict[str, int]:
         """Token and request counters for `MaterializeResult` metadata (zeros if the role was never called)."""

@@ -15,16 +15,16 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from webdancer_dagster.agent.parser import ParsedTurn, parse_turn
 from webdancer_dagster.agent.tools import WEBDANCER_TOOL_SCHEMAS, ToolSchemas
-from webdancer_dagster.agent.trajectory import Trajectory
+from webdancer_dagster.agent.trajectory import CotMode, Trajectory
+from webdancer_dagster.agent.validity import check_format, parsed_turns
 from webdancer_dagster.llm.client import LLMEndpoint
 from webdancer_dagster.synthesis.judge import judge_answer
 from webdancer_dagster.synthesis.qa import QAPair, content_words, normalize_answer, stable_id
@@ -73,69 +73,19 @@ def _passed(stage: Stage, detail: str = "", **extra: Any) -> Verdict:
     return Verdict(stage, True, detail=detail, **extra)
 
 
-def _turns(trajectory: Trajectory, tool_schemas: ToolSchemas) -> list[tuple[ParsedTurn, str | None]]:
-    """Each assistant turn parsed, with the observation text that follows it (None after the last turn)."""
-    messages = trajectory.messages
-    turns = []
-    for position, message in enumerate(messages):
-        if message.role != "assistant" or position < 2:
-            continue
-        following = messages[position + 1].content if position + 1 < len(messages) else None
-        observation = None
-        if following is not None:
-            observation = following.strip().removeprefix("<tool_response>").removesuffix("</tool_response>").strip()
-        turns.append((parse_turn(message.content, tool_schemas), observation))
-    return turns
-
-
 def check_validity(trajectory: Trajectory, tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS) -> Verdict:
-    """Stage (a): the conversation is exactly WebDancer's format, so SFT teaches nothing malformed.
+    """Stage (a): the conversation is exactly WebDancer's format (`agent.validity.check_format`, the one meaning
+    of valid that the RL format reward and evaluation also use), so SFT teaches nothing malformed.
 
-    Reasons: `forced_answer` (the context-limit prompt is not part of the format), `bad_structure` (roles out of
-    order, an observation that is not a <tool_response>, an answer before the end), `format_error`,
-    `unknown_tool`, `invalid_arguments`, `no_answer`.
+    Reasons: `forced_answer`, `bad_structure`, `format_error`, `unknown_tool`, `invalid_arguments`, `no_answer`.
     """
-
-    def fail(reason: str, detail: str) -> Verdict:
-        return Verdict("validity", False, reason, detail)
-
-    if trajectory.termination == "context_limit_forced_answer" or trajectory.forced_at_tokens is not None:
-        return fail("forced_answer", f"the answer was forced at {trajectory.forced_at_tokens} context tokens")
-    messages = trajectory.messages
-    if [m.role for m in messages[:2]] != ["system", "user"] or len(messages) < 3:
-        return fail("bad_structure", "expected the system prompt, the question, then at least one assistant turn")
-    for position, message in enumerate(messages[2:], start=2):
-        expected = "assistant" if position % 2 == 0 else "user"
-        if message.role != expected:
-            return fail("bad_structure", f"message {position} is from {message.role}, expected {expected}")
-    if messages[-1].role != "assistant":
-        return fail("no_answer", f"the conversation ends with a {messages[-1].role} message, not an answer")
-    turns = _turns(trajectory, tool_schemas)
-    for number, (turn, _observation) in enumerate(turns, start=1):
-        if turn.kind == "empty":
-            return fail("format_error", f"turn {number} is empty")
-        if turn.kind == "invalid":
-            if turn.tool_name is not None and turn.tool_name not in tool_schemas:
-                return fail("unknown_tool", f"turn {number} calls {turn.tool_name!r}")
-            reason = "invalid_arguments" if turn.tool_name is not None else "format_error"
-            return fail(reason, f"turn {number}: {turn.error}")
-        if turn.issues:
-            return fail("format_error", f"turn {number}: {'; '.join(turn.issues)}")
-        last = number == len(turns)
-        if turn.kind == "answer":
-            if not last:
-                return fail("bad_structure", f"turn {number} answers, but the conversation goes on")
-            if not turn.answer:
-                return fail("no_answer", f"turn {number} has an empty <answer>")
-        elif last:
-            return fail("no_answer", "the conversation ends with a tool call instead of an answer")
-        elif not messages[2 * number + 1].content.lstrip().startswith("<tool_response>"):
-            return fail("bad_structure", f"the reply to turn {number}'s tool call is not a <tool_response>")
-    return _passed("validity")
+    check = check_format(trajectory, tool_schemas)
+    return Verdict("validity", check.valid, check.reason, check.detail)
 
 
-def check_correctness(qa: QAPair, trajectory: Trajectory, judge: LLMEndpoint) -> Verdict:
-    """Stage (b): the judge finds the trajectory's answer equivalent to the gold answer (or one of its aliases).
+def check_correctness(qa: QAPair, trajectory: Trajectory, judge: LLMEndpoint | None) -> Verdict:
+    """Stage (b): `judge_answer` finds the trajectory's answer equivalent to the gold answer (or one of its
+    aliases): by rule, or by `judge` where the rules leave it open and a capable judge is given.
 
     Reasons: `no_answer`, `incorrect`, `judge_unreadable` (the reply held no verdict), `judge_rejected`.
     """
@@ -194,7 +144,7 @@ def check_quality_rules(
     def fail(reason: str, detail: str) -> Verdict:
         return Verdict("quality", False, reason, detail, method="rules")
 
-    turns = _turns(trajectory, tool_schemas)
+    turns = parsed_turns(trajectory, tool_schemas)
     calls = [turn for turn, _ in turns if turn.kind == "tool_call"]
     if len(calls) < config.min_actions:
         return fail("too_few_actions", f"{len(calls)} tool calls < {config.min_actions}")
@@ -249,7 +199,7 @@ def render_for_grading(
 ) -> str:
     """The trajectory as the grader reads it: thoughts, actions and clipped observations, then the answer."""
     lines = [f"Question: {qa.question}", f"Gold answer: {qa.answer}"]
-    for number, (turn, observation) in enumerate(_turns(trajectory, tool_schemas), start=1):
+    for number, (turn, observation) in enumerate(parsed_turns(trajectory, tool_schemas), start=1):
         lines.append(f"\nStep {number}\nThought: {_clip(turn.thought, config.thought_chars)}")
         if turn.kind == "answer":
             lines.append(f"Final answer: {turn.answer}")
@@ -325,7 +275,7 @@ class Attempt:
 def assess_attempt(
     qa: QAPair,
     trajectory: Trajectory,
-    judge: LLMEndpoint,
+    judge: LLMEndpoint | None,
     tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS,
 ) -> Attempt:
     """Stages (a) and (b); the judge is only asked about valid trajectories."""
@@ -337,7 +287,7 @@ def assess_attempt(
 def rejection_sample(
     pairs: Sequence[QAPair],
     run_agent: RunAgent,
-    judge: LLMEndpoint,
+    judge: LLMEndpoint | None,
     *,
     k: int,
     max_workers: int = 1,
@@ -513,12 +463,17 @@ def select_rl_pool(
     return RLPool(chosen, reasons)
 
 
-def sft_records(result: FunnelResult, held_out_ids: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
-    """Kept trajectories in the chat format SFT consumes (`messages`), minus pairs held out for RL."""
+def sft_records(
+    result: FunnelResult,
+    held_out_ids: frozenset[str] = frozenset(),
+    cot_modes: Collection[CotMode] = ("short", "long"),
+) -> list[dict[str, Any]]:
+    """Kept trajectories in the chat format SFT consumes (`messages`), minus pairs held out for RL, of the CoT modes
+    the model should learn (WebDancer trains instruct models on short CoT, reasoning models on long CoT)."""
     records = []
     for record in result.kept:
         attempt = record.attempt
-        if attempt.qa.id in held_out_ids:
+        if attempt.qa.id in held_out_ids or attempt.trajectory.cot_mode not in cot_modes:
             continue
         records.append(
             {
@@ -545,6 +500,7 @@ def attempts_frame(attempts: Sequence[Attempt]) -> pd.DataFrame:
                 "qa_id": attempt.qa.id,
                 "sample_index": trajectory.sample_index,
                 "cot_mode": trajectory.cot_mode,
+                "constrained": trajectory.constrained,
                 "model": trajectory.model,
                 "endpoint": trajectory.endpoint,
                 "termination": trajectory.termination,

@@ -1,8 +1,22 @@
-"""Is a predicted answer equivalent to the gold answer? Exact match after normalisation, else an LLM judge.
+"""Is a predicted answer equivalent to the gold answer? Rules first; an LLM judge only where they cannot decide.
 
-The funnel's correctness stage, rejection sampling and evaluation all ask this question, and each stores the
-judge's raw reply so a surprising verdict can be read later. Exact match short-circuits: no model call is spent
-on answers that already agree word for word after SQuAD normalisation.
+The funnel's correctness stage, the RL answer reward and evaluation all ask this question through
+`judge_answer`. A weak judge must not make numbers up (SmolLM2-135M said "Correct" to "1973" for "James K.
+Polk"), so rules decide whatever they can, offline and reproducibly:
+
+- `exact`: the prediction equals the gold answer or one of its aliases after normalisation (SQuAD's, with number
+  words 0-20 read as digits, so "three" = "3");
+- `contains`: a gold answer occurs in the prediction as whole words ("He was James K. Polk." for "James K. Polk"),
+  provided the prediction is not far longer than the gold answer;
+- `hedged`: a short prediction names several candidates ("1844 or 1845", "Paris; Lyon"); never credited, whatever
+  a judge might say, since a list that contains the answer is not the answer.
+
+A verbose reply is judged by the answer it states in bold in its first paragraph, WebDancer's convention ("The
+surname is **Adkins**.\n\nExplanation: ..."); a longer reply without one is left open.
+
+What the rules leave open goes to the LLM judge only when one is given, i.e. declared capable by whoever
+configures it; otherwise it is `unmatched` and counts as incorrect. Every verdict keeps its method and the judge's
+raw reply so a surprising one can be read later.
 """
 
 from __future__ import annotations
@@ -28,27 +42,116 @@ answer, several candidate answers, or no answer.
 
 Reply with exactly one word: Correct or Incorrect."""
 
+JudgeMethod = Literal["exact", "contains", "hedged", "unmatched", "llm"]
+RULE_METHODS: tuple[JudgeMethod, ...] = ("exact", "contains", "hedged", "unmatched")
+# A prediction longer than this many words, and than this multiple of the gold answer's words, is an explanation
+# that merely mentions the answer; containment does not credit it.
+MAX_CONTAINS_EXTRA_WORDS = 8
+MAX_CONTAINS_RATIO = 3
+
 _VERDICT = re.compile(r"\b(incorrect|correct)\b", re.IGNORECASE)
+_NUMBER_WORDS = {
+    word: str(value)
+    for value, word in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+        "seventeen eighteen nineteen twenty".split()
+    )
+}
+# Alternatives joined by "or", "either ... or", a semicolon, a slash or a line break name several candidates.
+_ALTERNATIVES = re.compile(r"\S\s+or\s+\S|\beither\b|;|\s/\s|\w/\w|\n", re.IGNORECASE)
+_YES_NO = frozenset({"yes", "no"})
+_BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
 
 
 @dataclasses.dataclass(frozen=True)
 class Judgement:
-    """`correct` is None when the judge's reply held neither verdict word, or the request was rejected (`error`)."""
+    """`correct` is None only for an LLM reply without a verdict word, or a rejected request (`error`)."""
 
     correct: bool | None
-    method: Literal["exact", "llm"]
+    method: JudgeMethod
     raw: str = ""
     error: str = ""
 
 
+def _words(text: str) -> list[list[str]]:
+    """The text's words under both normalisations (punctuation removed / punctuation as a break), numbers as digits."""
+    return [
+        [_NUMBER_WORDS.get(word, word) for word in normalize(text).split()]
+        for normalize in (normalize_answer, normalize_words)
+    ]
+
+
 def exact_match(predicted: str, gold_answers: Sequence[str]) -> bool:
-    """True when the prediction equals a gold answer after SQuAD normalisation, or after the variant that keeps
-    punctuation as a word break (`eighteen-fifteen` = `eighteen fifteen`)."""
-    for normalize in (normalize_answer, normalize_words):
-        prediction = normalize(predicted)
-        if prediction and any(prediction == normalize(gold) for gold in gold_answers):
+    """True when the prediction equals a gold answer after normalisation (either variant, number words as digits)."""
+    for variant, prediction in enumerate(_words(predicted)):
+        if prediction and any(prediction == _words(gold)[variant] for gold in gold_answers):
             return True
     return False
+
+
+def names_several_candidates(predicted: str, gold_answers: Sequence[str]) -> bool:
+    """True when the prediction offers alternatives ("1844 or 1845") that no gold answer itself contains."""
+    if not _ALTERNATIVES.search(predicted):
+        return False
+    return not any(_ALTERNATIVES.search(gold) for gold in gold_answers)
+
+
+def _contains(words: list[str], phrase: list[str]) -> bool:
+    width = len(phrase)
+    return any(words[start : start + width] == phrase for start in range(len(words) - width + 1))
+
+
+def contains_gold(predicted: str, gold_answers: Sequence[str]) -> bool:
+    """True when a gold answer occurs in the prediction as whole words. A yes/no gold answer must open the prediction
+    and its opposite must not occur ("yes" is not in "no, but yes in 1999")."""
+    for variant, prediction in enumerate(_words(predicted)):
+        for gold in gold_answers:
+            phrase = _words(gold)[variant]
+            if not phrase or len(prediction) > max(
+                len(phrase) + MAX_CONTAINS_EXTRA_WORDS, MAX_CONTAINS_RATIO * len(phrase)
+            ):
+                continue
+            if phrase[0] in _YES_NO and len(phrase) == 1:
+                if prediction[0] == phrase[0] and not (_YES_NO - {phrase[0]}) & set(prediction):
+                    return True
+                continue
+            if _contains(prediction, phrase):
+                return True
+    return False
+
+
+def stated_answer(predicted: str) -> str:
+    """The answer a verbose reply states: the one bold span of its first paragraph ("The surname is **Adkins**.",
+    WebDancer's convention), else the whole reply."""
+    first_paragraph = predicted.strip().split("\n\n", 1)[0]
+    spans = {" ".join(span.split()) for span in _BOLD.findall(first_paragraph)}
+    return spans.pop() if len(spans) == 1 else predicted
+
+
+def is_short_answer(predicted: str, gold_answers: Sequence[str]) -> bool:
+    """At most `MAX_CONTAINS_EXTRA_WORDS` more words than, and `MAX_CONTAINS_RATIO` times, some gold answer: an
+    answer, not an explanation that mentions one."""
+    length = len(normalize_words(predicted).split())
+    for gold in gold_answers:
+        words = len(normalize_words(gold).split())
+        if words and length <= max(words + MAX_CONTAINS_EXTRA_WORDS, MAX_CONTAINS_RATIO * words):
+            return True
+    return False
+
+
+def judge_by_rules(predicted: str, gold_answers: Sequence[str]) -> JudgeMethod:
+    """`exact` or `contains` (credited), `hedged` (not credited, final) or `unmatched` (left open). A verbose reply
+    is judged by the answer it states in bold, when it states one."""
+    predicted = stated_answer(predicted)
+    if exact_match(predicted, gold_answers):
+        return "exact"
+    if not is_short_answer(predicted, gold_answers):
+        return "unmatched"
+    if names_several_candidates(predicted, gold_answers):
+        return "hedged"
+    if contains_gold(predicted, gold_answers):
+        return "contains"
+    return "unmatched"
 
 
 def parse_verdict(reply: str) -> bool | None:
@@ -59,10 +162,12 @@ def parse_verdict(reply: str) -> bool | None:
     return match.group(1).lower() == "correct"
 
 
-def judge_answer(question: str, predicted: str, gold_answers: Sequence[str], judge: LLMEndpoint) -> Judgement:
-    """Exact match first; otherwise one judge call with the gold answers joined by ' / '."""
-    if exact_match(predicted, gold_answers):
-        return Judgement(True, "exact")
+def judge_answer(question: str, predicted: str, gold_answers: Sequence[str], judge: LLMEndpoint | None) -> Judgement:
+    """The rules' verdict; for what they leave open, one call to `judge` (gold answers joined by ' / ') when a
+    capable judge is given, else `unmatched` and incorrect."""
+    method = judge_by_rules(predicted, gold_answers)
+    if method != "unmatched" or judge is None:
+        return Judgement(method in ("exact", "contains"), method)
     prompt = JUDGE_PROMPT.format(question=question.strip(), gold=" / ".join(gold_answers), predicted=predicted.strip())
     try:
         result = judge.chat([{"role": "user", "content": prompt}])

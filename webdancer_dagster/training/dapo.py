@@ -366,7 +366,7 @@ class AgentRollout:
         self.environment = environment
         self.tokenizer = tokenizer
         self.hparams = hparams
-        self.judge = LLMEndpoint(environment.judge)
+        self.judge = LLMEndpoint(environment.judge) if environment.judge is not None else None
         self.summarizer = LLMEndpoint(environment.summarizer)
         self.search = ExcludeHosts(LocalSearch(Path(environment.search_index)), environment.blocked_hosts)
         self.fetch_policy = FetchPolicy(
@@ -419,7 +419,8 @@ class AgentRollout:
     def close(self) -> None:
         if self.policy is not None:
             self.policy.close()
-        self.judge.close()
+        if self.judge is not None:
+            self.judge.close()
         self.summarizer.close()
 
     def state(self) -> dict[str, Any]:

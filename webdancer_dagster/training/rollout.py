@@ -27,8 +27,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from webdancer_dagster.agent.trajectory import Trajectory
+from webdancer_dagster.agent.validity import check_format
 from webdancer_dagster.llm.client import ChatResult, EndpointConfig, LLMEndpoint, SamplingParams
-from webdancer_dagster.synthesis.funnel import check_validity
 from webdancer_dagster.synthesis.judge import judge_answer
 from webdancer_dagster.training.masking import IGNORE_INDEX, tokenize_chat
 
@@ -246,13 +246,14 @@ class RolloutReward:
 
 
 def score_rollout(
-    question: str, gold_answers: Sequence[str], trajectory: Trajectory, judge: LLMEndpoint
+    question: str, gold_answers: Sequence[str], trajectory: Trajectory, judge: LLMEndpoint | None
 ) -> RolloutReward:
-    """Format = the funnel's validity check passes (every turn parses, tools and arguments are real, an answer
-    ends it); answer = the judge finds the answer equivalent to a gold answer. An unreadable verdict scores 0."""
-    validity = check_validity(trajectory)
+    """Format = `check_format` passes (the funnel's and evaluation's meaning of valid: every turn parses, tools and
+    arguments are real, an answer ends it); answer = `judge_answer` finds the answer equivalent to a gold answer (rules
+    first; `judge` only where they leave it open, when a capable one is given). An unreadable verdict scores 0."""
+    valid = check_format(trajectory).valid
     if not trajectory.answer:
-        return RolloutReward(float(validity.passed), 0.0, "no_answer")
+        return RolloutReward(float(valid), 0.0, "no_answer")
     judgement = judge_answer(question, trajectory.answer, gold_answers, judge)
     method = judgement.method if judgement.correct is not None else "unreadable"
-    return RolloutReward(float(validity.passed), float(judgement.correct is True), method)
+    return RolloutReward(float(valid), float(judgement.correct is True), method)

@@ -1,10 +1,12 @@
 """Supervised fine-tuning on WebDancer trajectories: the program `torchrun` starts on every rank.
 
-Only the agent's own words are learned (see `masking.py`): chats are tokenized here into `input_ids` + `labels`
-and TRL's `SFTTrainer` trains on them as they are, with its own templating and truncation switched off. fp32 on
+Only the agent's own words are learned (see `masking.py`): chats are tokenized here into `input_ids` + `labels`,
+long ones fitted into `max_length` by shortening their observations (never the assistant's text), and TRL's
+`SFTTrainer` trains on them as they are, with its own templating and truncation switched off. fp32 on
 CPU (gloo), bf16 autocast on GPU (nccl); checkpoints are safetensors and a rerun resumes from the newest one, so
 a killed run loses at most `save_steps` steps. When Dagster launched it through Pipes, rank 0 streams the loss and
-reports the curve, token counts and the checkpoint's path and sha256; without Dagster it is a plain program:
+reports the curve, token counts, the lengths of the chats and assistant turns, what was shortened or dropped, and
+the checkpoint's path and sha256; without Dagster it is a plain program:
 
     torchrun --standalone --nproc_per_node=2 -m webdancer_dagster.training.sft \\
         --train_file data/webdancer_samples/sample_traj.jsonl --model_dir .webdancer/base_model/smollm2 \\
@@ -18,6 +20,7 @@ import logging
 import os
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +41,7 @@ from trl import SFTConfig, SFTTrainer
 
 from webdancer_dagster.training.base_model import folder_sha256
 from webdancer_dagster.training.config import SFTHyperparameters
-from webdancer_dagster.training.masking import TokenizedDataset, tokenize_chats
+from webdancer_dagster.training.masking import TokenizedDataset, TruncationPolicy, tokenize_chats
 from webdancer_dagster.training.reporting import (
     StepTimer,
     resume_point,
@@ -72,7 +75,11 @@ class SFTResult:
     resumed_from_step: int
     examples: int
     dropped: dict[str, int]
-    truncated: int
+    shortened: dict[str, int]
+    chat_tokens: dict[str, int]
+    """p50, p95 and max tokens of the chats before fitting."""
+    assistant_turn_tokens: dict[str, int]
+    """p50, p95 and max tokens of the assistant turns trained on (the turn budget a policy must allow)."""
     tokens: int
     labelled_tokens: int
     masked_share: float
@@ -95,7 +102,9 @@ class SFTResult:
             "resumed_from_step": (self.resumed_from_step, "int"),
             "examples": (self.examples, "int"),
             "dropped": (self.dropped, "json"),
-            "truncated": (self.truncated, "int"),
+            "shortened": (self.shortened, "json"),
+            "chat_tokens": (self.chat_tokens, "json"),
+            "assistant_turn_tokens": (self.assistant_turn_tokens, "json"),
             "dataset_tokens": (self.tokens, "int"),
             "labelled_tokens": (self.labelled_tokens, "int"),
             "masked_token_share": (round(self.masked_share, 4), "float"),
@@ -175,8 +184,10 @@ def train_sft(run: SFTRunArguments, hparams: SFTHyperparameters, pipes: PipesCon
         steps=trainer.state.global_step,
         resumed_from_step=resumed_from_step,
         examples=len(data.examples),
-        dropped=_drop_counts(data),
-        truncated=data.truncated,
+        dropped=_counts(data.dropped),
+        shortened=_counts(data.shortened),
+        chat_tokens=data.chat_tokens.to_dict(),
+        assistant_turn_tokens=data.assistant_turn_tokens.to_dict(),
         tokens=data.tokens,
         labelled_tokens=data.labelled_tokens,
         masked_share=data.masked_share,
@@ -224,24 +235,30 @@ def _tokenize(train_file: Path, tokenizer: PreTrainedTokenizerBase, hparams: SFT
     chats = read_chats(train_file)
     data = tokenize_chats(tokenizer, chats, hparams.max_length, hparams.truncation)
     if not data.examples:
+        hint = "raise max_length"
+        if hparams.truncation == TruncationPolicy.DROP:
+            hint += " or use truncation='shorten_observations'"
         raise ValueError(
             f"none of the {len(chats)} chats in {train_file} is trainable at max_length={hparams.max_length} "
-            f"(dropped: {_drop_counts(data)}); raise max_length or use truncation='truncate'"
+            f"(dropped: {_counts(data.dropped)}; chat tokens {data.chat_tokens.to_dict()}); {hint}"
         )
     logger.info(
-        "%d chats -> %d examples, %d tokens (%.1f%% masked), %d truncated, dropped %s",
+        "%d chats (tokens %s) -> %d examples, %d tokens (%.1f%% masked), assistant turn tokens %s, shortened %s, "
+        "dropped %s",
         len(chats),
+        data.chat_tokens.to_dict(),
         len(data.examples),
         data.tokens,
         100 * data.masked_share,
-        data.truncated,
-        _drop_counts(data),
+        data.assistant_turn_tokens.to_dict(),
+        _counts(data.shortened),
+        _counts(data.dropped),
     )
     return data
 
 
-def _drop_counts(data: TokenizedDataset) -> dict[str, int]:
-    return {str(reason): count for reason, count in data.dropped.items()}
+def _counts(reasons: Counter[str]) -> dict[str, int]:
+    return {str(reason): count for reason, count in reasons.items()}
 
 
 class _SFTTrainer(SFTTrainer):
