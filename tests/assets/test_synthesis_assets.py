@@ -62,8 +62,14 @@ def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, script
             "crawlqa_pairs": {"config": {"clusters": 2, "subpages": 2, "min_page_chars": 20, "json_format": "none"}},
             "e2hqa_pairs": {"config": {"seeds": 2, "min_page_chars": 20, "json_format": "none", "answer_check": True}},
             "trajectories": {
-                "config": {"attempts": 2, "max_pairs": 2, "max_llm_calls": 4, "max_reference": 30,
-                           "derive_short_cot": True, "short_cot_thought_words": 30}
+                "config": {
+                    "attempts": 2,
+                    "max_pairs": 2,
+                    "max_llm_calls": 4,
+                    "max_reference": 30,
+                    "derive_short_cot": True,
+                    "short_cot_thought_words": 30,
+                }
             },  # fmt: skip
         }
     )
