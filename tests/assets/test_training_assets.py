@@ -276,3 +276,23 @@ def test_rl_checkpoint_runs_dapo_on_the_rl_pool_and_records_its_dynamic_sampling
     assert reused["reused"].value is True and reused["checkpoint_sha256"].value == metadata["checkpoint_sha256"].value
     launches = list((Path(recorded["path"]).parent / "logs").glob("torchrun-*"))
     assert len(launches) == 1, "the second materialization trained again"
+
+
+def test_rl_checkpoint_trains_only_on_the_pool_sources_asked_for(isolated_home: Path, tiny_model: BaseModel) -> None:
+    """The released pairs need the live web; a profile that leaves them out and finds nothing else is told so."""
+    _rl_world(isolated_home)  # its pool holds e2hqa pairs only
+    resources = {
+        **scripted_resources(isolated_home, "http://127.0.0.1:9/v1", ("judge", "summarizer")),
+        "torchrun": TorchrunLauncher(nproc_per_node=1, device="cpu"),
+    }
+    run_config = {
+        "ops": {
+            "base_model": {"config": {"source": str(tiny_model.path)}},
+            "rl_checkpoint": {"config": {"start_from": "base", "pool_sources": ["crawlqa", "webdancer_sample"]}},
+        }
+    }
+    result = dg.materialize([base_model, rl_checkpoint], resources=resources, run_config=run_config,
+                            raise_on_error=False)  # fmt: skip
+    error = result.failure_data_for_node("rl_checkpoint").error.to_string()
+    assert "holds no pair of the sources ['crawlqa', 'webdancer_sample']" in error
+    assert not (isolated_home / "rl_checkpoint").exists() or not any((isolated_home / "rl_checkpoint").iterdir())

@@ -21,6 +21,9 @@ POLK = ["James K. Polk"]
         ("james k polk", POLK, "exact"),
         ("The U.S.A.", ["United States", "USA"], "exact"),
         ("three", ["3"], "exact"),
+        ("May 24, 1900", ["24 May 1900"], "exact"),
+        ("He died on October 31, 1984.", ["31 October 1984"], "contains"),
+        ("May 25, 1900", ["24 May 1900"], "unmatched"),
         ("Eighteen-fifteen", ["eighteen fifteen"], "exact"),
         # The gold answer as whole words of a short answer.
         ("It was James K. Polk.", POLK, "contains"),

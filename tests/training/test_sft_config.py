@@ -105,7 +105,7 @@ def test_parser_rejects_an_invalid_value() -> None:
     ("config_class", "hyperparameters", "asset_only"),
     [
         (SFTCheckpointConfig, SFTHyperparameters, set()),
-        (RLCheckpointConfig, DAPOHyperparameters, {"start_from", "max_prompts"}),
+        (RLCheckpointConfig, DAPOHyperparameters, {"start_from", "max_prompts", "pool_sources"}),
     ],
 )
 def test_asset_config_defaults_and_descriptions_are_the_dataclass_ones(

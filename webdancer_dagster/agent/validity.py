@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from webdancer_dagster.agent.parser import ParsedTurn, parse_turn
+from webdancer_dagster.agent.parser import OBSERVATION_TAG, ParsedTurn, parse_turn
 from webdancer_dagster.agent.tools import WEBDANCER_TOOL_SCHEMAS, ToolSchemas
 from webdancer_dagster.agent.trajectory import Trajectory
 
-OBSERVATION_OPEN, OBSERVATION_CLOSE = "<tool_response>", "</tool_response>"
+OBSERVATION_OPEN, OBSERVATION_CLOSE = OBSERVATION_TAG, "</tool_response>"
 FORMAT_REASONS = ("forced_answer", "bad_structure", "format_error", "unknown_tool", "invalid_arguments", "no_answer")
 
 

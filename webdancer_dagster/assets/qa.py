@@ -133,6 +133,11 @@ def crawlqa_pairs(
 
 class E2HQAAssetConfig(dg.Config):
     seeds: int = Field(default=3, description="Seed pages, one simple question each.")
+    seed_source: str = Field(
+        default="teacher",
+        description="'teacher' writes each seed question, or 'facts': rules read the facts a page's opening sentence "
+        "states (birth and death dates, a film's director), no model call.",
+    )
     rewrites: list[int] = Field(default=[1, 2], description="Rewrite counts to draw from (the difficulty).")
     seed: int = Field(default=0, description="Sampling seed.")
     min_page_chars: int = Field(default=200, description="Pages with less text are never seed pages.")
@@ -160,6 +165,7 @@ def e2hqa_pairs(
     pages = store.query("SELECT url, site, title, text FROM pages WHERE site IN (SELECT unnest(?))", [allowed])
     settings = E2HQAConfig(
         seeds=config.seeds,
+        seed_source=config.seed_source,  # type: ignore[arg-type]
         rewrites=tuple(config.rewrites),
         seed=config.seed,
         min_page_chars=config.min_page_chars,

@@ -256,6 +256,11 @@ class RLCheckpointConfig(dg.Config):
 
     start_from: str = Field(default="sft", description="'sft' (WebDancer: RL after the cold start) or 'base'.")
     max_prompts: int | None = Field(default=None, description="Use the first N RL-pool prompts (by id); empty: all.")
+    pool_sources: list[str] | None = Field(
+        default=None,
+        description="Train only on RL-pool pairs of these sources (crawlqa, e2hqa, webdancer_sample); empty: all. The "
+        "released pairs need the live web: on the local web no rollout can answer them, so no group is kept.",
+    )
     max_steps: int = _dapo("max_steps")
     learning_rate: float = _dapo("learning_rate")
     num_generations: int = _dapo("num_generations")
@@ -272,7 +277,7 @@ class RLCheckpointConfig(dg.Config):
     seed: int = _dapo("seed")
 
     def hyperparameters(self) -> DAPOHyperparameters:
-        return DAPOHyperparameters(**self.model_dump(exclude={"start_from", "max_prompts"}))
+        return DAPOHyperparameters(**self.model_dump(exclude={"start_from", "max_prompts", "pool_sources"}))
 
 
 @dg.asset(
@@ -294,6 +299,10 @@ def rl_checkpoint(
         raise ValueError(f"start_from must be 'sft' or 'base', got {config.start_from!r}")
     store = warehouse.store()
     pool = _read_rows(store, "rl_pool", "materialize rl_pool (the funnel); it holds the pairs SFT could not solve")
+    if config.pool_sources is not None:
+        pool = pool[pool["source"].isin(config.pool_sources)]
+        if pool.empty:
+            raise ValueError(f"the RL pool holds no pair of the sources {config.pool_sources}")
     records = sorted(pool.to_dict("records"), key=lambda row: str(row["id"]))[: config.max_prompts]
     start_table = SFT_CHECKPOINT_TABLE if config.start_from == "sft" else BASE_MODEL_TABLE
     start = _read_rows(store, start_table, f"materialize {start_table} first, or set start_from").iloc[0]

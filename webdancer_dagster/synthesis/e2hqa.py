@@ -16,13 +16,14 @@ import logging
 import random
 from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from webdancer_dagster.llm.client import LLMEndpoint
 from webdancer_dagster.synthesis.crawlqa import ClusterPage, eligible_pages
+from webdancer_dagster.synthesis.fact_seeds import fact_seed
 from webdancer_dagster.synthesis.qa import (
     Drop,
     QAPair,
@@ -53,6 +54,11 @@ class E2HQAConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     seeds: int = Field(10, ge=1, description="seed pages, one seed question each")
+    seed_source: Literal["teacher", "facts"] = Field(
+        "teacher",
+        description="who writes the simple seed question: the teacher, or rules reading the facts a page's opening "
+        "sentence states (`fact_seeds`, no model call)",
+    )
     rewrites: tuple[Annotated[int, Field(ge=0)], ...] = Field(
         (1, 2, 3), min_length=1, description="rewrite counts to draw from per pair (seeded); recorded as difficulty"
     )
@@ -370,9 +376,12 @@ def synthesize_e2hqa(
     rewriter = _Rewriter(teacher, search, blocked_hosts, config, checker if config.answer_check else None)
 
     def run(page: ClusterPage) -> QAPair | Drop:
-        messages = seed_messages(page, config.page_chars, config.max_answer_words)
-        reply = ask_json(teacher, messages, SeedReply, json_format=config.json_format)
-        seed = check_seed(reply, page, config, teacher.config.model)
+        if config.seed_source == "facts":
+            seed = fact_seed(page)
+        else:
+            messages = seed_messages(page, config.page_chars, config.max_answer_words)
+            reply = ask_json(teacher, messages, SeedReply, json_format=config.json_format)
+            seed = check_seed(reply, page, config, teacher.config.model)
         if isinstance(seed, Drop):
             return seed
         return rewriter.escalate(seed, rewrite_count(page.url, config))

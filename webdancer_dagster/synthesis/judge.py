@@ -5,7 +5,7 @@ The funnel's correctness stage, the RL answer reward and evaluation all ask this
 Polk"), so rules decide whatever they can, offline and reproducibly:
 
 - `exact`: the prediction equals the gold answer or one of its aliases after normalisation (SQuAD's, with number
-  words 0-20 read as digits, so "three" = "3");
+  words 0-20 read as digits, so "three" = "3", and dates day first, so "May 24, 1900" = "24 May 1900");
 - `contains`: a gold answer occurs in the prediction as whole words ("He was James K. Polk." for "James K. Polk"),
   provided the prediction is not far longer than the gold answer;
 - `hedged`: a short prediction names several candidates ("1844 or 1845", "Paris; Lyon"); never credited, whatever
@@ -60,6 +60,8 @@ _NUMBER_WORDS = {
 # Alternatives joined by "or", "either ... or", a semicolon, a slash or a line break name several candidates.
 _ALTERNATIVES = re.compile(r"\S\s+or\s+\S|\beither\b|;|\s/\s|\w/\w|\n", re.IGNORECASE)
 _YES_NO = frozenset({"yes", "no"})
+_MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
+_MONTH_FIRST_DATE = re.compile(rf"\b({_MONTHS}) (\d{{1,2}}),? (\d{{3,4}})\b", re.IGNORECASE)
 _BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
 
 
@@ -74,7 +76,9 @@ class Judgement:
 
 
 def _words(text: str) -> list[list[str]]:
-    """The text's words under both normalisations (punctuation removed / punctuation as a break), numbers as digits."""
+    """The text's words under both normalisations (punctuation removed / punctuation as a break), numbers as digits,
+    dates day first ("May 24, 1900" reads "24 May 1900")."""
+    text = _MONTH_FIRST_DATE.sub(r"\2 \1 \3", text)
     return [
         [_NUMBER_WORDS.get(word, word) for word in normalize(text).split()]
         for normalize in (normalize_answer, normalize_words)

@@ -23,6 +23,8 @@ from enum import StrEnum
 
 from transformers import PreTrainedTokenizerBase
 
+from webdancer_dagster.agent.validity import OBSERVATION_CLOSE, OBSERVATION_OPEN
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -53,8 +55,6 @@ class ShortenReason(StrEnum):
     OBSERVATIONS_SHORTENED = "observations_shortened"
 
 
-OBSERVATION_OPEN = "<tool_response>"
-OBSERVATION_CLOSE = "</tool_response>"
 CUT_MARKER = "[...]"
 """Written where a shortened observation's text was left out, so the model is not taught that pages end there."""
 
