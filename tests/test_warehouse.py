@@ -92,3 +92,14 @@ def test_a_home_written_by_older_code_takes_the_columns_newer_code_adds(store):
     assert [row["question_id"] for row in rows] == ["q1", "q2", "q3"]
     assert [row["setting"] for row in rows][1:] == ["local_web", "local_web"] and pd.isna(rows[0]["setting"])
     assert rows[2]["note"] == "late"
+
+
+def test_a_column_first_written_empty_takes_the_type_of_its_first_values(store):
+    """The base model's score has no trained turn length; the sft one's integer must still be stored after it."""
+    base = pd.DataFrame({"partition": ["musique|base"], "trained_turn_tokens_p95": [None]})
+    store.write_tables(partition=("partition", "musique|base"), partition_replacements={"scores": base})
+    sft = pd.DataFrame({"partition": ["musique|sft"], "trained_turn_tokens_p95": [215]})
+    store.write_tables(partition=("partition", "musique|sft"), partition_replacements={"scores": sft})
+
+    rows = store.read_table("scores").set_index("partition")["trained_turn_tokens_p95"]
+    assert pd.isna(rows["musique|base"]) and rows["musique|sft"] == 215

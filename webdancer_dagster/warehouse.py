@@ -172,12 +172,15 @@ def _ensure_table(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFram
         if not _table_exists(con, table):
             con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM incoming LIMIT 0')
             return
-        existing = {row[0] for row in con.execute(f'DESCRIBE "{table}"').fetchall()}
+        existing = {row[0]: row[1].strip('"') for row in con.execute(f'DESCRIBE "{table}"').fetchall()}
         for name, column_type, *_ in con.execute("DESCRIBE incoming").fetchall():
+            # A column holding only nulls has type NULL, which no later value can be cast to: it takes the type of
+            # the first real values, and a new column of nulls becomes VARCHAR.
             if name not in existing:
-                # A column holding only nulls has type NULL, which no later value can be cast to.
                 column_type = "VARCHAR" if column_type.strip('"') == "NULL" else column_type
                 con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {column_type}')
+            elif existing[name] == "NULL" and column_type.strip('"') != "NULL":
+                con.execute(f'ALTER TABLE "{table}" ALTER COLUMN "{name}" TYPE {column_type}')
     finally:
         con.unregister("incoming")
 
