@@ -407,6 +407,8 @@ def test_the_funnel_counts_in_kept_and_dropped_per_stage_and_reason():
     assert record["qa_id"] == QA.id and record["id"] == attempts[2].id
     assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant", "user", "assistant"]
     assert record["cot_mode"] == "short" and sft_records(result, cot_modes=("long",)) == []
+    with pytest.raises(ValueError, match="CoT modes are short, long; got"):
+        sft_records(result, cot_modes=("medium",))  # type: ignore[arg-type]
 
 
 def test_the_rl_pool_takes_unsolved_pairs_and_a_stable_held_out_share():

@@ -17,7 +17,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
@@ -470,6 +470,9 @@ def sft_records(
 ) -> list[dict[str, Any]]:
     """Kept trajectories in the chat format SFT consumes (`messages`), minus pairs held out for RL, of the CoT modes
     the model should learn (WebDancer trains instruct models on short CoT, reasoning models on long CoT)."""
+    unknown = set(cot_modes) - set(get_args(CotMode))
+    if unknown:
+        raise ValueError(f"CoT modes are {', '.join(get_args(CotMode))}; got {sorted(unknown)}")
     records = []
     for record in result.kept:
         attempt = record.attempt
