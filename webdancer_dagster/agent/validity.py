@@ -19,12 +19,12 @@ from webdancer_dagster.agent.tools import WEBDANCER_TOOL_SCHEMAS, ToolSchemas
 from webdancer_dagster.agent.trajectory import Trajectory
 
 OBSERVATION_OPEN, OBSERVATION_CLOSE = OBSERVATION_TAG, "</tool_response>"
-FORMAT_REASONS = ("forced_answer", "bad_structure", "format_error", "unknown_tool", "invalid_arguments", "no_answer")
 
 
 @dataclasses.dataclass(frozen=True)
 class FormatCheck:
-    """`reason` is one of `FORMAT_REASONS` when the trajectory is not valid, with a `detail` a person can read."""
+    """When the trajectory is not valid, `reason` says why (`forced_answer`, `bad_structure`, `format_error`,
+    `unknown_tool`, `invalid_arguments` or `no_answer`) and `detail` says where, for a person to read."""
 
     valid: bool
     reason: str = ""

@@ -17,6 +17,7 @@ import pandas as pd
 from pydantic import Field
 
 from webdancer_dagster.assets.qa import synthesis_sites
+from webdancer_dagster.evaluation.models import TRAINED_TURN_COLUMN, trained_turn_tokens_p95
 from webdancer_dagster.files import write_text_atomic
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.resources.llm import LLMEndpointResource
@@ -193,7 +194,7 @@ def sft_checkpoint(
         record,
         run,
         base_model_sha256=base["sha256"],
-        assistant_turn_tokens_p95=int(record["assistant_turn_tokens"]["p95"]),
+        **{TRAINED_TURN_COLUMN: int(record["assistant_turn_tokens"]["p95"])},
     )
     return dg.MaterializeResult(
         metadata={
@@ -311,8 +312,7 @@ def rl_checkpoint(
     # Rules judge every answer; the judge model only what they leave open, and only when declared capable.
     judge_config = judge.endpoint_config() if judge.capable_judge else None
     settings = {**hparams.to_dict(), "judge": judge.judge_name(), "search_index": folder_sha256(index_dir)}
-    trained_p95 = start.get("assistant_turn_tokens_p95")
-    trained_p95 = None if trained_p95 is None or pd.isna(trained_p95) else int(trained_p95)
+    trained_p95 = trained_turn_tokens_p95(start)
     if trained_p95 is not None and hparams.max_turn_tokens < trained_p95:
         context.log.warning(
             f"rl_checkpoint: max_turn_tokens {hparams.max_turn_tokens} is below the p95 assistant turn "
@@ -348,7 +348,7 @@ def rl_checkpoint(
     loss_plot = plot_curves(history, {"loss": "loss"}, run.output_dir / "loss_curve.png", "DAPO loss", "loss")
     lineage = {"start_model_sha256": start["sha256"], "start_from": config.start_from}
     if trained_p95 is not None:  # the SFT set behind the start model is the one behind this checkpoint too
-        lineage["assistant_turn_tokens_p95"] = trained_p95
+        lineage[TRAINED_TURN_COLUMN] = trained_p95
     _record_checkpoint(store, RL_CHECKPOINT_TABLE, record, run, **lineage)
     return dg.MaterializeResult(
         metadata={

@@ -58,9 +58,14 @@ def recorded_checkpoint(store: WarehouseStore, table: str, verify: bool = False)
         raise CheckpointMissingError(
             f"{path} no longer has the recorded sha256 {row['sha256'][:12]}: materialize the {table} asset again"
         )
-    trained = row.get(TRAINED_TURN_COLUMN)
-    trained_p95 = None if trained is None or pd.isna(trained) else int(trained)
-    return RecordedCheckpoint(path, str(row["sha256"]), table, trained_p95)
+    return RecordedCheckpoint(path, str(row["sha256"]), table, trained_turn_tokens_p95(row))
+
+
+def trained_turn_tokens_p95(row: pd.Series) -> int | None:
+    """The p95 assistant turn of the SFT set behind a recorded checkpoint; None for a model no SFT set is behind
+    (the base model) or a row written before the column existed."""
+    value = row.get(TRAINED_TURN_COLUMN)
+    return None if value is None or pd.isna(value) else int(value)
 
 
 def turn_budget(configured: int | None, default: int, trained_turn_tokens_p95: int | None) -> int:

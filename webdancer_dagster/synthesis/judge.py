@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from webdancer_dagster.llm.client import LLMEndpoint, LLMRequestRejected
-from webdancer_dagster.synthesis.qa import normalize_answer, normalize_words
+from webdancer_dagster.synthesis.qa import contains_phrase, normalize_answer, normalize_words
 from webdancer_dagster.synthesis.replies import strip_reasoning
 
 JUDGE_PROMPT = """Judge whether the predicted answer to the question is equivalent to the labeled answer.
@@ -43,7 +43,6 @@ answer, several candidate answers, or no answer.
 Reply with exactly one word: Correct or Incorrect."""
 
 JudgeMethod = Literal["exact", "contains", "hedged", "unmatched", "llm"]
-RULE_METHODS: tuple[JudgeMethod, ...] = ("exact", "contains", "hedged", "unmatched")
 # A prediction longer than this many words, and than this multiple of the gold answer's words, is an explanation
 # that merely mentions the answer; containment does not credit it.
 MAX_CONTAINS_EXTRA_WORDS = 8
@@ -57,6 +56,7 @@ _NUMBER_WORDS = {
         "seventeen eighteen nineteen twenty".split()
     )
 }
+_NUMBER_WORD = re.compile(r"\b(" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
 # Alternatives joined by "or", "either ... or", a semicolon, a slash or a line break name several candidates.
 _ALTERNATIVES = re.compile(r"\S\s+or\s+\S|\beither\b|;|\s/\s|\w/\w|\n", re.IGNORECASE)
 _YES_NO = frozenset({"yes", "no"})
@@ -75,20 +75,20 @@ class Judgement:
     error: str = ""
 
 
-def _words(text: str) -> list[list[str]]:
-    """The text's words under both normalisations (punctuation removed / punctuation as a break), numbers as digits,
-    dates day first ("May 24, 1900" reads "24 May 1900")."""
+def _canonical(text: str) -> str:
+    """Dates day first ("May 24, 1900" reads "24 May 1900") and number words as digits ("three" reads "3"), so
+    either spelling of a gold answer matches the other."""
     text = _MONTH_FIRST_DATE.sub(r"\2 \1 \3", text)
-    return [
-        [_NUMBER_WORDS.get(word, word) for word in normalize(text).split()]
-        for normalize in (normalize_answer, normalize_words)
-    ]
+    return _NUMBER_WORD.sub(lambda match: _NUMBER_WORDS[match.group(0).lower()], text)
 
 
 def exact_match(predicted: str, gold_answers: Sequence[str]) -> bool:
-    """True when the prediction equals a gold answer after normalisation (either variant, number words as digits)."""
-    for variant, prediction in enumerate(_words(predicted)):
-        if prediction and any(prediction == _words(gold)[variant] for gold in gold_answers):
+    """True when the prediction equals a gold answer after normalisation (either variant, `_canonical` spellings)."""
+    prediction = _canonical(predicted)
+    golds = [_canonical(gold) for gold in gold_answers]
+    for normalize in (normalize_answer, normalize_words):
+        words = normalize(prediction)
+        if words and any(words == normalize(gold) for gold in golds):
             return True
     return False
 
@@ -100,27 +100,18 @@ def names_several_candidates(predicted: str, gold_answers: Sequence[str]) -> boo
     return not any(_ALTERNATIVES.search(gold) for gold in gold_answers)
 
 
-def _contains(words: list[str], phrase: list[str]) -> bool:
-    width = len(phrase)
-    return any(words[start : start + width] == phrase for start in range(len(words) - width + 1))
-
-
 def contains_gold(predicted: str, gold_answers: Sequence[str]) -> bool:
-    """True when a gold answer occurs in the prediction as whole words. A yes/no gold answer must open the prediction
-    and its opposite must not occur ("yes" is not in "no, but yes in 1999")."""
-    for variant, prediction in enumerate(_words(predicted)):
-        for gold in gold_answers:
-            phrase = _words(gold)[variant]
-            if not phrase or len(prediction) > max(
-                len(phrase) + MAX_CONTAINS_EXTRA_WORDS, MAX_CONTAINS_RATIO * len(phrase)
-            ):
-                continue
-            if phrase[0] in _YES_NO and len(phrase) == 1:
-                if prediction[0] == phrase[0] and not (_YES_NO - {phrase[0]}) & set(prediction):
-                    return True
-                continue
-            if _contains(prediction, phrase):
+    """True when a gold answer occurs in the prediction as whole words (`contains_phrase`). A yes/no gold answer must
+    open the prediction and its opposite must not occur ("yes" is not in "no, but yes in 1999")."""
+    prediction = _canonical(predicted)
+    words = normalize_words(prediction).split()
+    for gold in map(_canonical, gold_answers):
+        phrase = normalize_words(gold)
+        if phrase in _YES_NO:
+            if words[:1] == [phrase] and not (_YES_NO - {phrase}) & set(words):
                 return True
+        elif contains_phrase(prediction, gold):
+            return True
     return False
 
 
