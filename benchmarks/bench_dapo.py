@@ -10,11 +10,14 @@ Both figures are ratios measured within the run:
   (dropped groups, surplus oversampled groups and masked fillers are the rest);
 - rollout time share = seconds in rollouts (generation, tools, judging) / seconds of optimizer steps.
 
-It runs on the GPU when there is one (the launcher's `auto` device); it also reports generated tokens per
-second of rollout.
+- rollout speed-up = generated tokens per rollout second with rollouts from the llama.cpp server (weights synced
+  into it every step) / the same with transformers `generate` in the trainer's process (the baseline); the sync
+  is timed on its own and is not rollout time.
+
+It runs on the GPU when there is one (the launcher's `auto` device).
 
     .venv/bin/python benchmarks/bench_dapo.py [--steps 4] [--oversample 2.0] [--refill-rounds 2]
-        [--model path/to/hf-folder --fit-steps 300 --fit-lr 5e-4]
+        [--backends local llama_cpp] [--model path/to/hf-folder --fit-steps 300 --fit-lr 5e-4]
 """
 
 import argparse
@@ -99,6 +102,62 @@ def build_world(root: Path, start_model: Path | None, fit_steps: int, fit_lr: fl
     return root / "index", pool, model
 
 
+def run_backend(
+    backend: str, root: Path, index: Path, pool: Path, model: Path, judge_url: str, options: argparse.Namespace
+) -> dict:
+    """One DAPO run with rollouts from `backend`; its figures from the asset's metadata."""
+    environment = RolloutEnvironment(
+        search_index=str(index),
+        judge=EndpointConfig(role="judge", base_url=judge_url, model="judge"),
+        summarizer=EndpointConfig(role="summarizer", base_url=judge_url, model="summarizer"),
+        current_date=DATE,
+    )
+    (root / "environment.json").write_text(environment.model_dump_json())
+    hparams = DAPOHyperparameters(
+        max_steps=options.steps,
+        learning_rate=1e-4,
+        temperature=0.5,
+        max_completion_length=256,
+        max_turn_tokens=64,
+        max_llm_calls=3,
+        oversample_factor=options.oversample,
+        max_refill_rounds=options.refill_rounds,
+        save_steps=1000,
+        rollout_backend=backend,
+    )
+    output_dir = root / f"rl-{backend}"
+    args = [
+        *["--train_file", str(pool), "--environment_file", str(root / "environment.json")],
+        *["--model_dir", str(model), "--output_dir", str(output_dir), *to_cli_args(hparams)],
+    ]
+    started = time.perf_counter()
+    result = dg.materialize(
+        [bench_rl_checkpoint],
+        resources={"launcher": TorchrunLauncher(nproc_per_node=1)},
+        run_config={"ops": {"bench_rl_checkpoint": {"config": {"args": args, "output_dir": str(output_dir)}}}},
+    )
+    wall = time.perf_counter() - started
+    [event] = result.asset_materializations_for_node("bench_rl_checkpoint")
+    metadata = {key: value.value for key, value in event.metadata.items()}
+    rollout_seconds = metadata["rollout_time_share"] * sum(metadata["step_seconds"])
+    return {
+        "rollout_backend": backend,
+        "steps": metadata["steps"],
+        "groups_sampled": metadata["groups_sampled"],
+        "dropped_group_share": metadata["dropped_group_share"],
+        "tokens_generated": metadata["tokens_generated"],
+        "tokens_trained": metadata["tokens_trained"],
+        "trained_token_share": metadata["trained_token_share"],
+        "rollout_time_share": metadata["rollout_time_share"],
+        "sync_time_share": metadata["sync_time_share"],
+        "sync_seconds": metadata["sync_seconds"],
+        "seconds_per_step": metadata["seconds_per_step"],
+        "generated_tokens_per_rollout_s": round(metadata["tokens_generated"] / rollout_seconds, 1),
+        "launch_wall_seconds": round(wall, 2),
+        "rewards": [entry.get("reward") for entry in metadata["train_history"]],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4)
@@ -107,68 +166,40 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="HF model folder to start from; default: a tiny random Llama")
     parser.add_argument("--fit-steps", type=int, default=150, help="steps teaching the model its rollouts")
     parser.add_argument("--fit-lr", type=float, default=3e-3, help="learning rate of that teaching")
+    parser.add_argument(
+        "--backends", nargs="+", default=["local", "llama_cpp"], help="rollout backends to run, the first the baseline"
+    )
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-dapo-") as tmp, ScriptedLLMServer(lambda _: "Incorrect") as judge:
         root = Path(tmp)
         index, pool, model = build_world(root, options.model, options.fit_steps, options.fit_lr)
-        environment = RolloutEnvironment(
-            search_index=str(index),
-            judge=EndpointConfig(role="judge", base_url=judge.base_url, model="judge"),
-            summarizer=EndpointConfig(role="summarizer", base_url=judge.base_url, model="summarizer"),
-            current_date=DATE,
+        runs = [run_backend(backend, root, index, pool, model, judge.base_url, options) for backend in options.backends]
+    baseline = runs[0]
+    speedups = {
+        run["rollout_backend"]: round(
+            run["generated_tokens_per_rollout_s"] / max(baseline["generated_tokens_per_rollout_s"], 1e-9), 2
         )
-        (root / "environment.json").write_text(environment.model_dump_json())
-        hparams = DAPOHyperparameters(
-            max_steps=options.steps,
-            learning_rate=1e-4,
-            temperature=0.5,
-            max_completion_length=256,
-            max_turn_tokens=64,
-            max_llm_calls=3,
-            oversample_factor=options.oversample,
-            max_refill_rounds=options.refill_rounds,
-            save_steps=1000,
-        )
-        output_dir = root / "rl"
-        args = [
-            *["--train_file", str(pool), "--environment_file", str(root / "environment.json")],
-            *["--model_dir", str(model), "--output_dir", str(output_dir), *to_cli_args(hparams)],
-        ]
-        started = time.perf_counter()
-        result = dg.materialize(
-            [bench_rl_checkpoint],
-            resources={"launcher": TorchrunLauncher(nproc_per_node=1)},
-            run_config={"ops": {"bench_rl_checkpoint": {"config": {"args": args, "output_dir": str(output_dir)}}}},
-        )
-        wall = time.perf_counter() - started
-    [event] = result.asset_materializations_for_node("bench_rl_checkpoint")
-    metadata = {key: value.value for key, value in event.metadata.items()}
-    rollout_seconds = metadata["rollout_time_share"] * sum(metadata["step_seconds"])
+        for run in runs[1:]
+    }
     report = {
         "model": str(options.model) if options.model else "tiny random Llama (2 layers, 64 wide, SmolLM2 tokenizer)",
         "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "steps": metadata["steps"],
         "oversample_factor": options.oversample,
         "max_refill_rounds": options.refill_rounds,
-        "groups_sampled": metadata["groups_sampled"],
-        "dropped_group_share": metadata["dropped_group_share"],
-        "tokens_generated": metadata["tokens_generated"],
-        "tokens_trained": metadata["tokens_trained"],
-        "trained_token_share": metadata["trained_token_share"],
-        "rollout_time_share": metadata["rollout_time_share"],
-        "seconds_per_step": metadata["seconds_per_step"],
-        "generated_tokens_per_rollout_s": round(metadata["tokens_generated"] / rollout_seconds, 1),
-        "launch_wall_seconds": round(wall, 2),
-        "rewards": [entry.get("reward") for entry in metadata["train_history"]],
+        "runs": runs,
+        "rollout_speedup_vs_" + baseline["rollout_backend"]: speedups,
     }
     print(json.dumps(report, indent=1))
-    print(
-        f"trained token share {report['trained_token_share']:.2f} "
-        f"({report['tokens_trained']} of {report['tokens_generated']} generated tokens reached a gradient step; "
-        f"{report['dropped_group_share']:.0%} of {report['groups_sampled']} groups dropped); "
-        f"rollout share of step time {report['rollout_time_share']:.2f}; "
-        f"{report['generated_tokens_per_rollout_s']} generated tokens per rollout second on {report['device']}"
-    )
+    for run in runs:
+        print(
+            f"{run['rollout_backend']}: trained token share {run['trained_token_share']:.2f} "
+            f"({run['tokens_trained']} of {run['tokens_generated']} generated tokens reached a gradient step; "
+            f"{run['dropped_group_share']:.0%} of {run['groups_sampled']} groups dropped); "
+            f"rollout share of step time {run['rollout_time_share']:.2f}, weight sync {run['sync_time_share']:.2f}; "
+            f"{run['generated_tokens_per_rollout_s']} generated tokens per rollout second on {report['device']}"
+        )
+    for backend, ratio in speedups.items():
+        print(f"generated tokens per rollout second, {backend} / {baseline['rollout_backend']}: {ratio:.2f}x")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "dapo.json").write_text(json.dumps(report, indent=1) + "\n")
 

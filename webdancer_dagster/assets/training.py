@@ -216,6 +216,11 @@ def sft_checkpoint(
             "tokens_seen": record["tokens_seen"],
             "masked_token_share": dg.MetadataValue.float(float(record["masked_token_share"])),
             "seconds_per_step": dg.MetadataValue.float(float(record["seconds_per_step"])),
+            "rollout_backend": record.get("rollout_backend", "local"),
+            "sync_time_share": dg.MetadataValue.float(float(record.get("sync_time_share", 0.0))),
+            "weight_syncs": dg.MetadataValue.json(record.get("weight_syncs", [])),
+            "policy_staleness": dg.MetadataValue.json(record.get("policy_staleness", [])),
+            "rollout_retries": record.get("rollout_retries", 0),
             "checkpoint_path": dg.MetadataValue.path(record["checkpoint_path"]),
             "checkpoint_sha256": record["checkpoint_sha256"],
             "run_key": run.run_key,
@@ -275,6 +280,11 @@ class RLCheckpointConfig(dg.Config):
     oversample_factor: float = _dapo("oversample_factor")
     max_refill_rounds: int = _dapo("max_refill_rounds")
     save_steps: int = _dapo("save_steps")
+    rollout_backend: str = _dapo("rollout_backend")
+    sync_every_steps: int = _dapo("sync_every_steps")
+    rollout_server_threads: int | None = _dapo("rollout_server_threads")
+    rollout_gguf_outtype: str = _dapo("rollout_gguf_outtype")
+    max_rollout_retries: int = _dapo("max_rollout_retries")
     seed: int = _dapo("seed")
 
     def hyperparameters(self) -> DAPOHyperparameters:
@@ -369,6 +379,11 @@ def rl_checkpoint(
             "rollout_time_share": dg.MetadataValue.float(float(record["rollout_time_share"])),
             "masked_token_share": dg.MetadataValue.float(float(record["masked_token_share"])),
             "seconds_per_step": dg.MetadataValue.float(float(record["seconds_per_step"])),
+            "rollout_backend": record.get("rollout_backend", "local"),
+            "sync_time_share": dg.MetadataValue.float(float(record.get("sync_time_share", 0.0))),
+            "weight_syncs": dg.MetadataValue.json(record.get("weight_syncs", [])),
+            "policy_staleness": dg.MetadataValue.json(record.get("policy_staleness", [])),
+            "rollout_retries": record.get("rollout_retries", 0),
             "checkpoint_path": dg.MetadataValue.path(record["checkpoint_path"]),
             "checkpoint_sha256": record["checkpoint_sha256"],
             "run_key": run.run_key,

@@ -170,6 +170,7 @@ class ModelServer:
         self._log_path: Path | None = None
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize | None = None
+        self._process: subprocess.Popen | None = None
 
     @property
     def base_url(self) -> str:
@@ -184,6 +185,13 @@ class ModelServer:
     @property
     def running(self) -> bool:
         return self._base_url is not None
+
+    @property
+    def alive(self) -> bool:
+        """Running and its process has not exited (an external endpoint counts as alive while started)."""
+        if self._base_url is None:
+            return False
+        return self._process is None or self._process.poll() is None
 
     @property
     def log_path(self) -> Path | None:
@@ -229,12 +237,14 @@ class ModelServer:
                 log_path.unlink(missing_ok=True)
             raise
         self._finalizer, self._log_path, self._base_url = finalizer, log_path, base_url
+        self._process = process
         logger.info("%s server ready on %s (pid %d)", config.mode, base_url, process.pid)
 
     def stop(self) -> None:
         """Stop the server process (no-op for external endpoints and when not running)."""
         with self._lock:
             finalizer, self._finalizer, self._base_url = self._finalizer, None, None
+            self._process = None
         if finalizer is not None:
             finalizer()
             if not self.config.log_path and self._log_path is not None:

@@ -16,6 +16,8 @@ from transformers import SchedulerType
 from webdancer_dagster.llm.client import EndpointConfig
 from webdancer_dagster.training.masking import TruncationPolicy
 
+ROLLOUT_BACKENDS = ("local", "llama_cpp")
+
 
 @dataclass
 class SFTHyperparameters:
@@ -144,11 +146,56 @@ class DAPOHyperparameters:
             "it scores every prompt position too, several times slower. Empty: on GPU only."
         },
     )
+    rollout_backend: str = field(
+        default="local",
+        metadata={
+            "help": "Where rollouts are sampled: 'local' (transformers generate on the trainer's own weights) or "
+            "'llama_cpp' (the project's llama.cpp server on 127.0.0.1, one per rank, serving the trainer's weights "
+            "exported to GGUF at each sync; several times faster on CPU). vLLM's weight-update path is not built yet."
+        },
+    )
+    sync_every_steps: int = field(
+        default=1,
+        metadata={
+            "help": "llama_cpp: sync the trainer's weights into the server every N optimizer steps; in between, "
+            "rollouts come from weights up to N-1 steps old (bounded staleness, reported per step)."
+        },
+    )
+    rollout_server_threads: int | None = field(
+        default=None,
+        metadata={"help": "llama_cpp: CPU threads of each rank's server. Empty: half the cores, shared by the ranks."},
+    )
+    rollout_gguf_outtype: str = field(
+        default="f16", metadata={"help": "llama_cpp: weights of the synced GGUF ('f32', 'f16' or 'q8_0')."}
+    )
+    max_rollout_retries: int = field(
+        default=2,
+        metadata={
+            "help": "llama_cpp: when the server dies during a step's rollouts, restart it and sample the step's "
+            "groups again, at most this many times; a step never trains on a half-finished group."
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seed for prompt order and sampling."})
 
     def __post_init__(self) -> None:
         _require(self.learning_rate > 0, "learning_rate must be positive")
         _require(self.max_steps > 0, "max_steps must be positive")
+        _require(
+            self.rollout_backend in ROLLOUT_BACKENDS,
+            f"rollout_backend must be one of {ROLLOUT_BACKENDS}, got {self.rollout_backend!r}"
+            + (
+                ": vLLM rollouts with weight sync are not implemented; use 'local' on GPU"
+                if self.rollout_backend == "vllm"
+                else ""
+            ),
+        )
+        _require(self.sync_every_steps >= 1, "sync_every_steps must be >= 1")
+        _require(
+            self.rollout_server_threads is None or self.rollout_server_threads >= 1,
+            "rollout_server_threads must be >= 1 (or empty)",
+        )
+        _require(self.rollout_gguf_outtype in ("f32", "f16", "q8_0"), "rollout_gguf_outtype must be f32, f16 or q8_0")
+        _require(self.max_rollout_retries >= 0, "max_rollout_retries must be >= 0")
         _require(self.num_generations >= 2, "num_generations must be >= 2 (advantages compare within a group)")
         _require(self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1")
         _require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")

@@ -50,7 +50,8 @@ from trl.trainer.utils import FusedCausalLMOutput
 from webdancer_dagster.agent.factory import build_web_agent
 from webdancer_dagster.agent.loop import run_agents
 from webdancer_dagster.agent.prompts import system_message, user_message
-from webdancer_dagster.llm.client import LLMEndpoint, SamplingParams
+from webdancer_dagster.llm.client import ChatModel, LLMEndpoint, LLMEndpointError, SamplingParams
+from webdancer_dagster.llm.server import default_threads
 from webdancer_dagster.training.base_model import folder_sha256
 from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment
 from webdancer_dagster.training.dynamic_sampling import FilledBatch, Group, PromptDrawer, fill_groups
@@ -70,6 +71,7 @@ from webdancer_dagster.training.rollout import (
     rl_sample,
     score_rollout,
 )
+from webdancer_dagster.training.served_policy import ServedPolicy
 from webdancer_dagster.web.search import ExcludeHosts, LocalSearch
 from webdancer_dagster.web.visit import FetchPolicy
 
@@ -102,6 +104,7 @@ class RLPrompt:
 class ScoredRollout:
     sample: RLSample
     reward: RolloutReward
+    policy_version: int  # the optimizer step whose weights sampled it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +125,11 @@ class DAPOResult:
     groups_sampled: int
     groups_dropped: int
     masked_token_share: float
+    rollout_backend: str = "local"
+    sync_seconds: float = 0.0
+    weight_syncs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    policy_staleness: list[int] = dataclasses.field(default_factory=list)
+    rollout_retries: int = 0
 
     @property
     def seconds_per_step(self) -> float:
@@ -132,6 +140,12 @@ class DAPOResult:
         """Share of optimizer-step wall time spent generating and scoring rollouts."""
         total = sum(self.step_seconds)
         return min(1.0, self.rollout_seconds / total) if total else 0.0
+
+    @property
+    def sync_time_share(self) -> float:
+        """Share of optimizer-step wall time spent syncing weights into the rollout server."""
+        total = sum(self.step_seconds)
+        return min(1.0, self.sync_seconds / total) if total else 0.0
 
     @property
     def trained_token_share(self) -> float:
@@ -163,6 +177,12 @@ class DAPOResult:
                     "float",
                 ),
                 "masked_token_share": (round(self.masked_token_share, 4), "float"),
+                "rollout_backend": (self.rollout_backend, "text"),
+                "sync_seconds": (round(self.sync_seconds, 3), "float"),
+                "sync_time_share": (round(self.sync_time_share, 4), "float"),
+                "weight_syncs": (self.weight_syncs, "json"),
+                "policy_staleness": (self.policy_staleness, "json"),
+                "rollout_retries": (self.rollout_retries, "int"),
             }
         )
 
@@ -204,7 +224,15 @@ def train_dapo(
     environment = RolloutEnvironment.model_validate_json(Path(run.environment_file).read_text(encoding="utf-8"))
     pool, dropped = _fitting_prompts(read_rl_pool(Path(run.train_file)), tokenizer, hparams, environment)
     on_gpu = torch.cuda.is_available()
-    rollout = AgentRollout(pool, environment, tokenizer, hparams, seed=hparams.seed + int(os.environ.get("RANK", 0)))
+    rank = int(os.environ.get("RANK", 0))
+    rollout = AgentRollout(
+        pool,
+        environment,
+        tokenizer,
+        hparams,
+        seed=hparams.seed + rank,
+        work_dir=output_dir / f"rollout_server_rank{rank}",
+    )
     timer = StepTimer(pipes)
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(run.model_dir, local_files_only=True, dtype=torch.float32),
@@ -245,6 +273,11 @@ def train_dapo(
         groups_sampled=rollout.groups_sampled,
         groups_dropped=rollout.groups_dropped,
         masked_token_share=rollout.masked_token_share,
+        rollout_backend=hparams.rollout_backend,
+        sync_seconds=rollout.sync_seconds,
+        weight_syncs=[sync.record() for sync in rollout.served.syncs] if rollout.served is not None else [],
+        policy_staleness=rollout.policy_staleness,
+        rollout_retries=rollout.rollout_retries,
     )
     logger.info(
         "DAPO done: %d steps, %.2f s/step, %.0f%% of step time in rollouts, %.0f%% of generated tokens trained",
@@ -332,6 +365,8 @@ def answer_reward(
         for name in ("dropped_group_share", "trained_token_share", "refill_rounds"):
             if extra.get(name):
                 log_metric(f"dynamic_sampling/{name}", float(extra[name][0]))
+        if extra.get("policy_staleness"):
+            log_metric("rollouts/policy_staleness", float(extra["policy_staleness"][0]))
     return list(answer_reward)
 
 
@@ -361,6 +396,7 @@ class AgentRollout:
         tokenizer: PreTrainedTokenizerBase,
         hparams: DAPOHyperparameters,
         seed: int,
+        work_dir: Path,
     ) -> None:
         self.answers = {prompt.question: prompt.answers for prompt in pool}
         self.environment = environment
@@ -374,7 +410,17 @@ class AgentRollout:
             proxy_url=environment.proxy_url,
         )
         self.drawer = PromptDrawer(list(self.answers), seed)
-        self.policy: LocalPolicy | None = None
+        self.sampling = SamplingParams(
+            temperature=hparams.temperature, top_p=hparams.top_p, max_tokens=hparams.max_turn_tokens, stop=AGENT_STOP
+        )
+        self.work_dir = work_dir
+        self.policy: ChatModel | None = None
+        self._local: LocalPolicy | None = None
+        self.served: ServedPolicy | None = None
+        self.policy_version = 0
+        self.policy_staleness: list[int] = []  # one entry a rollout call: steps between its weights and the trainer's
+        self.sync_seconds = 0.0
+        self.rollout_retries = 0
         self.seconds = 0.0
         self.tokens_generated = self.tokens_trained = 0
         self.groups_sampled = self.groups_dropped = 0
@@ -386,25 +432,16 @@ class AgentRollout:
         return self._masked_tokens / self._completion_tokens if self._completion_tokens else 0.0
 
     def __call__(self, prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
-        started = time.perf_counter()
         size = self.hparams.num_generations
         questions = prompts[::size]
         if len(prompts) != len(questions) * size or any(
             prompts[i * size : (i + 1) * size] != [question] * size for i, question in enumerate(questions)
         ):
             raise ValueError(f"rollout prompts must come in whole groups of {size} identical prompts")
-        if self.policy is None:
-            self.policy = LocalPolicy(
-                trainer.accelerator.unwrap_model(trainer.model),
-                self.tokenizer,
-                SamplingParams(
-                    temperature=self.hparams.temperature,
-                    top_p=self.hparams.top_p,
-                    max_tokens=self.hparams.max_turn_tokens,
-                    stop=AGENT_STOP,
-                ),
-                max_batch=len(prompts) * max(1, int(self.hparams.oversample_factor)),
-            )
+        step = trainer.state.global_step
+        self._prepare_policy(trainer.accelerator.unwrap_model(trainer.model), step, max_batch=len(prompts))
+        self.policy_staleness.append(step - self.policy_version)
+        started = time.perf_counter()  # after the weight sync, which is reported on its own
         batch = fill_groups(
             questions,
             self._sample_groups,
@@ -416,9 +453,40 @@ class AgentRollout:
         self.seconds += time.perf_counter() - started
         return output
 
+    def _prepare_policy(self, model: PreTrainedModel, step: int, max_batch: int) -> None:
+        """Make `self.policy` sample from the trainer's weights: in process, or from the server, synced when its
+        weights are `sync_every_steps` old."""
+        if self.hparams.rollout_backend == "local":
+            if self._local is None:
+                self._local = LocalPolicy(
+                    model,
+                    self.tokenizer,
+                    self.sampling,
+                    max_batch=max_batch * max(1, int(self.hparams.oversample_factor)),
+                )
+            self.policy, self.policy_version = self._local, step
+            return
+        if self.served is None:
+            local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+            self.served = ServedPolicy(
+                self.tokenizer,
+                self.sampling,
+                self.work_dir,
+                n_ctx=self._context_tokens(),
+                n_threads=self.hparams.rollout_server_threads or max(1, default_threads() // local_ranks),
+                outtype=self.hparams.rollout_gguf_outtype,  # type: ignore[arg-type]
+            )
+        if self.served.version is not None and step - self.served.version < self.hparams.sync_every_steps:
+            return
+        sync = self.served.sync(model, step)
+        self.policy, self.policy_version = self.served.endpoint, step
+        self.sync_seconds += sync.seconds
+
     def close(self) -> None:
-        if self.policy is not None:
-            self.policy.close()
+        if self.served is not None:
+            self.served.close()
+        if self._local is not None:
+            self._local.close()
         if self.judge is not None:
             self.judge.close()
         self.summarizer.close()
@@ -433,6 +501,9 @@ class AgentRollout:
             "groups_dropped": self.groups_dropped,
             "completion_tokens": self._completion_tokens,
             "masked_tokens": self._masked_tokens,
+            "policy_staleness": self.policy_staleness,
+            "sync_seconds": self.sync_seconds,
+            "rollout_retries": self.rollout_retries,
         }
 
     def save_to(self, checkpoint: Path) -> None:
@@ -453,6 +524,9 @@ class AgentRollout:
         self.tokens_generated, self.tokens_trained = state["tokens_generated"], state["tokens_trained"]
         self.groups_sampled, self.groups_dropped = state["groups_sampled"], state["groups_dropped"]
         self._completion_tokens, self._masked_tokens = state["completion_tokens"], state["masked_tokens"]
+        self.policy_staleness = list(state.get("policy_staleness", []))
+        self.sync_seconds = float(state.get("sync_seconds", 0.0))
+        self.rollout_retries = int(state.get("rollout_retries", 0))
         logger.info("rollout state restored from %s: %d groups sampled so far", path, self.groups_sampled)
 
     def _sample_groups(self, questions: Sequence[str]) -> list[Group[ScoredRollout]]:
@@ -468,7 +542,7 @@ class AgentRollout:
             current_date=self.environment.current_date,
         )
         size = self.hparams.num_generations
-        trajectories = run_agents(agent, questions, samples_per_question=size, max_workers=len(questions) * size)
+        trajectories = self._run_with_retries(agent, questions)
         groups = []
         for index, question in enumerate(questions):
             group = trajectories[index * size : (index + 1) * size]
@@ -476,12 +550,33 @@ class AgentRollout:
                 ScoredRollout(
                     rl_sample(self.tokenizer, trajectory, self.hparams.max_completion_length),
                     score_rollout(question, self.answers[question], trajectory, self.judge),
+                    self.policy_version,
                 )
                 for trajectory in group
             ]
             generated = sum(trajectory.completion_tokens for trajectory in group)
             groups.append(Group(question, rollouts, [rollout.reward.answer for rollout in rollouts], generated))
         return groups
+
+    def _run_with_retries(self, agent: Any, questions: Sequence[str]) -> list[Any]:
+        """All rollouts of `questions`, or none: a rollout server that died is restarted and every group sampled
+        again (counted), so no group is trained half-finished."""
+        size = self.hparams.num_generations
+        attempt = 0
+        while True:
+            try:
+                return run_agents(agent, questions, samples_per_question=size, max_workers=len(questions) * size)
+            except LLMEndpointError:
+                if self.served is None or attempt >= self.hparams.max_rollout_retries or not self.served.revive():
+                    raise
+                attempt += 1
+                self.rollout_retries += 1
+                logger.warning(
+                    "the rollout server was restarted; sampling the %d groups again (retry %d of %d)",
+                    len(questions),
+                    attempt,
+                    self.hparams.max_rollout_retries,
+                )
 
     def _context_tokens(self) -> int:
         """The agent's window: the longest prompt plus the completion budget plus room for one more turn."""
@@ -525,6 +620,7 @@ class AgentRollout:
             "logprobs": None,
             "dropped_group_share": [batch.dropped_share] * rows,
             "trained_token_share": [batch.trained_token_share] * rows,
+            "policy_staleness": [float(self.policy_staleness[-1])] * rows,
             "refill_rounds": [float(batch.rounds)] * rows,
         }
 
@@ -570,6 +666,7 @@ def _history_entry(entry: dict[str, float]) -> dict[str, float]:
         "rewards/answer_reward/mean",
         "dynamic_sampling/dropped_group_share",
         "dynamic_sampling/trained_token_share",
+        "rollouts/policy_staleness",
         "completions/mean_length",
         "completions/clipped_ratio",
         "learning_rate",
