@@ -18,10 +18,15 @@ from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnviro
 from webdancer_dagster.training.dapo import (
     HISTORY_FILE,
     ROLLOUT_STATE_FILE,
+    AgentRollout,
     DAPOResult,
+    RLPrompt,
+    ScoredRollout,
     main,
     score_completions_directly,
 )
+from webdancer_dagster.training.dynamic_sampling import FilledBatch, Group
+from webdancer_dagster.training.rollout import RLSample, RolloutReward
 
 DAPO_MODULE = "webdancer_dagster.training.dapo"
 QUESTIONS = [RL_QUESTION, "What is the capital city of France?"]
@@ -186,3 +191,34 @@ def test_direct_completion_scoring_matches_trls_chunked_kernel(tiny_model) -> No
     assert torch.equal(outputs[1].label_mask, outputs[0].label_mask)
     for (name, trl_param), direct_param in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(direct_param.grad, trl_param.grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_a_masked_filler_group_costs_the_trainer_one_masked_token_a_rollout(
+    tmp_path: Path, tokenizer, rl_index
+) -> None:
+    environment = RolloutEnvironment(
+        search_index=str(rl_index),
+        summarizer=EndpointConfig(role="summarizer", base_url="http://127.0.0.1:9/v1", model="s"),
+    )
+    rollout = AgentRollout(
+        [RLPrompt("q0", RL_QUESTION, ["Paris"])],
+        environment,
+        tokenizer,
+        DAPOHyperparameters(num_generations=2, per_device_train_batch_size=4),
+        seed=0,
+        work_dir=tmp_path,
+    )
+    sample = RLSample(prompt_ids=[1, 2, 3], completion_ids=[4, 5, 6, 7], env_mask=[1, 1, 0, 1], truncated=False)
+
+    def group(answers: list[float]) -> Group[ScoredRollout]:
+        rollouts = [ScoredRollout(sample, RolloutReward(1.0, answer, "exact"), 0) for answer in answers]
+        return Group(RL_QUESTION, rollouts, answers, generated_tokens=8)
+
+    batch = FilledBatch([group([0.0, 1.0]), group([0.0, 0.0])], [False, True], 1, 2, 1, 16)
+
+    inputs = rollout._trainer_inputs(batch)
+
+    assert inputs["completion_ids"] == [[4, 5, 6, 7]] * 2 + [[4]] * 2
+    assert inputs["env_mask"] == [[1, 1, 0, 1]] * 2 + [[0]] * 2
+    assert inputs["prompt_ids"] == [[1, 2, 3]] * 4 and inputs["answer_reward"] == [0.0, 1.0, 0.0, 0.0]
+    assert rollout.masked_token_share == pytest.approx(0.25), "fillers do not count towards the trained tokens"

@@ -449,7 +449,7 @@ class AgentRollout:
             oversample_factor=self.hparams.oversample_factor,
             max_refill_rounds=self.hparams.max_refill_rounds,
         )
-        output = self._trainer_inputs(batch)
+        output = self._trainer_inputs(batch, staleness=self.policy_staleness[-1])
         self.seconds += time.perf_counter() - started
         return output
 
@@ -582,7 +582,7 @@ class AgentRollout:
         """The agent's window: the longest prompt plus the completion budget plus room for one more turn."""
         return self.hparams.max_prompt_length + self.hparams.max_completion_length + 2 * self.hparams.max_turn_tokens
 
-    def _trainer_inputs(self, batch: FilledBatch[ScoredRollout]) -> dict[str, Any]:
+    def _trainer_inputs(self, batch: FilledBatch[ScoredRollout], staleness: int = 0) -> dict[str, Any]:
         self.tokens_generated += batch.tokens_generated
         self.tokens_trained += batch.tokens_trained
         self.groups_sampled += batch.groups_sampled
@@ -597,12 +597,15 @@ class AgentRollout:
         for group, masked in zip(batch.groups, batch.masked, strict=True):
             for rollout in group.rollouts:
                 sample = rollout.sample
-                env_mask = [0] * len(sample.env_mask) if masked else sample.env_mask
+                # A masked filler only holds a place in the batch: one masked token costs the trainer no pass over
+                # a completion that would get no gradient anyway.
+                completion_ids = sample.completion_ids[:1] if masked else sample.completion_ids
+                env_mask = [0] if masked else sample.env_mask
                 if not masked and not sample.truncated:
                     self._completion_tokens += len(env_mask)
                     self._masked_tokens += len(env_mask) - sum(env_mask)
                 columns["prompt_ids"].append(sample.prompt_ids)
-                columns["completion_ids"].append(sample.completion_ids)
+                columns["completion_ids"].append(completion_ids)
                 columns["env_mask"].append(env_mask)
                 columns["format_reward"].append(rollout.reward.format)
                 columns["answer_reward"].append(rollout.reward.answer)
@@ -620,7 +623,7 @@ class AgentRollout:
             "logprobs": None,
             "dropped_group_share": [batch.dropped_share] * rows,
             "trained_token_share": [batch.trained_token_share] * rows,
-            "policy_staleness": [float(self.policy_staleness[-1])] * rows,
+            "policy_staleness": [float(staleness)] * rows,
             "refill_rounds": [float(batch.rounds)] * rows,
         }
 
