@@ -562,10 +562,14 @@ class AgentRollout:
         """All rollouts of `questions`, or none: a rollout server that died is restarted and every group sampled
         again (counted), so no group is trained half-finished."""
         size = self.hparams.num_generations
+        # No more rollouts at once than the policy answers at once: a llama.cpp server then takes each rollout's
+        # turns one after another and reuses its cached prefix (the previous turn) instead of reading it again.
+        assert self.policy is not None
+        workers = min(len(questions) * size, self.policy.max_concurrency)
         attempt = 0
         while True:
             try:
-                return run_agents(agent, questions, samples_per_question=size, max_workers=len(questions) * size)
+                return run_agents(agent, questions, samples_per_question=size, max_workers=workers)
             except LLMEndpointError:
                 if self.served is None or attempt >= self.hparams.max_rollout_retries or not self.served.revive():
                     raise
