@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -148,3 +149,32 @@ def is_running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+@pytest.mark.parametrize("die_with_parent", [True, False])
+def test_a_server_told_to_die_with_its_parent_outlives_no_kill_9(tmp_path, die_with_parent):
+    """kill -9 runs no finalizer: only the parent-death signal stops the server (the control case shows it would
+    otherwise stay up)."""
+    pytest.importorskip("llama_cpp")
+    from webdancer_dagster.llm.model_files import find_smollm2_gguf
+
+    owner = (
+        "import sys, time\n"
+        "from webdancer_dagster.llm.server import ModelServer, ModelServerConfig\n"
+        f"config = ModelServerConfig(model_path={str(find_smollm2_gguf())!r}, n_ctx=512, n_threads=1,"
+        f" die_with_parent={die_with_parent})\n"
+        "server = ModelServer(config).start()\n"
+        "print(server._process.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", owner], stdout=subprocess.PIPE)
+    server_pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while is_running(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survived = is_running(server_pid)
+    if survived:
+        os.killpg(server_pid, signal.SIGKILL)
+    assert survived is not die_with_parent

@@ -26,6 +26,8 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from webdancer_dagster.processes import die_with_parent
+
 logger = logging.getLogger(__name__)
 
 ServerMode = Literal["llama_cpp", "vllm", "external"]
@@ -61,6 +63,11 @@ class ModelServerConfig(BaseModel):
     stop_timeout_s: float = Field(10.0, gt=0, description="grace period between SIGTERM and SIGKILL")
     extra_args: tuple[str, ...] = Field((), description="appended verbatim to the server command")
     log_path: str | None = Field(None, description="server output file; default: a temporary file")
+    die_with_parent: bool = Field(
+        False,
+        description="Linux: the server gets SIGTERM when the thread that started it ends, even on kill -9 of its "
+        "process; set it where that thread is the main thread of the owning process",
+    )
 
     @model_validator(mode="after")
     def _check_mode(self) -> ModelServerConfig:
@@ -225,7 +232,12 @@ class ModelServer:
         logger.info("starting %s server for %s on %s (log %s)", config.mode, config.model_path, base_url, log_path)
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent if config.die_with_parent else None,
             )
         # Stops the server if the owner forgets to, including at interpreter exit.
         finalizer = weakref.finalize(self, stop_process_group, process, config.stop_timeout_s)

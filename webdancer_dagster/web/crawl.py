@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import hashlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urldefrag, urljoin, urlsplit
 
+from webdancer_dagster.processes import die_with_parent
 from webdancer_dagster.web.errors import CrawlError
 from webdancer_dagster.web.extract import ExtractedPage, extract_page, page_links
 
@@ -51,7 +50,6 @@ HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 # Links to these are never fetched: they cannot become pages. Scrapy's own list plus plain-text sources.
 _EXTRA_IGNORED_EXTENSIONS = ("txt", "rst", "py", "json", "xml")
 LOG_TAIL_CHARS = 4000
-PR_SET_PDEATHSIG = 1  # prctl(2)
 DIRECTORY_INDEX = "index.html"
 # Error pages reach the callback to be recorded as skips; redirects stay with Scrapy's redirect middleware.
 ERROR_STATUSES = list(range(400, 600))
@@ -113,7 +111,7 @@ def crawl_site(root_url: str, proxy_url: str, limits: CrawlLimits, work_dir: Pat
     log_path = work_dir / "crawl.log"
     with log_path.open("w") as log_file:
         completed = subprocess.run(
-            command, stdout=log_file, stderr=subprocess.STDOUT, check=False, preexec_fn=_die_with_parent
+            command, stdout=log_file, stderr=subprocess.STDOUT, check=False, preexec_fn=die_with_parent
         )
     seconds = time.perf_counter() - started
     if completed.returncode != 0:
@@ -131,12 +129,6 @@ def crawl_site(root_url: str, proxy_url: str, limits: CrawlLimits, work_dir: Pat
     return CrawlResult(
         pages=pages.reset_index(drop=True), links=links.reset_index(drop=True), skipped=skipped, stats=stats
     )
-
-
-def _die_with_parent() -> None:
-    """Linux: the spider gets SIGTERM when the process that started it dies, so a killed run leaves no crawler."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _read_jsonl(path: Path, columns: Sequence[str]) -> pd.DataFrame:
