@@ -413,6 +413,14 @@ def test_visits_a_virtual_host_through_the_site_server_proxy(site_server):
     assert reason_of("http://other.webdancer.test/", policy).reason == "host_not_allowed"
 
 
+def test_an_https_url_of_a_local_site_is_fetched_over_plain_http(site_server):
+    """The proxy serves the local sites over http only (a CONNECT tunnel gets 501); models often write https."""
+    policy = FetchPolicy(allowed_hosts=frozenset({"wiki.webdancer.test"}), proxy_url=site_server.proxy_url)
+    page = fetch_page("https://wiki.webdancer.test/wiki/Marie_Curie.html", policy)
+    assert page.title == "Marie Curie" and page.url == "https://wiki.webdancer.test/wiki/Marie_Curie.html"
+    assert reason_of("https://other.webdancer.test/", policy).reason == "host_not_allowed"
+
+
 def test_proxy_that_is_down_is_connect_error():
     policy = FetchPolicy(proxy_url=f"http://127.0.0.1:{closed_port()}", timeout_s=2.0)
     assert reason_of("http://wiki.webdancer.test/", policy).reason == "connect_error"

@@ -21,7 +21,7 @@ USER_AGENT = "webdancer-agent/0.1 (+offline research crawler)"
 @dataclass(frozen=True)
 class FetchPolicy:
     allowed_hosts: frozenset[str] | None = None  # None = any host
-    proxy_url: str | None = None
+    proxy_url: str | None = None  # the local web's site proxy: it serves plain http, so https URLs reach it as http
     timeout_s: float = 15.0
     max_bytes: int = 2_000_000
     max_redirects: int = 5
@@ -79,8 +79,9 @@ def _fetch(url: str, policy: FetchPolicy, client: httpx.Client) -> FetchedPage:
     for _hop in range(policy.max_redirects + 1):
         check_url(current, policy)
         visited.add(current)
+        request_url = _plain_http(current) if policy.proxy_url else current
         try:
-            with client.stream("GET", current, follow_redirects=False, timeout=policy.timeout_s) as response:
+            with client.stream("GET", request_url, follow_redirects=False, timeout=policy.timeout_s) as response:
                 if response.status_code in _REDIRECT_STATUSES:
                     location = response.headers.get("Location")
                     if not location:
@@ -96,6 +97,12 @@ def _fetch(url: str, policy: FetchPolicy, client: httpx.Client) -> FetchedPage:
         except httpx.HTTPError as error:
             raise FetchError(current, "connect_error", f"{type(error).__name__}: {error}") from error
     raise FetchError(url, "too_many_redirects", f"more than {policy.max_redirects} redirects")
+
+
+def _plain_http(url: str) -> str:
+    """The local sites have no TLS: a model that writes https:// for one of them means the page at http://."""
+    parts = urlsplit(url)
+    return parts._replace(scheme="http").geturl() if parts.scheme == "https" else url
 
 
 def _read(url: str, final_url: str, response: httpx.Response, policy: FetchPolicy) -> FetchedPage:
