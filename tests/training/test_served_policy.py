@@ -161,6 +161,10 @@ def test_two_synced_dapo_steps_serve_the_trainers_new_weights(
     assert first["served_probe"] != second["served_probe"], "the server did not serve the moved weights"
     assert result.sync_seconds > 0 and 0 < result.sync_time_share < 1 and result.rollout_retries == 0
     assert [entry.get("rollouts/policy_staleness") for entry in result.history] == [0.0, 1.0, 0.0]
+    for entry in result.history:  # every sampled rollout counts, the dropped groups' too
+        assert 0.0 <= entry["rollouts/sampled_answer_mean"] <= 1.0
+        assert 0.0 <= entry["rollouts/sampled_format_mean"] <= 1.0
+    assert result.history[0]["rollouts/sampled_format_mean"] > 0, "the answering model writes the agent's format"
 
 
 def test_vllm_rollouts_are_refused_with_what_to_use_instead() -> None:

@@ -48,9 +48,11 @@ SFT_CHECKPOINT_TABLE = "sft_checkpoint"
 RL_CHECKPOINT_TABLE = "rl_checkpoint"
 ENVIRONMENT_FILE = "rollout_environment.json"
 REWARD_SERIES = {
-    "reward": "reward (0.1 format + 0.9 answer)",
-    "rewards/format_reward/mean": "format",
-    "rewards/answer_reward/mean": "answer",
+    "reward": "reward of the trained batch (0.1 format + 0.9 answer)",
+    "rewards/format_reward/mean": "format, trained batch",
+    "rewards/answer_reward/mean": "answer, trained batch",
+    "rollouts/sampled_format_mean": "format, all rollouts sampled",
+    "rollouts/sampled_answer_mean": "answer, all rollouts sampled",
     "dynamic_sampling/dropped_group_share": "dropped group share",
 }
 

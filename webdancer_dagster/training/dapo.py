@@ -365,8 +365,9 @@ def answer_reward(
         for name in ("dropped_group_share", "trained_token_share", "refill_rounds"):
             if extra.get(name):
                 log_metric(f"dynamic_sampling/{name}", float(extra[name][0]))
-        if extra.get("policy_staleness"):
-            log_metric("rollouts/policy_staleness", float(extra["policy_staleness"][0]))
+        for name in ("policy_staleness", "sampled_format_mean", "sampled_answer_mean"):
+            if extra.get(name):
+                log_metric(f"rollouts/{name}", float(extra[name][0]))
     return list(answer_reward)
 
 
@@ -424,6 +425,7 @@ class AgentRollout:
         self.seconds = 0.0
         self.tokens_generated = self.tokens_trained = 0
         self.groups_sampled = self.groups_dropped = 0
+        self._step_rewards: list[RolloutReward] = []  # every rollout sampled for the current step, kept or not
         self._completion_tokens = self._masked_tokens = 0
 
     @property
@@ -442,6 +444,7 @@ class AgentRollout:
         self._prepare_policy(trainer.accelerator.unwrap_model(trainer.model), step, max_batch=len(prompts))
         self.policy_staleness.append(step - self.policy_version)
         started = time.perf_counter()  # after the weight sync, which is reported on its own
+        self._step_rewards = []
         batch = fill_groups(
             questions,
             self._sample_groups,
@@ -554,6 +557,7 @@ class AgentRollout:
                 )
                 for trajectory in group
             ]
+            self._step_rewards.extend(rollout.reward for rollout in rollouts)
             generated = sum(trajectory.completion_tokens for trajectory in group)
             groups.append(Group(question, rollouts, [rollout.reward.answer for rollout in rollouts], generated))
         return groups
@@ -628,6 +632,9 @@ class AgentRollout:
             "dropped_group_share": [batch.dropped_share] * rows,
             "trained_token_share": [batch.trained_token_share] * rows,
             "policy_staleness": [float(staleness)] * rows,
+            # The trained batch holds the kept groups (and fillers): these are the policy's own rates this step.
+            "sampled_format_mean": [_mean([reward.format for reward in self._step_rewards])] * rows,
+            "sampled_answer_mean": [_mean([reward.answer for reward in self._step_rewards])] * rows,
             "refill_rounds": [float(batch.rounds)] * rows,
         }
 
@@ -663,6 +670,10 @@ def _fitting_prompts(
     return kept, dropped
 
 
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
 def _history_entry(entry: dict[str, float]) -> dict[str, float]:
     keys = (
         "step",
@@ -674,6 +685,8 @@ def _history_entry(entry: dict[str, float]) -> dict[str, float]:
         "dynamic_sampling/dropped_group_share",
         "dynamic_sampling/trained_token_share",
         "rollouts/policy_staleness",
+        "rollouts/sampled_format_mean",
+        "rollouts/sampled_answer_mean",
         "completions/mean_length",
         "completions/clipped_ratio",
         "learning_rate",
