@@ -48,8 +48,9 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import FusedCausalLMOutput
 
 from webdancer_dagster.agent.factory import build_web_agent
-from webdancer_dagster.agent.loop import run_agents
+from webdancer_dagster.agent.loop import ReactAgent, run_agents
 from webdancer_dagster.agent.prompts import system_message, user_message
+from webdancer_dagster.agent.trajectory import Trajectory
 from webdancer_dagster.llm.client import ChatModel, LLMEndpoint, LLMEndpointError, SamplingParams
 from webdancer_dagster.llm.server import default_threads
 from webdancer_dagster.training.base_model import folder_sha256
@@ -562,7 +563,7 @@ class AgentRollout:
             groups.append(Group(question, rollouts, [rollout.reward.answer for rollout in rollouts], generated))
         return groups
 
-    def _run_with_retries(self, agent: Any, questions: Sequence[str]) -> list[Any]:
+    def _run_with_retries(self, agent: ReactAgent, questions: Sequence[str]) -> list[Trajectory]:
         """All rollouts of `questions`, or none: a rollout server that died is restarted and every group sampled
         again (counted), so no group is trained half-finished."""
         size = self.hparams.num_generations
