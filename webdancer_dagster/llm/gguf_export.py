@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -76,8 +76,11 @@ def export_gguf(folder: Path, sha256: str, cache_root: Path, outtype: OutType = 
     return GGUFExport(target, folder, sha256, outtype, reused=False)
 
 
-def write_llama_gguf(folder: Path, out_path: Path, outtype: OutType = "f16") -> None:
-    """Write `folder` (a LlamaForCausalLM with a byte-level BPE tokenizer) as one GGUF file."""
+def write_llama_gguf(
+    folder: Path, out_path: Path, outtype: OutType = "f16", tensors: Iterable[tuple[str, np.ndarray]] | None = None
+) -> None:
+    """Write `folder` (a LlamaForCausalLM with a byte-level BPE tokenizer) as one GGUF file; `tensors` (Hugging Face
+    names, float32 arrays) replace the folder's weights, so weights in memory need not be saved first."""
     config = _read_json(folder / "config.json")
     architectures = config.get("architectures") or []
     if config.get("model_type") != "llama" or architectures not in ([], ["LlamaForCausalLM"]):
@@ -117,7 +120,7 @@ def write_llama_gguf(folder: Path, out_path: Path, outtype: OutType = "f16") -> 
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
     tied = bool(config.get("tie_word_embeddings", False))
-    for hf_name, tensor in _tensors(folder):
+    for hf_name, tensor in _tensors(folder) if tensors is None else tensors:
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
             continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))

@@ -160,19 +160,21 @@ class ServedPolicy:
         if self._server is not None:
             self._server.stop()
             self._server = None
-        shutil.rmtree(self.work_dir / "weights", ignore_errors=True)
+        shutil.rmtree(self.work_dir / "model", ignore_errors=True)
         for export in self.work_dir.glob("policy-v*.gguf*"):
             export.unlink(missing_ok=True)
 
     def _export(self, model: PreTrainedModel, version: int) -> Path:
-        """Weights to a safetensors folder, then to GGUF; the tokenizer is checked against llama.cpp's once."""
-        folder = self.work_dir / "weights"
-        model.save_pretrained(folder, safe_serialization=True)
+        """The weights in memory straight to GGUF, with the config and tokenizer saved once beside it (they do not
+        change while training); the tokenizer is checked against llama.cpp's once."""
+        folder = self.work_dir / "model"
         if not self._tokenizer_checked:
+            model.config.save_pretrained(folder)
             self.tokenizer.save_pretrained(folder)
+        tensors = ((name, tensor.detach().float().cpu().numpy()) for name, tensor in model.state_dict().items())
         gguf_path = self.work_dir / f"policy-v{version}.gguf"
         staging = gguf_path.with_suffix(".gguf.tmp")
-        write_llama_gguf(folder, staging, self.outtype)
+        write_llama_gguf(folder, staging, self.outtype, tensors)
         if not self._tokenizer_checked:
             check_tokenizer_matches(folder, staging)
             self._tokenizer_checked = True
