@@ -7,14 +7,19 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from webdancer_dagster.agent.trajectory import Step
 from webdancer_dagster.warehouse import WarehouseStore, resolve_home
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 # Plain Python tracebacks: rich's pretty ones looped on the error chain of a failed Dagster run, using minutes of
 # CPU and gigabytes of memory before the command exited, and they print local variables, which may hold keys.
@@ -38,6 +43,19 @@ def _use_home(home: Path | None) -> Path:
     return home
 
 
+@contextmanager
+def _run_history() -> Iterator[dg.DagsterInstance]:
+    """This home's Dagster instance, once runs a killed process left unfinished are reported failed."""
+    import dagster as dg
+
+    from webdancer_dagster.run_history import fail_orphaned_runs
+
+    with dg.DagsterInstance.get() as instance:
+        for run_id in fail_orphaned_runs(instance):
+            console.print(f"[yellow]run {run_id} was killed before it ended: reported it failed[/yellow]")
+        yield instance
+
+
 def _dagster_home(home: Path) -> Path:
     from webdancer_dagster.pipeline import ensure_dagster_home
 
@@ -54,12 +72,10 @@ def materialize(
     home = _use_home(home)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    import dagster as dg
-
     from webdancer_dagster.definitions import defs
     from webdancer_dagster.pipeline import load_profile, materialize_all
 
-    with dg.DagsterInstance.get() as instance:
+    with _run_history() as instance:
         results = materialize_all(defs, instance, run_config=load_profile(profile), selection=select)
     console.print(f"[green]materialized {len(results)} runs[/green] into {home}")
     console.print(
@@ -74,8 +90,10 @@ def ui(
     home: HomeOption = None,
 ) -> None:
     """Start the Dagster UI on 127.0.0.1 over the same run history the CLI writes."""
-    home = resolve_home(home)
-    env = {**os.environ, "WEBDANCER_HOME": str(home), "DAGSTER_HOME": str(_dagster_home(home))}
+    _use_home(home)
+    with _run_history():
+        pass  # runs a killed process left unfinished show as failed, not as running forever
+    env = dict(os.environ)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
     command = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)]
     raise typer.Exit(subprocess.call(command, env=env))
@@ -124,7 +142,7 @@ def crawl(
     store = WarehouseStore(home)
     run_config = {"ops": {k: v for k, v in (load_profile(profile).get("ops") or {}).items() if k == "crawl_pages"}}
     selection = ["crawl_pages"] if store.table_exists("sites") else ["web_sites", "crawl_pages"]
-    with dg.DagsterInstance.get() as instance:
+    with _run_history() as instance:
         if "web_sites" in selection:
             dg.materialize(defs.assets, selection=["web_sites"], instance=instance, resources=defs.resources)
         dg.materialize(
@@ -164,7 +182,7 @@ def evaluate(
         raise typer.Exit(2)
     ops = load_profile(profile).get("ops") or {}
     run_config = {"ops": {k: v for k, v in ops.items() if k == "benchmark_scores"}}
-    with dg.DagsterInstance.get() as instance:
+    with _run_history() as instance:
         result = dg.materialize(
             [*defs.assets, *defs.asset_checks],  # the asset's checks run with it, as in the UI
             selection=["benchmark_scores"],
@@ -241,6 +259,10 @@ def ask(
     max_tokens: Annotated[int, typer.Option(help="Tokens per assistant turn.")] = 512,
     n_ctx: Annotated[int, typer.Option(help="The model's context window in tokens.")] = 8192,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of the agent's turns.")] = 0.6,
+    timeout: Annotated[float, typer.Option(help="Seconds one model request waits for an answer per try.")] = 120.0,
+    deadline: Annotated[
+        float, typer.Option(help="Seconds one model request may take in all, its retries included.")
+    ] = 180.0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the trajectory as JSON on stdout.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the response cache.")] = False,
     home: HomeOption = None,
@@ -309,7 +331,9 @@ def ask(
                 api_key_env=api_key_env,
                 sampling=sampling,
                 cache_path=cache_path,
-                timeout_s=600,
+                served_by=server.config.served_by(),
+                timeout_s=timeout,
+                deadline_s=deadline,
             )
             return LLMEndpoint(config)
 

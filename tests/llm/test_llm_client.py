@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
 import pytest
 
+from webdancer_dagster.files import file_sha256
 from webdancer_dagster.llm.client import (
     EndpointConfig,
     LLMEndpoint,
@@ -16,7 +18,7 @@ from webdancer_dagster.llm.client import (
     SamplingParams,
 )
 from webdancer_dagster.llm.scripted import ScriptedReply
-from webdancer_dagster.llm.server import free_port
+from webdancer_dagster.llm.server import ModelServerConfig, free_port
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
 
@@ -80,14 +82,49 @@ def test_the_cache_answers_identical_requests_and_survives_a_restart(scripted, t
     assert len(ResponseCache(cache_path)) == 2
 
 
-def test_the_cache_key_ignores_the_url_but_not_the_model_or_sampling(scripted, tmp_path):
-    server = scripted(["a", "b", "c"])
+def test_two_endpoints_with_the_same_model_id_never_share_answers(scripted, tmp_path):
+    """The issue's case: a declared model whose server only fails must fail, not replay another server's answers."""
+    answering = scripted(["Paris"])
+    failing = scripted(lambda request: ScriptedReply(status=500))
     cache = ResponseCache(tmp_path / "cache.sqlite")
-    LLMEndpoint(config(server.base_url), cache=cache).chat(MESSAGES)
-    LLMEndpoint(config(server.base_url.replace("127.0.0.1", "localhost")), cache=cache).chat(MESSAGES)
-    LLMEndpoint(config(server.base_url, model="other"), cache=cache).chat(MESSAGES)
-    LLMEndpoint(config(server.base_url, sampling=SamplingParams(temperature=0)), cache=cache).chat(MESSAGES)
-    assert len(server.requests) == 3
+    assert LLMEndpoint(config(answering.base_url), cache=cache).chat(MESSAGES).content == "Paris"
+
+    with pytest.raises(LLMEndpointError, match="HTTP 500 after 3 tries"):
+        LLMEndpoint(config(failing.base_url), cache=cache).chat(MESSAGES)
+    assert len(failing.requests) == 3
+
+
+def test_a_server_of_ours_is_cached_under_its_model_whatever_its_port(scripted, tmp_path):
+    first_run, second_run = scripted(["a"]), scripted(["b", "c", "d"])
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    smollm = "llama_cpp gguf sha256:" + "1" * 64
+    assert LLMEndpoint(config(first_run.base_url, served_by=smollm), cache=cache).chat(MESSAGES).content == "a"
+
+    replayed = LLMEndpoint(config(second_run.base_url, served_by=smollm), cache=cache).chat(MESSAGES)
+    other_model = "llama_cpp gguf sha256:" + "2" * 64
+    fresh = [
+        LLMEndpoint(config(second_run.base_url, served_by=other_model), cache=cache).chat(MESSAGES),
+        LLMEndpoint(config(second_run.base_url, served_by=smollm, model="other"), cache=cache).chat(MESSAGES),
+        LLMEndpoint(
+            config(second_run.base_url, served_by=smollm, sampling=SamplingParams(temperature=0)), cache=cache
+        ).chat(MESSAGES),
+    ]
+    assert (replayed.content, replayed.cached) == ("a", True)
+    assert [result.content for result in fresh] == ["b", "c", "d"]
+    assert len(second_run.requests) == 3
+
+
+def test_a_model_server_is_named_by_its_file_not_its_port(tmp_path):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF weights")
+    on_one_port = ModelServerConfig(model_path=str(gguf), port=8001)
+    on_another = ModelServerConfig(model_path=str(gguf), port=8002)
+    first = on_one_port.served_by()
+    assert first == on_another.served_by() == f"llama_cpp gguf sha256:{file_sha256(gguf)}"
+    gguf.write_bytes(b"GGUF other weights")
+    assert ModelServerConfig(model_path=str(gguf)).served_by() != first
+    external = ModelServerConfig(mode="external", base_url="http://gpu-box:8000/v1", served_model_name="m")
+    assert external.served_by() is None
 
 
 def test_the_api_key_comes_from_the_environment_only(scripted, monkeypatch):
@@ -128,6 +165,17 @@ def test_an_endpoint_that_is_down_fails_fast_with_its_name():
     with pytest.raises(LLMEndpointError, match=f"judge endpoint {url} unreachable after 3 tries"):
         LLMEndpoint(config(url)).chat(MESSAGES)
     assert time.perf_counter() - started < 3
+
+
+def test_a_server_that_accepts_and_never_answers_fails_at_the_deadline():
+    """Ten tries of one second each would take ten; the request's deadline stops it at 2.5 s."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts connections nobody answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        started = time.perf_counter()
+        with pytest.raises(LLMEndpointError, match=rf"judge endpoint {url} gave no answer within its 2.5s deadline"):
+            LLMEndpoint(config(url, timeout_s=1.0, max_attempts=10, deadline_s=2.5)).chat(MESSAGES)
+        elapsed = time.perf_counter() - started
+    assert 2.4 < elapsed < 4.0
 
 
 def test_a_completion_with_empty_content_is_an_empty_string(scripted):

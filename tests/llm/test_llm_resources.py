@@ -123,14 +123,31 @@ def test_each_endpoint_knows_what_serves_it(scripted, monkeypatch):
     assert kind(external) == kind(external, **own_url) == "other"
     assert kind(external, server_kind="vllm") == "vllm"
     assert kind(external, server_kind="llama_cpp", **own_url) == "llama_cpp"
-    monkeypatch.setattr(
-        LocalModelServer, "ensure_running", lambda self: SimpleNamespace(base_url="http://x/v1", model="m")
+    running = SimpleNamespace(
+        base_url="http://x/v1", model="m", config=SimpleNamespace(served_by=lambda: "llama_cpp gguf sha256:0")
     )
+    monkeypatch.setattr(LocalModelServer, "ensure_running", lambda self: running)
     assert kind(LocalModelServer(mode="llama_cpp", model_path="m.gguf")) == "llama_cpp"
     assert kind(LocalModelServer(mode="vllm", model_path="org/m")) == "vllm"
     assert kind(LocalModelServer(mode="vllm", model_path="org/m"), **own_url) == "other"
     with pytest.raises(ValueError, match="server_kind"):
         kind(external, server_kind="llamacpp")
+
+
+def test_a_role_on_the_local_server_is_cached_under_its_model_and_one_with_a_url_under_the_url(scripted, monkeypatch):
+    server = scripted([])
+    running = SimpleNamespace(
+        base_url="http://127.0.0.1:1234/v1", model="m", config=SimpleNamespace(served_by=lambda: "llama_cpp gguf x")
+    )
+    monkeypatch.setattr(LocalModelServer, "ensure_running", lambda self: running)
+    local = LocalModelServer(mode="llama_cpp", model_path="m.gguf")
+
+    def identity(**settings) -> str:
+        role = LLMEndpointResource(role="policy", server=local, warehouse=Warehouse(), **settings)
+        return role.endpoint_config().cache_identity()
+
+    assert identity() == "llama_cpp gguf x"
+    assert identity(base_url=server.base_url, model="m") == server.base_url
 
 
 def test_an_unknown_server_mode_is_refused():

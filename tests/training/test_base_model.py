@@ -9,13 +9,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from webdancer_dagster.files import file_sha256
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.training.base_model import (
     MANIFEST_NAME,
     BaseModel,
     convert_gguf,
     create_tiny_llama,
-    file_sha256,
     folder_sha256,
     prepare_base_model,
 )

@@ -1,6 +1,9 @@
 """The torchrun launcher: command building (pure), and real launches through Dagster Pipes on 2 CPU processes."""
 
+import json
+import os
 import sys
+import textwrap
 from pathlib import Path
 
 import dagster as dg
@@ -27,16 +30,20 @@ def _flags(command: list[str]) -> list[str]:
     return command[3 : command.index("-m", 3)]
 
 
-def test_single_node_uses_a_standalone_rendezvous(tmp_path: Path) -> None:
+def test_single_node_rendezvous_is_on_loopback(tmp_path: Path) -> None:
     command = build_torchrun_command(
-        SFT_MODULE, ["--max_steps", "1"], TorchrunTopology(nproc_per_node=2), tmp_path / "logs"
+        SFT_MODULE, ["--max_steps", "1"], TorchrunTopology(nproc_per_node=2, rdzv_id="run-1"), tmp_path / "logs"
     )
 
-    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert command[:3] == [sys.executable, "-m", "webdancer_dagster.training.loopback_torchrun"]
     assert _flags(command) == [
         "--nnodes=1",
         "--nproc-per-node=2",
-        "--standalone",
+        "--loopback-only",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=127.0.0.1:0",
+        "--rdzv-id=run-1",
+        "--local-addr=127.0.0.1",
         "--max-restarts=0",
         f"--log-dir={tmp_path / 'logs'}",
         "--tee=3",
@@ -58,7 +65,7 @@ def test_elastic_multi_node_rendezvous(tmp_path: Path) -> None:
         "--rdzv-endpoint=head:29400",
         "--rdzv-id=sft-42",
     ]
-    assert "--max-restarts=3" in flags and "--standalone" not in flags
+    assert "--max-restarts=3" in flags and "--loopback-only" not in flags
 
 
 def test_static_multi_node_rendezvous(tmp_path: Path) -> None:
@@ -73,7 +80,7 @@ def test_static_multi_node_rendezvous(tmp_path: Path) -> None:
         "--master-addr=10.0.0.1",
         "--master-port=29500",
     ]
-    assert not any(flag.startswith("--rdzv") or flag == "--standalone" for flag in flags)
+    assert not any(flag.startswith("--rdzv") or flag == "--loopback-only" for flag in flags)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +106,17 @@ def test_resource_defaults_to_one_cpu_process_with_gpus_hidden() -> None:
     topology = launcher.topology("cpu", default_rdzv_id="run-1")
 
     assert (topology.nproc_per_node, topology.nnodes, topology.rdzv_id) == (1, 1, "run-1")
-    assert launcher.worker_env("cpu") == {"OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": ""}
+    assert launcher.worker_env("cpu") == {
+        "OMP_NUM_THREADS": "2",
+        "CUDA_VISIBLE_DEVICES": "",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "NCCL_SOCKET_IFNAME": "lo",
+        "WEBDANCER_PARENT_PID": str(os.getpid()),
+    }
+    cluster = TorchrunLauncher(
+        device="cuda", nnodes=2, rdzv_endpoint="head:29400", extra_env={"NCCL_SOCKET_IFNAME": "eth1"}
+    )
+    assert cluster.worker_env("cuda") == {"NCCL_SOCKET_IFNAME": "eth1", "WEBDANCER_PARENT_PID": str(os.getpid())}
     assert launcher.resolved_device() == "cpu"
     with pytest.raises(ValueError, match="device must be one of"):
         TorchrunLauncher(device="tpu").resolved_device()
@@ -210,3 +227,51 @@ def test_crashed_worker_fails_the_asset_with_the_log_tail(tmp_path: Path, tiny_m
     assert "--- local rank 0 stderr ---" in description
     assert f"FileNotFoundError: [Errno 2] No such file or directory: '{missing}'" in description
     assert Path(failure.user_failure_data.metadata["log_dir"].value).is_dir()
+
+
+LISTENERS_MODULE = """
+import json, os, re, subprocess, sys
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+dist.barrier()
+if dist.get_rank() == 0:
+    agent = os.getppid()
+    family = {agent, *map(int, open(f"/proc/{agent}/task/{agent}/children").read().split())}
+    listening = []
+    for line in subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout.splitlines():
+        pids = {int(pid) for pid in re.findall(r"pid=(\\d+)", line)}
+        if pids & family:
+            listening.append(line.split()[3])
+    open(sys.argv[1], "w").write(json.dumps(listening))
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@dg.asset
+def report_listeners(context: dg.AssetExecutionContext, launcher: TorchrunLauncher) -> dg.MaterializeResult:
+    """Test-only: two ranks that write every address their torchrun agent and its workers listen on."""
+    out = Path(os.environ["LISTENERS_DIR"])
+    launcher.run(context, "listeners", [str(out / "listening.json")], out / "logs")
+    return dg.MaterializeResult()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and ss")
+def test_nothing_a_single_node_run_listens_on_is_off_loopback(tmp_path: Path, monkeypatch) -> None:
+    """torch's stores bind every interface by default; on one node the rendezvous, the workers' store and gloo
+    must listen on 127.0.0.1 only (an unauthenticated store on the network is a remote-control port)."""
+    (tmp_path / "listeners.py").write_text(textwrap.dedent(LISTENERS_MODULE))
+    monkeypatch.setenv("LISTENERS_DIR", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+
+    result = dg.materialize(
+        [report_listeners],
+        resources={"launcher": TorchrunLauncher(nproc_per_node=2, device="cpu")},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+
+    assert result.success
+    listening = json.loads((tmp_path / "listening.json").read_text())
+    assert len(listening) >= 3, listening  # the rendezvous store, the workers' store, a gloo socket per rank
+    assert all(address.rsplit(":", 1)[0] == "127.0.0.1" for address in listening), listening

@@ -176,7 +176,9 @@ def resolve_policy(
     checkpoint = recorded_checkpoint(store, str(spec.checkpoint_table))
     template = policy.server.server_config()  # the same resources (mode, threads, context) as llm_server
     # Known before the server starts: the fingerprint needs the model id, not the URL.
-    endpoint = policy.endpoint_config(base_url="http://127.0.0.1/v1", model=checkpoint.served_name)
+    endpoint = policy.endpoint_config(base_url="http://127.0.0.1/v1", model=checkpoint.served_name).model_copy(
+        update={"served_by": f"checkpoint sha256:{checkpoint.sha256} gguf {config.gguf_outtype}"}
+    )
     return _Policy(
         budgeted(endpoint, checkpoint.trained_turn_tokens_p95),
         config.tokenizer or str(checkpoint.path),

@@ -22,7 +22,13 @@ from typing import Any, Literal, Protocol
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessage
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +83,21 @@ class EndpointConfig(BaseModel):
     model: str
     api_key_env: str | None = None
     sampling: SamplingParams = SamplingParams()
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0, description="one try's wait for an answer")
     max_attempts: int = Field(3, ge=1)
+    deadline_s: float = Field(
+        300.0, gt=0, description="one request's total time from its first try: later tries and the waits between them"
+    )
     backoff_initial_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
     max_concurrency: int = Field(4, ge=1)
     cache_path: Path | None = None
     server_kind: ServerKind = Field("other", description="what serves base_url; decides how a grammar is sent")
+    served_by: str | None = Field(
+        None,
+        description="what answers at base_url, for the response cache, when the URL cannot say: the model's content "
+        "hash for a server this project starts (its port changes every run); empty: the URL names the endpoint",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -92,6 +106,12 @@ class EndpointConfig(BaseModel):
 
     def describe(self) -> str:
         return f"{self.role} endpoint {self.base_url}"
+
+    def cache_identity(self) -> str:
+        """Who answers, for the cache key: two endpoints that share a model id must never share answers. A server
+        of ours is named by its model's content, so a restart on another port still hits the cache; any other
+        endpoint by its URL (scheme, host, port, path), which the user wrote and which stays put. Never the key."""
+        return self.served_by or self.base_url
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +216,7 @@ class ResponseCache:
 
 
 def request_key(request: Mapping[str, Any]) -> str:
-    """Stable hash of everything that determines a completion (never the URL: local ports change per run)."""
+    """Stable hash of everything that determines a completion; callers put the endpoint's cache identity in it."""
     canonical = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -230,7 +250,10 @@ def _is_retryable(error: BaseException) -> bool:
 
 
 def _failure_message(config: EndpointConfig, attempts: int, error: BaseException) -> str:
-    if isinstance(error, openai.APITimeoutError):
+    tries = "try" if attempts == 1 else f"{attempts} tries"
+    if attempts < config.max_attempts:  # stopped by the deadline, not by the number of tries
+        what = f"gave no answer within its {config.deadline_s:g}s deadline ({tries})"
+    elif isinstance(error, openai.APITimeoutError):
         what = f"timed out ({config.timeout_s:g}s) on all {attempts} tries"
     elif isinstance(error, openai.APIConnectionError):
         what = f"unreachable after {attempts} tries"
@@ -306,7 +329,7 @@ class LLMEndpoint:
         """
         sampling = sampling or self.config.sampling
         request = self._request_body(messages, sampling, sample_index, response_format, grammar)
-        key = request_key({"request": request, "sample_index": sample_index})
+        key = request_key({"request": request, "sample_index": sample_index, "endpoint": self.config.cache_identity()})
         if self.cache is not None:
             stored = self.cache.get(key)
             if stored is not None:
@@ -362,42 +385,58 @@ class LLMEndpoint:
         return body
 
     def _call_with_retries(self, request: dict[str, Any]) -> ChatResult:
+        """Try until an answer, a final error, `max_attempts` tries or the deadline, whichever comes first.
+
+        The deadline runs from the first try's send, not from the call: waiting behind this client's own requests
+        for a concurrency slot is queueing, not the endpoint's fault. No try outlives the deadline."""
         config = self.config
+        deadline: list[float] = []  # set when the first try is sent
+
+        def remaining() -> float:
+            return deadline[0] - time.monotonic() if deadline else config.deadline_s
 
         def before_sleep(state: RetryCallState) -> None:
             self.usage.record_retry()
             error = state.outcome.exception() if state.outcome else None
             logger.warning("%s try %d failed (%s); retrying", config.describe(), state.attempt_number, error)
 
+        def call_once() -> ChatResult:
+            with self._slots:
+                if not deadline:
+                    deadline.append(time.monotonic() + config.deadline_s)
+                return self._call_once(request, timeout_s=max(0.001, min(config.timeout_s, remaining())))
+
+        backoff = wait_exponential_jitter(initial=config.backoff_initial_s, max=config.backoff_max_s)
         retrying = Retrying(
-            stop=stop_after_attempt(config.max_attempts),
-            wait=wait_exponential_jitter(initial=config.backoff_initial_s, max=config.backoff_max_s),
+            # A try that could not start before the deadline is not made: the last error is raised instead.
+            stop=stop_after_attempt(config.max_attempts) | (lambda state: remaining() <= state.upcoming_sleep),
+            wait=lambda state: max(0.0, min(backoff(state), remaining())),
             retry=retry_if_exception(_is_retryable),
             before_sleep=before_sleep,
             reraise=True,
         )
         try:
-            return retrying(self._call_once, request)
+            return retrying(call_once)
         except openai.APIStatusError as error:
+            tries = retrying.statistics["attempt_number"]
             if _is_retryable(error):
-                raise LLMEndpointError(_failure_message(config, config.max_attempts, error)) from error
+                raise LLMEndpointError(_failure_message(config, tries, error)) from error
             raise LLMRequestRejected(
                 f"{config.describe()} rejected the request (HTTP {error.status_code}): {error}", error.status_code
             ) from error
         except (openai.APIConnectionError, MalformedResponseError) as error:
-            raise LLMEndpointError(_failure_message(config, config.max_attempts, error)) from error
+            tries = retrying.statistics["attempt_number"]
+            raise LLMEndpointError(_failure_message(config, tries, error)) from error
 
-    def _call_once(self, request: dict[str, Any]) -> ChatResult:
-        with self._slots:
-            started = time.perf_counter()
-            standard = {key: value for key, value in request.items() if key not in EXTRA_BODY_FIELDS}
-            extra = {key: value for key, value in request.items() if key in EXTRA_BODY_FIELDS}
-            try:
-                response = self._client.chat.completions.create(**standard, extra_body=extra or None)
-            except ValueError as error:  # a JSON content type whose body does not parse
-                raise MalformedResponseError(f"unparseable body: {error}") from error
-            latency = time.perf_counter() - started
-        return _to_result(response, latency)
+    def _call_once(self, request: dict[str, Any], timeout_s: float) -> ChatResult:
+        started = time.perf_counter()
+        standard = {key: value for key, value in request.items() if key not in EXTRA_BODY_FIELDS}
+        extra = {key: value for key, value in request.items() if key in EXTRA_BODY_FIELDS}
+        try:
+            response = self._client.chat.completions.create(**standard, extra_body=extra or None, timeout=timeout_s)
+        except ValueError as error:  # a JSON content type whose body does not parse
+            raise MalformedResponseError(f"unparseable body: {error}") from error
+        return _to_result(response, time.perf_counter() - started)
 
 
 def _to_result(response: object, latency_s: float) -> ChatResult:

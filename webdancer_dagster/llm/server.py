@@ -1,13 +1,15 @@
 """The model server every LLM role talks to: llama.cpp on this machine, vLLM on a GPU machine, or an external URL.
 
 `ModelServer` owns one server process: it picks a free port on 127.0.0.1, starts the process in its own process
-group (so stopping it also stops whatever it forked), waits for `GET /v1/models` within a deadline, and stops it
-with SIGTERM, then SIGKILL after a grace period. In `external` mode there is no process; the configured
-`base_url` is used as is. The process writes its output to a log file whose tail goes into every startup error.
+group (so stopping it also stops whatever it forked) and tied to this process's life (kill -9 included), waits
+for `GET /v1/models` within a deadline, and stops it with SIGTERM, then SIGKILL after a grace period. In
+`external` mode there is no process; the configured `base_url` is used as is. The process writes its output to a
+log file whose tail goes into every startup error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -26,7 +28,8 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from webdancer_dagster.processes import die_with_parent
+from webdancer_dagster.files import file_sha256
+from webdancer_dagster.processes import spawn_dying_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +66,6 @@ class ModelServerConfig(BaseModel):
     stop_timeout_s: float = Field(10.0, gt=0, description="grace period between SIGTERM and SIGKILL")
     extra_args: tuple[str, ...] = Field((), description="appended verbatim to the server command")
     log_path: str | None = Field(None, description="server output file; default: a temporary file")
-    die_with_parent: bool = Field(
-        False,
-        description="Linux: the server gets SIGTERM when the thread that started it ends, even on kill -9 of its "
-        "process; set it where that thread is the main thread of the owning process",
-    )
 
     @model_validator(mode="after")
     def _check_mode(self) -> ModelServerConfig:
@@ -86,6 +84,21 @@ class ModelServerConfig(BaseModel):
             raise ValueError("an external endpoint needs served_model_name (the model id it serves)")
         name = Path(str(self.model_path)).name  # not .stem: "Qwen2.5-7B-Instruct" is a hub id, not a file
         return name.removesuffix(".gguf")
+
+    def served_by(self) -> str | None:
+        """What answers requests, for the response cache (`EndpointConfig.served_by`): the GGUF file's sha256 for
+        llama.cpp; for vLLM a local folder's file names, sizes and modification times (hashing tens of GB per run
+        would cost minutes), or the hub id; None for an external endpoint, which its URL names."""
+        if self.mode == "llama_cpp":
+            return f"llama_cpp gguf sha256:{file_sha256(Path(str(self.model_path)))}"
+        if self.mode == "vllm":
+            folder = Path(str(self.model_path))
+            if not folder.is_dir():
+                return f"vllm {self.model_path}"
+            files = sorted(path for path in folder.rglob("*") if path.is_file())
+            stats = [(str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns) for path in files]
+            return f"vllm folder {hashlib.sha256(repr(stats).encode()).hexdigest()}"
+        return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -231,13 +244,10 @@ class ModelServer:
         base_url = f"http://{config.host}:{port}/v1"
         logger.info("starting %s server for %s on %s (log %s)", config.mode, config.model_path, base_url, log_path)
         with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent if config.die_with_parent else None,
+            # Its own session, so stopping it stops whatever it forked; and it dies with this process, so kill -9
+            # of a run leaves no server listening.
+            process = spawn_dying_with_parent(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         # Stops the server if the owner forgets to, including at interpreter exit.
         finalizer = weakref.finalize(self, stop_process_group, process, config.stop_timeout_s)

@@ -116,8 +116,11 @@ class LLMEndpointResource(dg.ConfigurableResource):
     max_tokens: int = 1024
     stop: list[str] = Field(default_factory=list)
     seed: int | None = Field(default=None, description="Base seed; each sample adds its index.")
-    timeout_s: float = Field(default=120.0, description="Per-request timeout.")
+    timeout_s: float = Field(default=120.0, description="One try's wait for an answer.")
     max_attempts: int = Field(default=3, description="Tries per request on connection errors, 408/409/429, 5xx.")
+    deadline_s: float = Field(
+        default=300.0, description="One request's total seconds from its first try, retries and their waits included."
+    )
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 30.0
     max_concurrency: int = Field(default=4, description="Requests in flight at once for this role.")
@@ -149,8 +152,10 @@ class LLMEndpointResource(dg.ConfigurableResource):
             base_url, model, api_key_env = self.base_url, model or self.model, api_key_env or self.api_key_env
             server_kind = self.server_kind or "other"
         max_concurrency = self.max_concurrency
+        served_by = None
         if base_url is None:
             server = self.server.ensure_running()
+            served_by = server.config.served_by()
             base_url, model = server.base_url, model or server.model
             server_kind = self.server_kind or (
                 self.server.mode if self.server.mode in ("llama_cpp", "vllm") else "other"
@@ -174,11 +179,13 @@ class LLMEndpointResource(dg.ConfigurableResource):
             ),
             timeout_s=self.timeout_s,
             max_attempts=self.max_attempts,
+            deadline_s=self.deadline_s,
             backoff_initial_s=self.backoff_initial_s,
             backoff_max_s=self.backoff_max_s,
             max_concurrency=max_concurrency,
             cache_path=cache_path,
             server_kind=server_kind,
+            served_by=served_by,
         )
 
     def endpoint(self) -> LLMEndpoint:

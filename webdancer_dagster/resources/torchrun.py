@@ -1,13 +1,16 @@
 """Run a training entry point under `torchrun` through Dagster Pipes, so one asset serves a laptop and a cluster.
 
 The resource config is the cluster shape (nodes, processes per node, rendezvous); the asset only names the module
-and its arguments. The command is `python -m torch.distributed.run` from Dagster's own interpreter, so workers see
-the same packages. Workers' output is teed to the run's compute logs and to per-rank files; when a worker dies,
-the asset fails with the tail of those files, so the traceback is in the error itself, not three clicks away.
+and its arguments. The command is torchrun (`training/loopback_torchrun.py`, which wraps
+`torch.distributed.run` so it dies with the Dagster step and, on one node, listens on 127.0.0.1 only) from
+Dagster's own interpreter, so workers see the same packages. Workers' output is teed to the run's compute logs and
+to per-rank files; when a worker dies, the asset fails with the tail of those files, so the traceback is in the
+error itself, not three clicks away.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import tempfile
@@ -20,16 +23,21 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from webdancer_dagster.training.loopback_torchrun import LOOPBACK_FLAG, PARENT_PID_ENV
+
 DEVICES = ("auto", "cpu", "cuda")
+TORCHRUN_MODULE = "webdancer_dagster.training.loopback_torchrun"
+# Collective libraries' own sockets on one node: the loopback interface (a user's extra_env overrides).
+LOOPBACK_SOCKET_ENV = {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
 
 
 @dataclass(frozen=True)
 class TorchrunTopology:
     """How many processes run where and how they find each other.
 
-    Single node: torchrun's `--standalone` rendezvous on a free local port. Several nodes: either a c10d
-    rendezvous endpoint (elastic; every node runs the same command with the same `rdzv_id`) or a static
-    `master_addr:master_port` with an explicit `node_rank` per node.
+    Single node: a c10d rendezvous on a free port of 127.0.0.1. Several nodes: either a c10d rendezvous endpoint
+    (elastic; every node runs the same command with the same `rdzv_id`) or a static `master_addr:master_port` with
+    an explicit `node_rank` per node.
     """
 
     nproc_per_node: int
@@ -70,7 +78,7 @@ def build_torchrun_command(
     command = [
         python,
         "-m",
-        "torch.distributed.run",
+        TORCHRUN_MODULE,
         f"--nnodes={topology.nnodes}",
         f"--nproc-per-node={topology.nproc_per_node}",
     ]
@@ -86,8 +94,14 @@ def build_torchrun_command(
             f"--rdzv-endpoint={topology.rdzv_endpoint}",
             f"--rdzv-id={topology.rdzv_id}",
         ]
-    else:
-        command.append("--standalone")
+    else:  # one node: what `--standalone` does, but with nothing listening beyond 127.0.0.1
+        command += [
+            LOOPBACK_FLAG,
+            "--rdzv-backend=c10d",
+            "--rdzv-endpoint=127.0.0.1:0",
+            f"--rdzv-id={topology.rdzv_id or 'local'}",
+            "--local-addr=127.0.0.1",
+        ]
     command += [
         f"--max-restarts={topology.max_restarts}",
         f"--log-dir={log_dir}",
@@ -180,8 +194,12 @@ class TorchrunLauncher(dg.ConfigurableResource):
         )
 
     def worker_env(self, device: str) -> dict[str, str]:
-        """Environment for the workers: on CPU the GPUs are hidden so every rank agrees on gloo and fp32."""
-        env = dict(self.extra_env)
+        """Environment for the workers: on CPU the GPUs are hidden so every rank agrees on gloo and fp32; on one
+        node gloo and NCCL talk over loopback; torchrun learns its parent, whose death it follows."""
+        env = {PARENT_PID_ENV: str(os.getpid())}
+        if self.nnodes == 1:
+            env.update(LOOPBACK_SOCKET_ENV)
+        env.update(self.extra_env)
         if device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from webdancer_dagster.files import HASH_CHUNK_BYTES, file_sha256
 from webdancer_dagster.llm.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "webdancer_base_model.json"
-_HASH_CHUNK_BYTES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -171,14 +171,6 @@ def fit_assistant_turns(
     return float(loss.item())
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def folder_sha256(folder: Path) -> str:
     """Hash of every file's relative path and bytes, in sorted order (the manifest itself excluded)."""
     digest = hashlib.sha256()
@@ -186,7 +178,7 @@ def folder_sha256(folder: Path) -> str:
         digest.update(str(path.relative_to(folder)).encode())
         digest.update(b"\0")
         with open(path, "rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK_BYTES):
+            while chunk := handle.read(HASH_CHUNK_BYTES):
                 digest.update(chunk)
     return digest.hexdigest()
 

@@ -98,7 +98,6 @@ class ServedPolicy:
             n_threads=n_threads or default_threads(),
             startup_timeout_s=startup_timeout_s,
             log_path=str(self.work_dir / "server.log"),
-            die_with_parent=True,  # started from the trainer's main thread: a killed rank leaves no server
         )
         self._request_timeout_s = request_timeout_s
         self._server: ModelServer | None = None
