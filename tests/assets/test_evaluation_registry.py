@@ -247,7 +247,10 @@ def test_a_question_only_benchmark_searches_the_live_web_when_a_key_is_set(
     starts afresh closed-book instead of mixing the two settings."""
     assets = [*dg.load_assets_from_modules([corpus, evaluation])]
     res = resources(isolated_home, declared.base_url)
-    res["web"] = WebEnvironment(warehouse=res["warehouse"], serper_base_url=live_web.base_url)
+    # The stand-in for the live web is on 127.0.0.1, which the live policy refuses unless it is named.
+    res["web"] = WebEnvironment(
+        warehouse=res["warehouse"], serper_base_url=live_web.base_url, private_network_hosts=["127.0.0.1"]
+    )
     instance = dg.DagsterInstance.ephemeral()
     partition = dg.MultiPartitionKey({"model": "hosted", "benchmark": "zorblax-closed"})
     config = {"ops": {"benchmark_scores": {"config": {"max_llm_calls": 4, "runs": 1}}}}

@@ -2,6 +2,7 @@
 
 import functools
 import gzip
+import ipaddress
 import socket
 import threading
 import time
@@ -13,8 +14,18 @@ import pytest
 
 from webdancer_dagster.web.errors import FetchError
 from webdancer_dagster.web.server import SiteServer
-from webdancer_dagster.web.visit import USER_AGENT, FetchPolicy, check_url, fetch_page, make_client
+from webdancer_dagster.web.visit import (
+    USER_AGENT,
+    FetchPolicy,
+    check_url,
+    fetch_page,
+    is_public_address,
+    make_client,
+)
 
+# The hostile server is on 127.0.0.1, which a live policy refuses: the tests name it as a private host they trust.
+LOOPBACK = frozenset({"127.0.0.1"})
+DRIP_BYTES = 200
 HUGE_BYTES = 50 * 1024 * 1024
 CHUNK = 64 * 1024
 PAGE = (
@@ -158,6 +169,34 @@ class HostileHandler(BaseHTTPRequestHandler):
         self.server.release.wait(timeout=10)
         self.reply(200, PAGE)
 
+    def route_to_internal_admin(self):
+        self.redirect(f"http://127.0.0.1:{self.server.server_address[1]}/internal-admin")
+
+    def route_internal_admin(self):
+        self.reply(200, b"<title>Internal admin</title><p>secret</p>")
+
+    def route_drip_body(self):
+        # Every read gets a byte within a second, so only a deadline on the whole fetch can stop it.
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(DRIP_BYTES))
+        self.end_headers()
+        self.drip(b"x" * DRIP_BYTES)
+
+    def route_drip_headers(self):
+        self.drip(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nX-Padding: " + b"x" * DRIP_BYTES + b"\r\n\r\n")
+
+    def drip(self, data):
+        try:
+            for index in range(len(data)):
+                if self.server.stopped.wait(1.0):
+                    break
+                self.wfile.write(data[index : index + 1])
+        except OSError:
+            pass  # the client hung up, as it should
+        self.close_connection = True
+        self.server.drips_ended += 1
+
 
 class HostileServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -167,6 +206,8 @@ class HostileServer(ThreadingHTTPServer):
         self.requests = []
         self.huge_sent = 0
         self.release = threading.Event()
+        self.stopped = threading.Event()  # ends every drip at teardown
+        self.drips_ended = 0
 
     def url(self, path):
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
@@ -185,13 +226,14 @@ def hostile():
     thread.start()
     yield server
     server.release.set()
+    server.stopped.set()
     server.shutdown()
     server.server_close()
 
 
 @pytest.fixture
 def policy():
-    return FetchPolicy(timeout_s=5.0, max_bytes=1_000_000)
+    return FetchPolicy(timeout_s=5.0, max_bytes=1_000_000, private_network_hosts=LOOPBACK)
 
 
 def reason_of(url, policy, client=None):
@@ -255,7 +297,7 @@ def test_too_many_redirects(hostile, policy):
     assert fetch_page(hostile.url("/chain?n=4"), policy).final_url == hostile.url("/page")  # 5 redirects: allowed
     error = reason_of(hostile.url("/chain?n=5"), policy)
     assert error.reason == "too_many_redirects" and "more than 5 redirects" in error.detail
-    strict = FetchPolicy(timeout_s=5.0, max_redirects=0)
+    strict = FetchPolicy(timeout_s=5.0, max_redirects=0, private_network_hosts=LOOPBACK)
     assert reason_of(hostile.url("/hop"), strict).reason == "too_many_redirects"
 
 
@@ -266,7 +308,7 @@ def test_redirect_without_location(hostile, policy):
 
 def test_redirects_are_checked_against_scheme_and_allow_list(hostile):
     hostile.requests.clear()
-    policy = FetchPolicy(allowed_hosts=frozenset({"127.0.0.1"}), timeout_s=5.0)
+    policy = FetchPolicy(allowed_hosts=LOOPBACK, timeout_s=5.0, private_network_hosts=LOOPBACK)
     assert reason_of(hostile.url("/to-file"), policy).reason == "unsupported_scheme"
     error = reason_of(hostile.url("/to-elsewhere"), policy)
     assert error.reason == "host_not_allowed" and error.url == "http://elsewhere.example/secret"
@@ -330,7 +372,7 @@ def test_decompression_bomb_stops_at_the_size_cap(hostile, policy):
 
 
 def test_long_page_is_truncated(hostile):
-    page = fetch_page(hostile.url("/long"), FetchPolicy(timeout_s=5.0, max_chars=1_000))
+    page = fetch_page(hostile.url("/long"), FetchPolicy(timeout_s=5.0, max_chars=1_000, private_network_hosts=LOOPBACK))
     assert page.truncated is True and len(page.text) == 1_000
     assert page.text.startswith("word word")
 
@@ -338,10 +380,119 @@ def test_long_page_is_truncated(hostile):
 def test_slow_response_times_out(hostile):
     hostile.release.clear()
     started = time.perf_counter()
-    error = reason_of(hostile.url("/slow"), FetchPolicy(timeout_s=0.3))
+    error = reason_of(hostile.url("/slow"), FetchPolicy(timeout_s=0.3, private_network_hosts=LOOPBACK))
     assert error.reason == "timeout" and "0.3s" in error.detail
     assert time.perf_counter() - started < 2
     hostile.release.set()
+
+
+def test_live_policy_refuses_a_loopback_url_before_sending_anything(hostile):
+    hostile.requests.clear()
+    error = reason_of(hostile.url("/internal-admin"), FetchPolicy(timeout_s=5.0))
+    assert error.reason == "private_address" and "127.0.0.1" in error.detail
+    assert hostile.requests == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433:{port}/internal-admin",  # 127.0.0.1 as one number
+        "http://0x7f.1:{port}/internal-admin",
+        "http://0:{port}/internal-admin",  # 0.0.0.0 reaches this machine
+        "http://[::ffff:127.0.0.1]:{port}/internal-admin",
+        "https://localhost:{port}/internal-admin",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://10.0.0.1/",
+        "http://[::1]/",
+    ],
+)
+def test_live_policy_refuses_other_spellings_of_private_addresses(hostile, url):
+    hostile.requests.clear()
+    error = reason_of(url.format(port=hostile.server_address[1]), FetchPolicy(timeout_s=2.0))
+    assert error.reason == "private_address"
+    assert hostile.requests == []
+
+
+def test_live_policy_refuses_a_redirect_to_a_loopback_url_at_that_hop(hostile):
+    """The first hop is a host the policy trusts by name; the redirect's 127.0.0.1 is not, and gets no request."""
+    hostile.requests.clear()
+    port = hostile.server_address[1]
+    policy = FetchPolicy(timeout_s=5.0, private_network_hosts=frozenset({"localhost"}))
+    assert fetch_page(f"http://localhost:{port}/page", policy).title == "Hostile test page"
+    error = reason_of(f"http://localhost:{port}/to-internal-admin", policy)
+    assert error.reason == "private_address" and error.url == hostile.url("/internal-admin")
+    assert [path for path, _ in hostile.requests] == ["/page", "/to-internal-admin"]
+
+
+def test_the_connection_itself_only_goes_to_public_addresses(hostile):
+    """make_client's transport vets the address it connects to, so a name that re-resolves after the check is caught."""
+    hostile.requests.clear()
+    with make_client(FetchPolicy(timeout_s=2.0)) as client, pytest.raises(FetchError) as raised:
+        client.get(hostile.url("/internal-admin"))
+    assert raised.value.reason == "private_address"
+    assert hostile.requests == []
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.215.14", True),
+        ("2606:4700:4700::1111", True),
+        ("::ffff:8.8.8.8", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("100.64.0.1", False),
+        ("169.254.169.254", False),
+        ("100.100.100.200", False),
+        ("168.63.129.16", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("240.0.0.1", False),
+        ("255.255.255.255", False),
+        ("::", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fd00:ec2::254", False),
+        ("ff02::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:169.254.169.254", False),
+        ("64:ff9b::7f00:1", False),
+    ],
+)
+def test_is_public_address(address, public):
+    assert is_public_address(ipaddress.ip_address(address)) is public
+
+
+@pytest.mark.parametrize("path", ["/drip-body", "/drip-headers"])
+def test_a_page_that_drips_a_byte_a_second_is_cut_off_at_the_deadline(hostile, path):
+    ended = hostile.drips_ended
+    started = time.perf_counter()
+    error = reason_of(hostile.url(path), FetchPolicy(timeout_s=5.0, deadline_s=2.0, private_network_hosts=LOOPBACK))
+    assert error.reason == "timeout" and "2s deadline" in error.detail
+    assert time.perf_counter() - started < 5
+    wait_for_drips_to_end(hostile, ended + 1)
+
+
+def test_the_deadline_holds_for_a_client_not_from_make_client(hostile):
+    ended = hostile.drips_ended
+    started = time.perf_counter()
+    policy = FetchPolicy(timeout_s=5.0, deadline_s=2.0, private_network_hosts=LOOPBACK)
+    with httpx.Client() as client:
+        error = reason_of(hostile.url("/drip-body"), policy, client)
+    assert error.reason == "timeout" and "2s deadline" in error.detail
+    assert time.perf_counter() - started < 5
+    wait_for_drips_to_end(hostile, ended + 1)
+
+
+def wait_for_drips_to_end(hostile, count):
+    """The server's drip notices the hang-up on its next write, within a couple of seconds."""
+    deadline = time.monotonic() + 5
+    while hostile.drips_ended < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert hostile.drips_ended >= count
 
 
 @pytest.mark.parametrize(

@@ -201,7 +201,7 @@ def _tools(
         proxy_url = stack.enter_context(web.serve())
         return web.local_search(), FetchPolicy(allowed_hosts=frozenset(sites["host"]), proxy_url=proxy_url)
     if setting == "live_web" and live is not None:
-        return live, FetchPolicy()
+        return live, FetchPolicy(private_network_hosts=frozenset(web.private_network_hosts))
     return ClosedBookSearch(), FetchPolicy(allowed_hosts=frozenset())
 
 

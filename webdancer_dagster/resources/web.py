@@ -11,10 +11,20 @@ import dagster as dg
 from pydantic import Field
 
 from webdancer_dagster.resources.warehouse import Warehouse
+from webdancer_dagster.warehouse import WarehouseStore
 from webdancer_dagster.web.search import LocalSearch, SearchBackend, SerperSearch
 from webdancer_dagster.web.server import SiteServer
 
 SEARCH_INDEX_DIR = "search_index"
+
+
+def site_roots(store: WarehouseStore) -> dict[str, Path]:
+    """Virtual host -> document root of every built site, in this home: the `sites` table stores a folder of the
+    home relative to it (so a moved home serves its own copy); an absolute one, from an older home, is kept."""
+    sites = store.read_table("sites")
+    if sites.empty:
+        raise LookupError("the sites table is empty; materialize web_sites first")
+    return {row.host: store.resolve_path(row.directory) for row in sites.itertuples()}
 
 
 class WebEnvironment(dg.ConfigurableResource):
@@ -31,16 +41,16 @@ class WebEnvironment(dg.ConfigurableResource):
         "environment variable holds a key, and runs closed-book otherwise (the key is read, never stored).",
     )
     serper_base_url: str = Field(default="https://google.serper.dev", description="Serper-compatible API URL.")
+    private_network_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts the live-web `visit` may fetch although they resolve to a loopback or private address "
+        "(an intranet service); every other such address is refused.",
+    )
 
     @contextmanager
     def serve(self) -> Iterator[str]:
         """Start the site server for the built sites; yields its proxy URL and stops it afterwards."""
-        store = self.warehouse.store()
-        sites = store.read_table("sites")
-        if sites.empty:
-            raise LookupError("the sites table is empty; materialize web_sites first")
-        hosts = {row.host: Path(row.directory) for row in sites.itertuples()}
-        with SiteServer(hosts) as server:
+        with SiteServer(site_roots(self.warehouse.store())) as server:
             yield server.proxy_url
 
     def search(self) -> SearchBackend:
