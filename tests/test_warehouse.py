@@ -1,5 +1,10 @@
 """The warehouse: atomic writes, partition replacement, Parquet exports, clear errors."""
 
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import duckdb
 import pandas as pd
 import pytest
@@ -103,3 +108,69 @@ def test_a_column_first_written_empty_takes_the_type_of_its_first_values(store):
 
     rows = store.read_table("scores").set_index("partition")["trained_turn_tokens_p95"]
     assert pd.isna(rows["musique|base"]) and rows["musique|sft"] == 215
+
+
+HOLD_LOCK = """
+import sys, time
+from webdancer_dagster.warehouse import WarehouseStore
+with WarehouseStore(sys.argv[1]).lock("crawl-wiki", holder="crawl wiki-1"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    open(sys.argv[3], "w").close()  # the last thing done while holding it
+"""
+
+
+def test_a_lock_held_by_another_process_makes_a_waiter_wait_then_names_the_holder(store, tmp_path):
+    done = tmp_path / "holder-done"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(store.home), "3", str(done)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TimeoutError, match=r"crawl-wiki\.lock, still held by crawl wiki-1 \(pid \d+\)"):
+            with store.lock("crawl-wiki", timeout_s=0.3):
+                pass
+        started = time.monotonic()
+        with store.lock("crawl-wiki", timeout_s=30):
+            waited = time.monotonic() - started
+            assert done.exists()  # got the lock only once the holder had let go
+        assert waited > 0.5
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.lock("crawl-wiki", timeout_s=0):  # free again; another name never waited on this one
+        with store.lock("crawl-musique", timeout_s=0):
+            pass
+
+
+def test_a_lock_excludes_threads_of_one_process_too(store):
+    inside = []
+    overlaps = []
+
+    def hold(_):
+        with store.lock("crawl-wiki", timeout_s=30):
+            inside.append(1)
+            overlaps.append(len(inside))
+            time.sleep(0.05)
+            inside.pop()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(hold, range(8)))
+    assert overlaps == [1] * 8
+
+
+def test_a_lock_name_cannot_leave_the_locks_folder(store):
+    with pytest.raises(ValueError, match="lock name"):
+        with store.lock("../warehouse"):
+            pass
+
+
+def test_paths_under_the_home_are_stored_relative_and_old_absolute_ones_stay_absolute(store, tmp_path):
+    inside = store.home / "sites" / "wiki" / "html"
+    assert store.stored_path(inside) == "sites/wiki/html"
+    assert store.resolve_path("sites/wiki/html") == inside
+    outside = tmp_path / "elsewhere" / "html"
+    assert store.stored_path(outside) == str(outside)
+    assert store.resolve_path(str(outside)) == outside
+    moved = WarehouseStore(tmp_path / "moved")
+    assert moved.resolve_path(store.stored_path(inside)) == moved.home / "sites" / "wiki" / "html"

@@ -132,7 +132,7 @@ def crawl(
 
     import dagster as dg
 
-    from webdancer_dagster.assets.corpus import SITE_NAMES
+    from webdancer_dagster.assets.corpus import SITE_NAMES, crawl_summary
     from webdancer_dagster.definitions import defs
     from webdancer_dagster.pipeline import load_profile
 
@@ -145,7 +145,7 @@ def crawl(
     with _run_history() as instance:
         if "web_sites" in selection:
             dg.materialize(defs.assets, selection=["web_sites"], instance=instance, resources=defs.resources)
-        dg.materialize(
+        result = dg.materialize(
             defs.assets,
             selection=["crawl_pages"],
             partition_key=site,
@@ -153,8 +153,7 @@ def crawl(
             resources=defs.resources,
             run_config=run_config,
         )
-    last = store.query("SELECT * FROM crawls WHERE site = ? ORDER BY started_at DESC LIMIT 1", [site])
-    console.print_json(json.dumps(last.iloc[0].to_dict(), default=str))
+    console.print_json(json.dumps(crawl_summary(result)))
 
 
 @app.command("eval")
@@ -282,7 +281,7 @@ def ask(
     from webdancer_dagster.llm.model_files import find_smollm2_gguf
     from webdancer_dagster.llm.server import ModelServer, ModelServerConfig
     from webdancer_dagster.llm.tokenizer import load_tokenizer
-    from webdancer_dagster.resources.web import SEARCH_INDEX_DIR
+    from webdancer_dagster.resources.web import SEARCH_INDEX_DIR, site_roots
     from webdancer_dagster.web.search import LocalSearch
     from webdancer_dagster.web.server import SiteServer
     from webdancer_dagster.web.visit import FetchPolicy
@@ -300,8 +299,7 @@ def ask(
     if not store.table_exists("sites") or not index_dir.exists():
         out.print(f"[red]no local web in {store.home}[/red]: run `webdancer materialize` first")
         raise typer.Exit(1)
-    sites = store.read_table("sites")
-    hosts = {row.host: Path(row.directory) for row in sites.itertuples()}
+    hosts = site_roots(store)
     model_file = gguf or (None if base_url or checkpoint else find_smollm2_gguf())
     if base_url:
         server_config = ModelServerConfig(mode="external", base_url=base_url, served_model_name=model, n_ctx=n_ctx)

@@ -6,9 +6,12 @@ resource in `resources/warehouse.py` only says where the warehouse lives.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
+import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +24,8 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_ex
 log = logging.getLogger(__name__)
 
 DEFAULT_HOME = ".webdancer"
+LOCKS_DIR = "locks"
+LOCK_POLL_S = 0.05
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
@@ -57,6 +62,58 @@ class WarehouseStore:
         path = self.home.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def stored_path(self, path: str | os.PathLike) -> str:
+        """How a table stores a path: relative to the home when it lies under it, so a copied or moved home
+        keeps using its own folders; a path outside the home stays absolute."""
+        path = Path(path)
+        if not path.is_absolute():
+            return path.as_posix()
+        try:
+            return path.relative_to(self.home).as_posix()
+        except ValueError:
+            return str(path)
+
+    def resolve_path(self, stored: str | os.PathLike) -> Path:
+        """A path read from a table: a relative one lies under this home; an absolute one (rows written before
+        paths were stored relative, or files outside the home) is kept as it is."""
+        path = Path(stored)
+        return path if path.is_absolute() else self.home / path
+
+    @contextmanager
+    def lock(self, name: str, timeout_s: float = 600.0, holder: str = "") -> Iterator[None]:
+        """Hold the lock `name` of this home: one holder at a time, across processes and threads alike.
+
+        An `flock` on `locks/<name>.lock`, taken through a file opened for this call only, so two threads of one
+        process exclude each other as two processes do, and the kernel releases it if the holder dies. A waiter
+        polls until `timeout_s` and then raises TimeoutError naming the holder (`holder`, written into the file).
+        """
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(f"lock name {name!r} must be letters, digits, '.', '_' or '-'")
+        path = self.artifact_dir(LOCKS_DIR) / f"{name}.lock"
+        with path.open("a+") as handle:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        handle.seek(0)
+                        held_by = handle.read().strip() or "another process"
+                        # The kernel drops the lock of a dead process, so the holder is still running.
+                        raise TimeoutError(
+                            f"waited {timeout_s:g} s for the lock {path}, still held by {held_by}"
+                        ) from None
+                    time.sleep(LOCK_POLL_S)
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{holder} (pid {os.getpid()})\n" if holder else f"pid {os.getpid()}\n")
+                handle.flush()
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -13,11 +13,11 @@ from webdancer_dagster.evaluation.registry import Registry, default_registry
 from webdancer_dagster.paths import DATA_DIR, PYTHON_DOC_DIR
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import SEARCH_INDEX_DIR, WebEnvironment
-from webdancer_dagster.warehouse import frame_version, markdown_preview
-from webdancer_dagster.web.crawl import CrawlLimits, crawl_site
+from webdancer_dagster.warehouse import TableWrite, WarehouseStore, frame_version, markdown_preview
+from webdancer_dagster.web.crawl import CrawlLimits, CrawlResult, crawl_site
 from webdancer_dagster.web.search import LocalSearch, build_search_index, search_tool
 from webdancer_dagster.web.sites import LISTING_PAGE_SIZE, SiteSpec, build_site, default_site_specs
-from webdancer_dagster.web.versioning import diff_snapshot
+from webdancer_dagster.web.versioning import SnapshotDiff, diff_snapshot
 
 
 def site_specs(data_dir: Path, python_doc_dir: Path, registry: Registry) -> list[SiteSpec]:
@@ -37,6 +37,8 @@ REGISTRY = default_registry()
 SITE_NAMES = [spec.name for spec in site_specs(DATA_DIR, PYTHON_DOC_DIR, REGISTRY)]
 site_partitions = dg.StaticPartitionsDefinition(SITE_NAMES)
 
+# How long a crawl waits for another crawl of the same site to finish writing before it gives up.
+CRAWL_LOCK_TIMEOUT_S = 600.0
 PAGE_COLUMNS = ["site", "url", "title", "text", "content_hash", "depth", "status", "bytes", "fetched_at"]
 
 
@@ -71,7 +73,8 @@ def web_sites(context: dg.AssetExecutionContext, config: WebSitesConfig, warehou
             "name": [site.name for site in built],
             "host": [site.host for site in built],
             "root_url": [site.root_url for site in built],
-            "directory": [str(site.directory) for site in built],
+            # Relative to the home, so a copied or moved home serves its own folders.
+            "directory": [store.stored_path(site.directory) for site in built],
             "pages": [site.pages for site in built],
             "benchmark": [site.benchmark for site in built],
             "source": [site.source for site in built],
@@ -143,42 +146,8 @@ def crawl_pages(
             limits=config.limits_for(site, benchmark_pages),
             work_dir=store.artifact_dir("crawls", crawl_id),
         )
-    previous = (
-        store.read_table("pages", "site = ?", [site]) if store.table_exists("pages") else pd.DataFrame(columns=["url"])
-    )
-    diff = diff_snapshot(previous, result.pages.assign(site=site)[PAGE_COLUMNS], crawl_id)
+    diff, summary, writes = store_crawl(store, site, crawl_id, root_url, started, result)
     counts = diff.counts
-    crawl_row = pd.DataFrame(
-        [
-            {
-                "crawl_id": crawl_id,
-                "site": site,
-                "root_url": root_url,
-                "started_at": started,
-                "finished_at": datetime.now(UTC),
-                "pages": len(diff.pages),
-                "links": len(result.links),
-                "skipped": len(result.skipped),
-                **counts,
-                "pages_per_s": float(result.stats["pages_per_s"]),
-                "data_version": diff.data_version,
-            }
-        ]
-    )
-    writes = store.write_tables(
-        partition=("site", site),
-        partition_replacements={
-            "pages": diff.pages,
-            "links": result.links.assign(site=site, crawl_id=crawl_id),
-        },
-        appends={
-            "page_history": diff.history.assign(site=site)[
-                ["site", "url", "version", "content_hash", "change", "crawl_id"]
-            ],
-            "crawls": crawl_row,
-            "crawl_skips": result.skipped.assign(site=site, crawl_id=crawl_id),
-        },
-    )
     context.log.info("crawl %s: %d pages, %s, %d skipped", crawl_id, len(diff.pages), counts, len(result.skipped))
     return dg.MaterializeResult(
         metadata={
@@ -192,12 +161,74 @@ def crawl_pages(
             "skipped_by_reason": dg.MetadataValue.json(result.stats.get("skipped_by_reason", {})),
             "pages_per_s": round(float(result.stats["pages_per_s"]), 1),
             "crawl_id": crawl_id,
+            "crawl": dg.MetadataValue.json(summary),
             "root_url": dg.MetadataValue.url(root_url),
             "preview": dg.MetadataValue.md(markdown_preview(diff.pages[["url", "title", "depth", "version", "text"]])),
             "pages_parquet": dg.MetadataValue.path(str(writes["pages"].parquet_path)),
         },
         data_version=dg.DataVersion(diff.data_version),
     )
+
+
+def store_crawl(
+    store: WarehouseStore, site: str, crawl_id: str, root_url: str, started: datetime, result: CrawlResult
+) -> tuple[SnapshotDiff, dict, dict[str, TableWrite]]:
+    """Version a finished crawl against the site's stored snapshot and write it; returns the diff, the crawl's
+    `crawls` row as JSON-ready values (its summary) and the writes.
+
+    Two crawls of one site at once (the daily schedule and `webdancer crawl`, two Dagster runs) must not both diff
+    against the same previous snapshot: each would append `(url, version 2, changed)` to `page_history`. So the
+    read, the diff and the write happen under the home's lock `crawl-<site>` (`WarehouseStore.lock`, a file lock):
+    a second crawl waits for the first to commit, then diffs against what it wrote, and its summary counts what it
+    found itself. Only this step is serialized; fetching, nearly all of a crawl's time, still runs side by side.
+
+    Not one DuckDB transaction instead: connections of one process share one database, whose snapshot isolation
+    lets two transactions read the same previous snapshot; appended history rows never conflict, and a site's
+    first crawl deletes no rows, so duplicates would still commit. Where the writes do conflict, the loser fails
+    and its whole crawl is lost, where waiting a moment would have kept it.
+    """
+    with store.lock(f"crawl-{site}", timeout_s=CRAWL_LOCK_TIMEOUT_S, holder=f"crawl {crawl_id}"):
+        previous = (
+            store.read_table("pages", "site = ?", [site])
+            if store.table_exists("pages")
+            else pd.DataFrame(columns=["url"])
+        )
+        diff = diff_snapshot(previous, result.pages.assign(site=site)[PAGE_COLUMNS], crawl_id)
+        summary = {
+            "crawl_id": crawl_id,
+            "site": site,
+            "root_url": root_url,
+            "started_at": started,
+            "finished_at": datetime.now(UTC),
+            "pages": len(diff.pages),
+            "links": len(result.links),
+            "skipped": len(result.skipped),
+            **diff.counts,
+            "pages_per_s": float(result.stats["pages_per_s"]),
+            "data_version": diff.data_version,
+        }
+        writes = store.write_tables(
+            partition=("site", site),
+            partition_replacements={
+                "pages": diff.pages,
+                "links": result.links.assign(site=site, crawl_id=crawl_id),
+            },
+            appends={
+                "page_history": diff.history.assign(site=site)[
+                    ["site", "url", "version", "content_hash", "change", "crawl_id"]
+                ],
+                "crawls": pd.DataFrame([summary]),
+                "crawl_skips": result.skipped.assign(site=site, crawl_id=crawl_id),
+            },
+        )
+    readable = {key: value.isoformat() if isinstance(value, datetime) else value for key, value in summary.items()}
+    return diff, readable, writes
+
+
+def crawl_summary(result: dg.ExecuteInProcessResult) -> dict:
+    """The `crawls` row of the crawl that `result` (a `crawl_pages` run) made, not of whichever crawl wrote last."""
+    [event] = result.asset_materializations_for_node("crawl_pages")
+    return dict(event.metadata["crawl"].value)
 
 
 @dg.asset_check(asset=crawl_pages, blocking=True, description="Every stored page is unique and on its own site.")
