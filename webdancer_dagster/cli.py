@@ -90,13 +90,15 @@ def ui(
     home: HomeOption = None,
 ) -> None:
     """Start the Dagster UI on 127.0.0.1 over the same run history the CLI writes."""
+    from webdancer_dagster.processes import die_with_parent
+
     _use_home(home)
     with _run_history():
         pass  # runs a killed process left unfinished show as failed, not as running forever
     env = dict(os.environ)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
     command = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)]
-    raise typer.Exit(subprocess.call(command, env=env))
+    raise typer.Exit(subprocess.call(command, env=env, preexec_fn=die_with_parent))
 
 
 @app.command()
