@@ -14,16 +14,32 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from webdancer_dagster.agent.trajectory import Step
+from webdancer_dagster.config_files import ConfigFileError
 from webdancer_dagster.warehouse import WarehouseStore, resolve_home
 
 if TYPE_CHECKING:
     import dagster as dg
 
+
+class _Commands(TyperGroup):
+    """A mistake in a config or data file (a profile, evaluation.yaml, a benchmark file) ends any command with its
+    message, which names the file and line, and exit status 2: a traceback would only bury it."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ConfigFileError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+
 # Plain Python tracebacks: rich's pretty ones looped on the error chain of a failed Dagster run, using minutes of
 # CPU and gigabytes of memory before the command exited, and they print local variables, which may hold keys.
 app = typer.Typer(
+    cls=_Commands,
     help="WebDancer on Dagster: crawl, synthesize, train and evaluate web agents.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -36,10 +52,15 @@ HomeOption = Annotated[
 
 
 def _use_home(home: Path | None) -> Path:
-    """Resolve the WebDancer home and point this process's Dagster instance at its run history."""
+    """Resolve the WebDancer home and point this process's Dagster instance at its run history.
+
+    A home given with --home brings its own run history (`<home>/dagster`), whatever $DAGSTER_HOME says: a run on
+    another home (a test's, a copy) must not land in the user's history. Without --home, $DAGSTER_HOME (which the
+    Makefile sets) or `<home>/dagster`."""
+    explicit = home is not None
     home = resolve_home(home)
     os.environ["WEBDANCER_HOME"] = str(home)
-    os.environ["DAGSTER_HOME"] = str(_dagster_home(home))
+    os.environ["DAGSTER_HOME"] = str(_dagster_home(home, prefer_environment=not explicit))
     return home
 
 
@@ -56,10 +77,11 @@ def _run_history() -> Iterator[dg.DagsterInstance]:
         yield instance
 
 
-def _dagster_home(home: Path) -> Path:
+def _dagster_home(home: Path, prefer_environment: bool) -> Path:
     from webdancer_dagster.pipeline import ensure_dagster_home
 
-    return ensure_dagster_home(Path(os.environ.get("DAGSTER_HOME") or home / "dagster"))
+    chosen = os.environ.get("DAGSTER_HOME") if prefer_environment else None
+    return ensure_dagster_home(Path(chosen or home / "dagster"))
 
 
 @app.command()
@@ -134,16 +156,20 @@ def crawl(
 
     import dagster as dg
 
-    from webdancer_dagster.assets.corpus import SITE_NAMES, crawl_summary
+    from webdancer_dagster.assets.corpus import SITE_NAMES, SITE_REGISTRY, crawl_summary
     from webdancer_dagster.definitions import defs
-    from webdancer_dagster.pipeline import load_profile
+    from webdancer_dagster.pipeline import load_profile, validate_profile
 
     if site not in SITE_NAMES:
         console.print(f"[red]unknown site {site!r}[/red]; sites: {', '.join(SITE_NAMES)}")
         raise typer.Exit(2)
     store = WarehouseStore(home)
-    run_config = {"ops": {k: v for k, v in (load_profile(profile).get("ops") or {}).items() if k == "crawl_pages"}}
-    selection = ["crawl_pages"] if store.table_exists("sites") else ["web_sites", "crawl_pages"]
+    chosen = load_profile(profile)
+    validate_profile(defs, chosen)
+    run_config = {"ops": {k: v for k, v in (chosen.get("ops") or {}).items() if k == "crawl_pages"}}
+    # A live site declared in sites.yaml needs no local site built before its crawl.
+    needs_sites = not store.table_exists("sites") and site not in SITE_REGISTRY.sites
+    selection = ["web_sites", "crawl_pages"] if needs_sites else ["crawl_pages"]
     with _run_history() as instance:
         if "web_sites" in selection:
             dg.materialize(defs.assets, selection=["web_sites"], instance=instance, resources=defs.resources)
@@ -156,6 +182,20 @@ def crawl(
             run_config=run_config,
         )
     console.print_json(json.dumps(crawl_summary(result)))
+
+
+@app.command()
+def sites(home: HomeOption = None) -> None:
+    """List the built-in local sites and the live sites declared in sites.yaml, with each one's last crawl."""
+    from rich.table import Table
+
+    from webdancer_dagster.assets.corpus import SITE_REGISTRY, site_overview
+
+    frame = site_overview(WarehouseStore(resolve_home(home)))
+    table = Table(*frame.columns, title=f"sites (declared in {SITE_REGISTRY.source or 'no sites.yaml'})")
+    for row in frame.itertuples(index=False):
+        table.add_row(*("" if value is None or value != value else str(value) for value in row))
+    console.print(table)
 
 
 @app.command("eval")
@@ -173,7 +213,7 @@ def evaluate(
 
     from webdancer_dagster.assets.evaluation import BENCHMARK_NAMES, MODELS
     from webdancer_dagster.definitions import defs
-    from webdancer_dagster.pipeline import load_profile
+    from webdancer_dagster.pipeline import load_profile, validate_profile
 
     if model not in MODELS or benchmark not in BENCHMARK_NAMES:
         console.print(
@@ -181,7 +221,9 @@ def evaluate(
             "(declare more in evaluation.yaml)"
         )
         raise typer.Exit(2)
-    ops = load_profile(profile).get("ops") or {}
+    chosen = load_profile(profile)
+    validate_profile(defs, chosen)
+    ops = chosen.get("ops") or {}
     run_config = {"ops": {k: v for k, v in ops.items() if k == "benchmark_scores"}}
     with _run_history() as instance:
         result = dg.materialize(

@@ -6,28 +6,107 @@ their metadata and lineage because they go to the same DAGSTER_HOME the UI reads
 
 from __future__ import annotations
 
+import difflib
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import yaml
+
+from webdancer_dagster.config_files import ConfigFileError, Location, YamlDocument, dotted, read_yaml
+from webdancer_dagster.evaluation.benchmarks import BenchmarkSource, check_benchmark_files
+from webdancer_dagster.paths import DATA_DIR
 
 log = logging.getLogger(__name__)
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+# What a profile may hold; Dagster's other run-config sections (resources, execution, loggers) are not applied.
+PROFILE_SECTIONS = {
+    "ops": "Dagster run config of each asset's op: `ops: {crawl_pages: {config: {max_pages: 200}}}`",
+    "partitions": "which partitions of an asset the profile runs: `partitions: {crawl_pages: [python-docs]}`",
+}
 
 
-def load_profile(name_or_path: str) -> dict[str, Any]:
-    """Run config of a profile: `smoke`, `full`, or a path to a YAML file of the same shape."""
+class ProfileError(ConfigFileError):
+    """A profile that cannot run as written: an unknown section, op, field, asset, partition or a value of the wrong
+    type. Raised before the first run starts; the message names the file and line of every problem."""
+
+
+class Profile(dict[str, Any]):
+    """A profile's run config (a plain dict to everything that reads it) that remembers its file and the line of
+    each entry, so that problems found once the definitions are loaded can still name `file:line`."""
+
+    def __init__(self, data: Mapping[str, Any] | None = None, document: YamlDocument | None = None) -> None:
+        super().__init__(data or {})
+        self.document = document
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """Run config of a profile: `smoke`, `full`, or a path to a YAML file of the same shape.
+
+    Checked here: the file reads as UTF-8 YAML, a mapping of the `PROFILE_SECTIONS`, with no key twice. The ops,
+    fields, types and partitions are checked against the definitions by `validate_profile`.
+    """
     path = Path(name_or_path)
     if not path.suffix:
         path = PROFILES_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"profile {name_or_path!r} not found; known profiles: {known}")
-    return yaml.safe_load(path.read_text()) or {}
+        raise ProfileError(f"profile {name_or_path!r} not found ({path}); known profiles: {known}")
+    document = read_yaml(path, "profile", ProfileError)
+    if document.data is not None and not isinstance(document.data, dict):
+        raise ProfileError(
+            f"{document.at()}: a profile is a mapping with `ops:` and `partitions:`, got {type(document.data).__name__}"
+        )
+    profile = Profile(document.data, document)
+    problems = _section_problems(profile)
+    if problems:
+        raise ProfileError(_report(profile, problems))
+    return profile
+
+
+def validate_profile(
+    defs: dg.Definitions, run_config: Mapping[str, Any], selection: Sequence[str] | None = None
+) -> None:
+    """Check a whole profile against the definitions before anything runs; raises `ProfileError` listing every
+    problem with its file and line.
+
+    Checked: the sections; every op named under `ops:` exists (Dagster's asset-job config accepts unknown op names,
+    so a misspelt one would otherwise be ignored); every op's config against its schema (unknown fields, wrong
+    types), all at once rather than when that asset's level runs; every asset, dimension and key under
+    `partitions:`; every `selection` name.
+    """
+    problems = _section_problems(run_config)
+    job = defs.resolve_implicit_global_asset_job_def()
+    graph = defs.resolve_asset_graph()
+    ops = run_config.get("ops") or {}
+    if isinstance(ops, Mapping):
+        op_names = set(job.graph.node_names())
+        known = {name: config for name, config in ops.items() if name in op_names}
+        problems += [(("ops", name), _unknown_op(defs, name, op_names)) for name in ops if name not in op_names]
+        problems += _config_problems(job, known)
+    partitions = run_config.get("partitions") or {}
+    if isinstance(partitions, Mapping):
+        asset_names = sorted(key.to_user_string() for key in graph.get_all_asset_keys())
+        for name, wanted in partitions.items():
+            key = dg.AssetKey.from_user_string(str(name))
+            if not graph.has(key):
+                problems.append((("partitions", name), f"no asset named {name!r}{_did_you_mean(name, asset_names)}"))
+            elif graph.get(key).partitions_def is None:
+                problems.append((("partitions", name), f"asset {name!r} is not partitioned"))
+            elif wanted is not None:
+                choice = _partition_choice_problems(graph.get(key).partitions_def, wanted)
+                problems += [(("partitions", name, *where), message) for where, message in choice]
+    if problems:
+        raise ProfileError(_report(run_config, problems))
+    if selection:
+        asset_names = sorted(key.to_user_string() for key in graph.get_all_asset_keys())
+        unknown = [name for name in selection if not graph.has(dg.AssetKey.from_user_string(name))]
+        if unknown:
+            hints = "".join(_did_you_mean(name, asset_names) for name in unknown)
+            raise ProfileError(f"--select: no asset named {', '.join(map(repr, unknown))}{hints}")
 
 
 def ensure_dagster_home(dagster_home: Path) -> Path:
@@ -51,18 +130,15 @@ def partition_keys(partitions_def: dg.PartitionsDefinition, wanted: Any = None) 
     keys = list(partitions_def.get_partition_keys())
     if wanted is None:
         return keys
+    problems = _partition_choice_problems(partitions_def, wanted)
+    if problems:
+        raise ValueError(problems[0][1])
     if isinstance(partitions_def, dg.MultiPartitionsDefinition) and isinstance(wanted, Mapping):
-        unknown = set(wanted) - {dimension.name for dimension in partitions_def.partitions_defs}
-        if unknown:
-            raise ValueError(f"unknown partition dimensions {sorted(unknown)} in the profile's partitions")
         return [
             key
             for key in keys
             if all(value in wanted[dim] for dim, value in key.keys_by_dimension.items() if dim in wanted)  # type: ignore[attr-defined]
         ]
-    missing = [key for key in wanted if key not in keys]
-    if missing:
-        raise ValueError(f"partitions {missing} do not exist; known: {keys}")
     return [key for key in keys if key in wanted]
 
 
@@ -71,13 +147,25 @@ def materialize_all(
     instance: dg.DagsterInstance,
     run_config: Mapping[str, Any] | None = None,
     selection: list[str] | None = None,
+    *,
+    benchmarks: Mapping[str, BenchmarkSource] | None = None,
+    data_dir: Path = DATA_DIR,
 ) -> list[dg.ExecuteInProcessResult]:
     """Run every asset (or `selection`) level by level: partitioned assets once per partition key, or per key of
     the run config's `partitions:` section (not Dagster run config: it picks which partitions a profile runs).
 
-    Raises on the first failed run, so a broken stage never feeds the next one.
+    Before the first run: `validate_profile`, then every benchmark file (and declared corpus) of `benchmarks`
+    (default: the registry the definitions were built from) is read as a run would, so a config mistake stops
+    the command with its file and line before anything is materialized. Raises on the first failed run, so a
+    broken stage never feeds the next one.
     """
     run_config = run_config or {}
+    validate_profile(defs, run_config, selection)
+    if benchmarks is None:
+        from webdancer_dagster.assets.corpus import REGISTRY
+
+        benchmarks = REGISTRY.benchmarks
+    check_benchmark_files(benchmarks, data_dir)
     graph = defs.resolve_asset_graph()
     all_assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
     checks = list(defs.asset_checks or [])
@@ -109,3 +197,126 @@ def materialize_all(
             )
             results.append(result)
     return results
+
+
+def _section_problems(run_config: Mapping[str, Any]) -> list[tuple[Location, str]]:
+    problems: list[tuple[Location, str]] = []
+    for section, value in run_config.items():
+        if section not in PROFILE_SECTIONS:
+            sections = "; ".join(f"`{name}:` {what}" for name, what in PROFILE_SECTIONS.items())
+            problems.append(((section,), f"unknown section (a profile has {sections})"))
+        elif value is not None and not isinstance(value, Mapping):
+            problems.append(((section,), f"expected a mapping, got {type(value).__name__}"))
+    return problems
+
+
+def _report(run_config: Mapping[str, Any], problems: list[tuple[Location, str]]) -> str:
+    document = run_config.document if isinstance(run_config, Profile) else None
+    source = str(document.path) if document else "run config"
+    lines = [
+        f"{document.at(*where) if document else source}: {dotted(where)}: {message}" for where, message in problems
+    ]
+    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    return f"{source}: {count}, found before any run started:\n  " + "\n  ".join(lines)
+
+
+def _did_you_mean(name: Any, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(name), list(candidates), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+
+
+def _unknown_op(defs: dg.Definitions, name: str, op_names: set[str]) -> str:
+    key = dg.AssetKey.from_user_string(str(name))
+    graph = defs.resolve_asset_graph()
+    if graph.has(key) and graph.get(key).is_materializable:
+        op = defs.get_assets_def(key).node_def.name
+        return f"{name!r} is an asset made by the op {op!r}: put its config under ops.{op}"
+    return f"no op named {name!r}{_did_you_mean(name, sorted(op_names))}; it would be ignored"
+
+
+def _config_problems(job: dg.JobDefinition, ops: Mapping[str, Any]) -> list[tuple[Location, str]]:
+    """Every way `ops` breaks the job's config schema (Dagster reports them all at once)."""
+    try:
+        dg.validate_run_config(job, {"ops": dict(ops)})
+    except dg.DagsterInvalidConfigError as invalid:
+        return [problem for error in invalid.errors for problem in _describe_config_error(job, error)]
+    return []
+
+
+def _describe_config_error(job: dg.JobDefinition, error: Any) -> list[tuple[Location, str]]:
+    location: Location = tuple(
+        part if isinstance(part, int) else str(part)
+        for entry in getattr(error.stack, "entries", [])  # fields, list items and map keys, from the root
+        for part in [
+            next((getattr(entry, a) for a in ("field_name", "list_index", "map_key") if hasattr(entry, a)), None)
+        ]
+        if part is not None
+    )
+    data = error.error_data
+    undefined = getattr(data, "field_names", None) or ([data.field_name] if hasattr(data, "field_name") else [])
+    reason = getattr(error.reason, "name", "")
+    if reason.startswith("FIELD") and undefined:  # FIELD_NOT_DEFINED, FIELDS_NOT_DEFINED
+        fields = _schema_fields(job, location)
+        listing = f"; fields: {', '.join(fields)}" if fields else ""
+        return [((*location, name), f"unknown field{_did_you_mean(name, fields)}{listing}") for name in undefined]
+    if reason.startswith("MISSING_REQUIRED") and undefined:
+        return [(location, f"missing required field {', '.join(map(repr, undefined))}")]
+    snap = getattr(data, "config_type_snap", None)
+    if reason == "RUNTIME_TYPE_MISMATCH" and snap is not None and hasattr(data, "value_rep"):
+        kind = getattr(snap.kind, "name", "")
+        expected = "a list" if kind == "ARRAY" else "a mapping" if kind.endswith(("SHAPE", "MAP", "SELECTOR")) else None
+        return [(location, f"expected {expected or snap.given_name or snap.key}, got {data.value_rep}")]
+    message = re.sub(r" at (path root(:\S+?)*(?=[.\s])|the root)", "", str(error.message).split(". Expected:")[0])
+    return [(location, message)]
+
+
+def _schema_fields(job: dg.JobDefinition, location: Location) -> list[str]:
+    """The field names the job's config schema allows at `location` (empty where that cannot be told)."""
+    config_type: Any = job.run_config_schema.config_type
+    try:
+        for part in location:
+            config_type = getattr(config_type, "inner_type", config_type)  # Noneable
+            config_type = config_type.fields[part].config_type
+        config_type = getattr(config_type, "inner_type", config_type)
+        return sorted(config_type.fields)
+    except (AttributeError, KeyError, TypeError):
+        return []
+
+
+def _partition_choice_problems(partitions_def: dg.PartitionsDefinition, wanted: Any) -> list[tuple[Location, str]]:
+    """What is wrong with a profile's choice of partitions: a list of keys, or for a multi-partitioned asset a
+    mapping of dimension to a list of its keys. Locations are relative to the asset's entry."""
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition) and isinstance(wanted, Mapping):
+        dimensions = {
+            dimension.name: list(dimension.partitions_def.get_partition_keys())
+            for dimension in partitions_def.partitions_defs
+        }
+        unknown = [dim for dim in wanted if dim not in dimensions]
+        if unknown:
+            return [((unknown[0],), f"unknown partition dimensions {unknown}; dimensions: {sorted(dimensions)}")]
+        problems: list[tuple[Location, str]] = []
+        for dim, values in wanted.items():
+            if not isinstance(values, list):
+                example = dimensions[dim][0] if dimensions[dim] else "key"
+                problems.append(((dim,), f"expected a list of {dim} keys, e.g. [{example}], got {values!r}"))
+                continue
+            missing = [value for value in values if value not in dimensions[dim]]
+            if missing:
+                hint = _did_you_mean(missing[0], dimensions[dim])
+                problems.append(
+                    ((dim, values.index(missing[0])), f"{dim} {missing} do not exist{hint}; known: {dimensions[dim]}")
+                )
+        return problems
+    keys = list(partitions_def.get_partition_keys())
+    if not isinstance(wanted, list):
+        shape = "a list of keys" + (
+            " or a mapping of dimension to a list of keys"
+            if isinstance(partitions_def, dg.MultiPartitionsDefinition)
+            else ""
+        )
+        return [((), f"expected {shape}, got {wanted!r}")]
+    missing = [key for key in wanted if key not in keys]
+    if missing:
+        hint = _did_you_mean(missing[0], keys)
+        return [((wanted.index(missing[0]),), f"partitions {missing} do not exist{hint}; known: {keys}")]
+    return []

@@ -1,6 +1,7 @@
 """Benchmark loaders: the shipped sets load into one shape; bad files fail naming the file and the record."""
 
 import json
+import re
 
 import pytest
 
@@ -9,6 +10,8 @@ from webdancer_dagster.evaluation.benchmarks import (
     BenchmarkFileError,
     BenchmarkSource,
     all_benchmark_questions,
+    check_benchmark_files,
+    check_corpus_file,
     load_benchmark,
     load_jsonl,
     load_musique,
@@ -125,3 +128,60 @@ def test_all_benchmark_questions_include_declared_benchmarks(tmp_path):
     assert len(questions) == 125 + 1
     assert questions[-1] == "Who designed the Zorblax engine?"
     assert questions[:125] == [question.question for question in load_benchmark("bamboogle", DATA_DIR)]
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "load", "message"),
+    [
+        (
+            "q.jsonl",
+            b'{"question": "Who?", "answer": "Ada"}\n{"question": "Caf\xe9?"}\n',
+            load_jsonl,
+            "line 2: not UTF-8",
+        ),
+        ("q.json", b'[{"Question": "Who?",\n  "answer": "Caf\xe9"}]', load_question_set, "line 2: not UTF-8"),
+        ("q.json", b'[{"Question": "Who?",\n  "answer": }]', load_question_set, "line 2: not valid JSON"),
+        ("q.jsonl", '\ufeff{"question": "Who?", "answer": "Ada"}\n'.encode(), load_jsonl, None),  # a BOM is fine
+    ],
+)
+def test_undecodable_or_malformed_files_name_the_file_and_line(tmp_path, name, raw, load, message):
+    path = tmp_path / name
+    path.write_bytes(raw)
+    if message is None:
+        assert [q.question for q in load(path)] == ["Who?"]
+        return
+    with pytest.raises(BenchmarkFileError, match=message) as error:  # before: a bare UnicodeDecodeError
+        load(path)
+    assert str(error.value).startswith(f"{path}: ")
+
+
+def test_a_json_string_may_hold_a_unicode_line_separator(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question": "Who\u2028wrote it?", "answer": "Ada"}, ensure_ascii=False) + "\n")
+    assert load_jsonl(path)[0].question == "Who\u2028wrote it?"
+
+
+def test_corpus_files_are_checked_as_their_site_reads_them(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([{"title": "Ada", "text": "Ada wrote it."}]))
+    assert check_corpus_file(good) == 1
+    for text, message in [
+        ('{"title": "Ada"}', "expected a JSON array"),
+        ('[{"title": "Ada", "text": 3}]', "record 1: expected a {title: text, text: text} object"),
+        ("[", "line 1: not valid JSON"),
+    ]:
+        good.write_text(text)
+        with pytest.raises(BenchmarkFileError, match=re.escape(message)):
+            check_corpus_file(good)
+
+
+def test_check_benchmark_files_reads_every_benchmark_and_names_each_bad_one(tmp_path):
+    check_benchmark_files(BENCHMARKS, DATA_DIR)  # the shipped sets load
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b"\xff\n")
+    sources = {**BENCHMARKS, "mine": BenchmarkSource(str(broken), "jsonl", offline=False)}
+    with pytest.raises(BenchmarkFileError) as error:
+        check_benchmark_files(sources, tmp_path / "no-data")
+    lines = str(error.value).splitlines()
+    assert len(lines) == len(sources)  # every built-in is missing from this data folder, and mine is not UTF-8
+    assert lines[-1] == f"benchmark 'mine': {broken}: line 1: not UTF-8 (byte 0xff at offset 0); save the file as UTF-8"

@@ -1,6 +1,8 @@
 """The evaluation registry: built-in models and benchmarks plus those declared in YAML, with errors that say where."""
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -77,6 +79,46 @@ def test_bad_registries_name_the_file_and_entry(tmp_path, text, message):
     with pytest.raises(RegistryError, match=message) as error:
         load_registry(path)
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("models: []\nbenchmarks:\n  - name: b\n    questions: missing.jsonl\n", ":4: benchmarks[0]: no such file"),
+        ("models:\n  - name: m\n    base_url: x\n    model: m\n", ":3: models[0].base_url (m): "),
+        ("benchmarks:\n  - {name: Bad Name, questions: qs.jsonl}\n", ":2: benchmarks[0]: name 'Bad Name' must be"),
+        ("models: []\nmodels: []\n", ":2: duplicate key models (first on line 1)"),
+        ("- name: m\n", ":1: expected a mapping with `models:` and `benchmarks:`, got list"),
+    ],
+)
+def test_registry_errors_name_the_line(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(RegistryError) as error:
+        load_registry(path)
+    assert str(error.value).startswith(f"{path}{expected}")
+
+
+def test_a_registry_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "evaluation.yaml"
+    path.write_bytes(b"benchmarks: []\n# caf\xe9\n")
+    with pytest.raises(RegistryError, match=r"evaluation\.yaml: line 2: not UTF-8"):  # before: UnicodeDecodeError
+        load_registry(path)
+
+
+def test_a_bad_registry_stops_other_commands_with_one_line_naming_it(tmp_path, monkeypatch):
+    """The definitions read the registry when they load (its entries are partitions, its corpora crawl_pages
+    sites), so `crawl` needs it too; it ends with the registry's problem, not a traceback."""
+    path = write(tmp_path, "benchmarks:\n  - {name: b, questions: missing.jsonl}\n", questions=False)
+    monkeypatch.setenv(REGISTRY_ENV, str(path))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    command = [sys.executable, "-m", "webdancer_dagster.cli", "crawl", "--site", "wiki", "--home", str(tmp_path / "h")]
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=240)
+
+    assert finished.returncode == 2
+    assert finished.stderr.strip() == (
+        f"error: {path}:2: benchmarks[0]: no such file 'missing.jsonl' (looked at {tmp_path / 'missing.jsonl'})"
+    )
 
 
 def test_the_registry_file_comes_from_the_environment_or_the_repository(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from webdancer_dagster.config_files import ConfigFileError, decode_utf8
 from webdancer_dagster.synthesis.qa import stable_id
 
 BenchmarkFormat = Literal["musique", "question_set", "jsonl"]
@@ -30,7 +31,7 @@ class BenchmarkQuestion(BaseModel):
     answers: list[str] = Field(min_length=1)
 
 
-class BenchmarkFileError(ValueError):
+class BenchmarkFileError(ConfigFileError):
     """A benchmark file that cannot be loaded as it is; the message names the file and the record or line."""
 
 
@@ -118,13 +119,58 @@ def load_jsonl(path: Path, *, id_prefix: str = "") -> list[BenchmarkQuestion]:
     return _collect(path, _jsonl_records(path), convert, id_prefix=id_prefix)
 
 
-def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
+def check_benchmark_files(sources: Mapping[str, BenchmarkSource], data_dir: Path) -> None:
+    """Load every benchmark in `sources` and read each one's corpus, as a run would, so that a bad file stops
+    `materialize` before its first run rather than hours into it; raises `BenchmarkFileError` naming every bad
+    file with its line or record. (Every benchmark, not only those a profile scores: the synthesis leakage guard
+    reads all of them. The built-in sets take about 0.1 s.)"""
+    problems = []
+    for name, source in sources.items():
+        try:
+            load_benchmark(name, data_dir, sources)
+        except BenchmarkFileError as error:
+            problems.append(f"benchmark {name!r}: {error}")
+        if source.corpus is not None:
+            try:
+                check_corpus_file(source.corpus)
+            except BenchmarkFileError as error:
+                problems.append(f"benchmark {name!r}: {error}")
+    if problems:
+        raise BenchmarkFileError("\n".join(problems))
+
+
+def check_corpus_file(path: Path) -> int:
+    """A declared benchmark's corpus as its site will read it: a UTF-8 JSON list of `{title, text}` objects with
+    text values. Returns the number of records; raises `BenchmarkFileError` naming the file and record."""
+    path = Path(path)
+    data = _parse_json(path, "corpus file")
+    if not isinstance(data, list):
+        raise BenchmarkFileError(f"{path}: expected a JSON array of {{title, text}} objects, got {type(data).__name__}")
+    for index, record in enumerate(data, start=1):
+        if not isinstance(record, dict) or not all(isinstance(record.get(key), str) for key in ("title", "text")):
+            raise BenchmarkFileError(f"{path}: record {index}: expected a {{title: text, text: text}} object")
+    return len(data)
+
+
+def _read_text(path: Path, what: str = "benchmark file") -> str:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise BenchmarkFileError(f"{path}: no such benchmark file") from None
+        raise BenchmarkFileError(f"{path}: no such {what}") from None
+    except OSError as error:
+        raise BenchmarkFileError(f"{path}: cannot read this {what} ({error.strerror or error})") from None
+    return decode_utf8(path, raw, BenchmarkFileError)
+
+
+def _parse_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(_read_text(path, what))
     except json.JSONDecodeError as error:
-        raise BenchmarkFileError(f"{path}: not valid JSON ({error})") from None
+        raise BenchmarkFileError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from None
+
+
+def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
+    data = _parse_json(path, "benchmark file")
     if not isinstance(data, list):
         raise BenchmarkFileError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
     for index, record in enumerate(data, start=1):
@@ -132,17 +178,15 @@ def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise BenchmarkFileError(f"{path}: no such benchmark file") from None
+    lines = _read_text(path).split("\n")  # not splitlines(): a JSON string may hold U+2028 and the like
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            yield f"line {number}", json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise BenchmarkFileError(f"{path}: line {number}: not valid JSON ({error})") from None
+            raise BenchmarkFileError(f"{path}: line {number}: not valid JSON ({error.msg})") from None
+        yield f"line {number}", record
 
 
 def _collect(

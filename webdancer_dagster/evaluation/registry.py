@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from webdancer_dagster.config_files import ConfigFileError, YamlDocument, dotted, read_yaml
 from webdancer_dagster.evaluation.benchmarks import BENCHMARKS, BenchmarkSource
 from webdancer_dagster.paths import REPO_ROOT
 
@@ -31,8 +31,8 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 ModelKind = Literal["endpoint", "checkpoint", "base"]
 
 
-class RegistryError(ValueError):
-    """The evaluation registry file is malformed; the message names the file and the entry."""
+class RegistryError(ConfigFileError):
+    """The evaluation registry file is malformed; the message names the file, the line and the entry."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,38 +121,39 @@ def builtin_registry() -> Registry:
 def load_registry(path: Path | None) -> Registry:
     """Built-ins plus the entries of `path` (None or a missing default file: built-ins only).
 
-    Relative file paths in the YAML are relative to the YAML's folder; names must be unique partition keys.
+    Relative file paths in the YAML are relative to the YAML's folder; names must be unique partition keys. Only
+    the files' existence is checked here (the definitions load this at import); `materialize` reads them before
+    its first run (`benchmarks.check_benchmark_files`).
     """
     if path is None:
         return builtin_registry()
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise RegistryError(f"{path}: no such evaluation registry file") from None
-    except yaml.YAMLError as error:
-        raise RegistryError(f"{path}: not valid YAML ({error})") from None
+    document = read_yaml(Path(path), "evaluation registry file", RegistryError)
+    raw = {} if document.data is None else document.data
+    if not isinstance(raw, dict):
+        raise RegistryError(
+            f"{document.at()}: expected a mapping with `models:` and `benchmarks:`, got {type(raw).__name__}"
+        )
     try:
         parsed = _RegistryFile.model_validate(raw)
     except ValidationError as error:
-        raise RegistryError(f"{path}: {_describe(error, raw)}") from None
+        raise RegistryError(_describe(error, raw, document)) from None
 
     models: dict[str, ModelSpec] = dict(BUILTIN_MODELS)
     for index, entry in enumerate(parsed.models):
-        _check_name(path, f"models[{index}]", entry.name, models)
+        _check_name(document, ("models", index), entry.name, models)
         models[entry.name] = ModelSpec(
             entry.name, "endpoint", base_url=entry.base_url, model=entry.model, api_key_env=entry.api_key_env
         )
     benchmarks: dict[str, BenchmarkSource] = dict(BENCHMARKS)
     for index, entry in enumerate(parsed.benchmarks):
-        where = f"benchmarks[{index}]"
-        _check_name(path, where, entry.name, benchmarks)
-        questions = _existing(path, where, entry.questions)
-        corpus = _existing(path, where, entry.corpus) if entry.corpus else None
+        where = ("benchmarks", index)
+        _check_name(document, where, entry.name, benchmarks)
+        questions = _existing(document, (*where, "questions"), entry.questions)
+        corpus = _existing(document, (*where, "corpus"), entry.corpus) if entry.corpus else None
         benchmarks[entry.name] = BenchmarkSource(
             str(questions), "jsonl", offline=corpus is not None, corpus=corpus, description=entry.description
         )
-    return Registry(models=models, benchmarks=benchmarks, source=path)
+    return Registry(models=models, benchmarks=benchmarks, source=document.path)
 
 
 def registry_path(environ: Mapping[str, str] = os.environ) -> Path | None:
@@ -167,31 +168,32 @@ def default_registry() -> Registry:
     return load_registry(registry_path())
 
 
-def _check_name(path: Path, where: str, name: str, taken: Mapping[str, Any]) -> None:
+def _check_name(document: YamlDocument, where: tuple[str, int], name: str, taken: Mapping[str, Any]) -> None:
+    prefix = f"{document.at(*where, 'name')}: {dotted(where)}"
     if not _NAME.match(name):
         raise RegistryError(
-            f"{path}: {where}: name {name!r} must be lowercase letters, digits, '-' or '_' (it is a partition key)"
+            f"{prefix}: name {name!r} must be lowercase letters, digits, '-' or '_' (it is a partition key)"
         )
     if name in taken:
-        raise RegistryError(f"{path}: {where}: name {name!r} is already taken (built-in or declared twice)")
+        raise RegistryError(f"{prefix}: name {name!r} is already taken (built-in or declared twice)")
 
 
-def _existing(path: Path, where: str, file: str) -> Path:
-    resolved = (path.parent / Path(file).expanduser()).resolve()
+def _existing(document: YamlDocument, where: tuple[str, int, str], file: str) -> Path:
+    resolved = (document.path.parent / Path(file).expanduser()).resolve()
     if not resolved.is_file():
-        raise RegistryError(f"{path}: {where}: no such file {file!r} (looked at {resolved})")
+        raise RegistryError(f"{document.at(*where)}: {dotted(where[:2])}: no such file {file!r} (looked at {resolved})")
     return resolved
 
 
-def _describe(error: ValidationError, raw: Any) -> str:
+def _describe(error: ValidationError, raw: Any, document: YamlDocument) -> str:
+    """One `file:line: where (entry name): problem` per problem, on lines of their own."""
     problems = []
     for item in error.errors():
-        location = item["loc"]
-        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
+        location = tuple(item["loc"])
         name = ""
         if len(location) >= 2 and isinstance(location[1], int) and isinstance(raw, dict):
             entries = raw.get(location[0]) or []
             if location[1] < len(entries) and isinstance(entries[location[1]], dict):
                 name = f" ({entries[location[1]].get('name', '?')})"
-        problems.append(f"{where}{name}: {item['msg']}")
-    return "; ".join(problems)
+        problems.append(f"{document.at(*location)}: {dotted(location)}{name}: {item['msg']}")
+    return "\n".join(problems)
