@@ -1,5 +1,7 @@
 """The CLI as a user runs it: a failed Dagster run ends the command with the cause, not a long pretty traceback."""
 
+import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -18,3 +20,26 @@ def test_a_failed_run_exits_with_its_cause(tmp_path: Path) -> None:
         "materialize its asset first"
     )
     assert "locals" not in finished.stderr
+
+
+def _run_ids(dagster_home: Path) -> list[str]:
+    database = dagster_home / "history" / "runs.db"
+    if not database.exists():
+        return []
+    with sqlite3.connect(database) as connection:
+        return [row[0] for row in connection.execute("SELECT run_id FROM runs")]
+
+
+def test_a_run_on_another_home_stays_out_of_the_users_run_history(tmp_path: Path) -> None:
+    """`make test` exports the user's DAGSTER_HOME; a command given --home must record its run in that home's
+    history, not in the user's (the failed run once showed in the user's UI, with its checks)."""
+    users_history = tmp_path / "user" / ".webdancer" / "dagster"
+    other_home = tmp_path / "other-home"
+    environment = {**os.environ, "DAGSTER_HOME": str(users_history), "WEBDANCER_HOME": str(users_history.parent)}
+    command = [sys.executable, "-m", "webdancer_dagster.cli", "eval", "--home", str(other_home)]
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+
+    assert finished.returncode == 1
+    assert _run_ids(users_history) == []
+    assert len(_run_ids(other_home / "dagster")) == 1
