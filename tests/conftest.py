@@ -43,12 +43,11 @@ def users_home_is_untouched() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path, monkeypatch):
+def isolated_home(tmp_path, tmp_path_factory, monkeypatch):
     home = tmp_path / "webdancer-home"
     monkeypatch.setenv("WEBDANCER_HOME", str(home))
-    dagster_home = tmp_path / "dagster-home"
-    dagster_home.mkdir()
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    # Outside tmp_path, which some tests list: a run history of the test's own.
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path_factory.mktemp("dagster-home")))
     return home
 
 
