@@ -1,6 +1,10 @@
 """The DAPO entry point: bad RL pools fail clearly, and one step on two gloo processes moves the weights."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -112,6 +116,47 @@ def test_a_killed_run_resumes_its_rollout_state_with_the_weights(
     assert resumed.tokens_generated > first.tokens_generated
     final_state = json.loads((output_dir / "checkpoint-2" / ROLLOUT_STATE_FILE.format(rank=0)).read_text())
     assert final_state["groups_sampled"] == resumed.groups_sampled
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_a_checkpoint_resumes_from_it_with_its_optimizer_and_rollout_state(
+    tmp_path: Path, answering_model: Path, rl_index: Path, scripted
+) -> None:
+    """A real kill (SIGKILL once checkpoint-1 is complete), then a rerun. Not compared with an unbroken run's
+    weights: two unbroken runs with the same seed already differ, as rollouts depend on thread timing."""
+    judge = scripted(lambda request: "Incorrect")
+    pool = _pool_file(tmp_path, _pool_lines(QUESTIONS))
+    environment = _environment_file(tmp_path, rl_index, judge.base_url)
+    output_dir = tmp_path / "rl"
+    settings = {"temperature": 0.5, "oversample_factor": 1.0, "max_refill_rounds": 0, "save_steps": 1, "max_steps": 2}
+    args = _args(pool, environment, answering_model, output_dir, **settings)
+    checkpoint = output_dir / "checkpoint-1"
+    process = subprocess.Popen([sys.executable, "-m", DAPO_MODULE, *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        # The rollout state is written last, by the trainer's on_save callback: then the checkpoint is complete.
+        while not (checkpoint / ROLLOUT_STATE_FILE.format(rank=0)).is_file():
+            assert process.poll() is None, f"the run ended (exit {process.returncode}) before checkpoint-1"
+            assert time.monotonic() < deadline, "no checkpoint-1 within 300 s"
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (output_dir / "final").exists()
+    resumed_from = max(int(path.name.split("-")[1]) for path in output_dir.glob("checkpoint-*"))
+
+    resumed = main(args)
+
+    assert isinstance(resumed, DAPOResult)
+    assert (resumed.resumed_from_step, resumed.steps) == (resumed_from, 2)
+    assert resumed.groups_sampled == 2, "one group a step, counted over the whole run"
+    optimizer = torch.load(output_dir / "checkpoint-2" / "optimizer.pt", weights_only=False)
+    assert {int(state["step"]) for state in optimizer["state"].values()} == {2}, "the optimizer restarted"
+    last = load_file(output_dir / "checkpoint-2" / "model.safetensors")
+    final = load_file(resumed.checkpoint_dir / "model.safetensors")
+    assert all(torch.equal(final[name], last[name]) for name in last), "the final model is not the last step's"
 
 
 class TinyDAPOConfig(dg.Config):

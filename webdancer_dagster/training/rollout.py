@@ -224,12 +224,15 @@ def rl_sample(tokenizer: PreTrainedTokenizerBase, trajectory: Trajectory, max_co
     completion_ids = chat.input_ids[len(prompt_ids) : end]
     env_mask = [int(label != IGNORE_INDEX) for label in chat.labels[len(prompt_ids) : end]]
     last_turn_cut = bool(trajectory.steps) and trajectory.steps[-1].finish_reason == "length"
-    if last_turn_cut and completion_ids and completion_ids[-1] == tokenizer.eos_token_id:
-        completion_ids, env_mask = completion_ids[:-1], env_mask[:-1]
     truncated = last_turn_cut or len(completion_ids) > max_completion_length
     completion_ids, env_mask = completion_ids[:max_completion_length], env_mask[:max_completion_length]
+    # A cut can land right after an end-of-turn token (the cut turn's own, or an earlier turn's or observation's at
+    # `max_completion_length`); the trainer would then take the rollout for a finished one and train on it.
+    end_of_turn = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    if truncated and completion_ids and completion_ids[-1] in end_of_turn:
+        completion_ids, env_mask = completion_ids[:-1], env_mask[:-1]
     if not completion_ids:  # a turn cut before it produced a token still needs one position for the trainer
-        completion_ids, env_mask = [tokenizer.eos_token_id], [1]
+        completion_ids, env_mask = [tokenizer.eos_token_id], [0 if truncated else 1]
     return RLSample(list(prompt_ids), completion_ids, env_mask, truncated)
 
 
