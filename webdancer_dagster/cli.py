@@ -192,9 +192,21 @@ def sites(home: HomeOption = None) -> None:
     from webdancer_dagster.assets.corpus import SITE_REGISTRY, site_overview
 
     frame = site_overview(WarehouseStore(resolve_home(home)))
-    table = Table(*frame.columns, title=f"sites (declared in {SITE_REGISTRY.source or 'no sites.yaml'})")
+    title = f"sites: built-in, and live ones declared in {SITE_REGISTRY.source or 'no sites.yaml'}"
+    headers = ["site", "kind", "benchmark", "schedule (UTC)", "root URL", "last crawl", "pages", "changed", "304"]
+    table = Table(*headers, "skips", title=title)
+
+    def number(value: object) -> str:
+        return "" if value is None or value != value else str(int(value))
+
     for row in frame.itertuples(index=False):
-        table.add_row(*("" if value is None or value != value else str(value) for value in row))
+        crawled = row.last_crawl is not None and row.last_crawl == row.last_crawl
+        changed = sum(int(v) for v in (row.new, row.changed, row.removed) if v == v and v is not None)
+        table.add_row(
+            row.site, row.kind, "yes" if row.benchmark else "", row.schedule, row.root_url,
+            str(row.last_crawl)[:16] if crawled else "never", number(row.pages),
+            str(changed) if crawled else "", number(row.not_modified), number(row.skipped),
+        )  # fmt: skip
     console.print(table)
 
 

@@ -14,7 +14,7 @@ defs = dg.Definitions(
     assets=dg.load_assets_from_modules([corpus, qa, trajectories, training, evaluation]),
     asset_checks=dg.load_asset_checks_from_modules([corpus, qa, trajectories, training, evaluation]),
     jobs=[corpus.recrawl_job],
-    schedules=[corpus.daily_recrawl],
+    schedules=[corpus.daily_recrawl, *corpus.site_schedules],  # one per live site declared in sites.yaml
     resources={
         "warehouse": warehouse,
         "web": WebEnvironment(warehouse=warehouse),

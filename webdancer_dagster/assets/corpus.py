@@ -1,6 +1,8 @@
-"""Stage 1, the crawl corpus: build the local sites, crawl each one with Scrapy, index the pages for search."""
+"""Stage 1, the crawl corpus: build the local sites, crawl each one (and each live site declared in `sites.yaml`) with
+Scrapy, index the pages for search."""
 
 import hashlib
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,9 +16,16 @@ from webdancer_dagster.paths import DATA_DIR, PYTHON_DOC_DIR
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import SEARCH_INDEX_DIR, WebEnvironment
 from webdancer_dagster.warehouse import TableWrite, WarehouseStore, frame_version, markdown_preview
-from webdancer_dagster.web.crawl import CrawlLimits, CrawlResult, crawl_site
+from webdancer_dagster.web.crawl import CrawlLimits, CrawlResult, crawl_site, previous_validators
 from webdancer_dagster.web.search import LocalSearch, build_search_index, search_tool
-from webdancer_dagster.web.sites import LISTING_PAGE_SIZE, SiteSpec, build_site, default_site_specs
+from webdancer_dagster.web.site_registry import (
+    DeclaredSite,
+    SiteRegistry,
+    SiteRegistryError,
+    default_site_registry,
+    entry_location,
+)
+from webdancer_dagster.web.sites import LISTING_PAGE_SIZE, SiteSpec, build_site, default_site_specs, site_root_url
 from webdancer_dagster.web.versioning import SnapshotDiff, diff_snapshot
 
 
@@ -34,12 +43,20 @@ def site_specs(data_dir: Path, python_doc_dir: Path, registry: Registry) -> list
 
 # Read once when the definitions load: its models and benchmarks are partition keys ("Reload definitions" rereads).
 REGISTRY = default_registry()
-SITE_NAMES = [spec.name for spec in site_specs(DATA_DIR, PYTHON_DOC_DIR, REGISTRY)]
+LOCAL_SITE_SPECS = site_specs(DATA_DIR, PYTHON_DOC_DIR, REGISTRY)
+LOCAL_SITE_NAMES = [spec.name for spec in LOCAL_SITE_SPECS]
+# The live sites declared in sites.yaml (or $WEBDANCER_SITES), also read once: each is a partition with a schedule.
+SITE_REGISTRY: SiteRegistry = default_site_registry(taken=LOCAL_SITE_NAMES)
+SITE_NAMES = [*LOCAL_SITE_NAMES, *SITE_REGISTRY.sites]
 site_partitions = dg.StaticPartitionsDefinition(SITE_NAMES)
 
 # How long a crawl waits for another crawl of the same site to finish writing before it gives up.
 CRAWL_LOCK_TIMEOUT_S = 600.0
-PAGE_COLUMNS = ["site", "url", "title", "text", "content_hash", "depth", "status", "bytes", "fetched_at"]
+PAGE_COLUMNS = [
+    "site", "url", "title", "text", "content_hash", "depth", "status", "bytes", "fetched_at",
+    "etag", "last_modified", "not_modified",
+]  # fmt: skip
+SITE_COLUMNS = ["name", "host", "root_url", "directory", "pages", "benchmark", "source", "kind"]
 
 
 # Like AutomationCondition.eager(), but keyed on upstream *data versions*: a daily re-crawl that changed no page
@@ -64,11 +81,12 @@ class WebSitesConfig(dg.Config):
 @dg.asset(group_name="corpus", kinds={"python", "duckdb"})
 def web_sites(context: dg.AssetExecutionContext, config: WebSitesConfig, warehouse: Warehouse) -> dg.MaterializeResult:
     """The local web: real Debian documentation, Wikipedia-like sites rendered from the shipped corpora, and the
-    corpus of every benchmark declared in the evaluation registry (flagged as benchmark sites)."""
+    corpus of every benchmark declared in the evaluation registry (flagged as benchmark sites); plus one row per
+    live site declared in the site registry (nothing to build: `crawl_pages` fetches it from the web)."""
     store = warehouse.store()
     specs = site_specs(Path(config.data_dir), Path(config.python_doc_dir), REGISTRY)
     built = [build_site(spec, store.artifact_dir("sites") / spec.name) for spec in specs]
-    frame = pd.DataFrame(
+    local = pd.DataFrame(
         {
             "name": [site.name for site in built],
             "host": [site.host for site in built],
@@ -78,20 +96,39 @@ def web_sites(context: dg.AssetExecutionContext, config: WebSitesConfig, warehou
             "pages": [site.pages for site in built],
             "benchmark": [site.benchmark for site in built],
             "source": [site.source for site in built],
+            "kind": "local",
         }
     )
+    frame = pd.concat([local, *(declared_site_row(site) for site in SITE_REGISTRY.sites.values())], ignore_index=True)
+    frame = frame.astype({"directory": "string"})
     write = store.replace_table("sites", frame)
     context.log.info("built %d sites: %s", len(built), ", ".join(f"{s.name}={s.pages}" for s in built))
     return dg.MaterializeResult(
         metadata={
             "sites": dg.MetadataValue.md(markdown_preview(frame.drop(columns=["directory"]), rows=20)),
             "pages_total": int(frame["pages"].sum()),
-            "root_urls": dg.MetadataValue.json({s.name: s.root_url for s in built}),
+            "live_sites": len(SITE_REGISTRY.sites),
+            "root_urls": dg.MetadataValue.json(dict(zip(frame["name"], frame["root_url"], strict=True))),
             "dagster/row_count": write.rows,
             "parquet": dg.MetadataValue.path(str(write.parquet_path)),
         },
         data_version=dg.DataVersion(frame_version(frame.drop(columns=["directory"]))),
     )
+
+
+def declared_site_row(site: DeclaredSite) -> pd.DataFrame:
+    """The `sites` row of a declared live site: no folder (the proxy does not serve it), its first root URL."""
+    row = {
+        "name": site.name,
+        "host": site.host,
+        "root_url": site.root_url,
+        "directory": None,
+        "pages": 0,
+        "benchmark": site.benchmark,
+        "source": str(SITE_REGISTRY.source),
+        "kind": "live",
+    }
+    return pd.DataFrame([row], columns=SITE_COLUMNS).astype({"directory": "string", "pages": "int64"})
 
 
 class CrawlConfig(dg.Config):
@@ -104,6 +141,16 @@ class CrawlConfig(dg.Config):
     concurrency: int = Field(default=16, description="Concurrent requests.")
     timeout_s: float = Field(default=10.0, description="Per-request timeout.")
     max_bytes: int = Field(default=5_000_000, description="Responses larger than this are skipped as too_large.")
+
+    def live_limits_for(self, site: DeclaredSite) -> CrawlLimits:
+        """A declared site's own page and depth budget (`max_pages_by_site` still overrides its pages)."""
+        return CrawlLimits(
+            max_pages=self.max_pages_by_site.get(site.name, site.max_pages),
+            max_depth=site.max_depth,
+            concurrency=self.concurrency,
+            timeout_s=self.timeout_s,
+            max_bytes=self.max_bytes,
+        )
 
     def limits_for(self, site: str, benchmark_pages: int | None = None) -> CrawlLimits:
         """`benchmark_pages`: the article count of a benchmark site, crawled whole (articles, listings, root)
@@ -129,23 +176,31 @@ class CrawlConfig(dg.Config):
 def crawl_pages(
     context: dg.AssetExecutionContext, config: CrawlConfig, warehouse: Warehouse, web: WebEnvironment
 ) -> dg.MaterializeResult:
-    """One site crawled from its root URL by clicking through sub-links, versioned against the last crawl."""
+    """One site crawled from its root URL by clicking through sub-links, versioned against the last crawl.
+
+    A local site is crawled through the site proxy; a live site declared in the site registry straight from the
+    web, politely, asking for each stored page only if it changed (a 304 keeps it without downloading it)."""
     site = context.partition_key
     store = warehouse.store()
-    site_row = store.read_table("sites", "name = ?", [site])
-    if site_row.empty:
-        raise LookupError(f"site {site!r} is not in the sites table; materialize web_sites first")
-    root_url = site_row.iloc[0]["root_url"]
-    benchmark_pages = int(site_row.iloc[0]["pages"]) if bool(site_row.iloc[0]["benchmark"]) else None
     started = datetime.now(UTC)
     crawl_id = f"{site}-{started:%Y%m%dT%H%M%S}-{context.run_id[:8]}"
-    with web.serve() as proxy_url:
-        result = crawl_site(
-            root_url,
-            proxy_url=proxy_url,
-            limits=config.limits_for(site, benchmark_pages),
-            work_dir=store.artifact_dir("crawls", crawl_id),
-        )
+    declared = SITE_REGISTRY.sites.get(site)
+    if declared is not None:
+        root_url = declared.root_url
+        result = crawl_declared_site(store, declared, config.live_limits_for(declared), crawl_id)
+    else:
+        site_row = store.read_table("sites", "name = ?", [site])
+        if site_row.empty:
+            raise LookupError(f"site {site!r} is not in the sites table; materialize web_sites first")
+        root_url = site_row.iloc[0]["root_url"]
+        benchmark_pages = int(site_row.iloc[0]["pages"]) if bool(site_row.iloc[0]["benchmark"]) else None
+        with web.serve() as proxy_url:
+            result = crawl_site(
+                root_url,
+                proxy_url=proxy_url,
+                limits=config.limits_for(site, benchmark_pages),
+                work_dir=store.artifact_dir("crawls", crawl_id),
+            )
     diff, summary, writes = store_crawl(store, site, crawl_id, root_url, started, result)
     counts = diff.counts
     context.log.info("crawl %s: %d pages, %s, %d skipped", crawl_id, len(diff.pages), counts, len(result.skipped))
@@ -156,6 +211,7 @@ def crawl_pages(
             "changed": counts["changed"],
             "removed": counts["removed"],
             "unchanged": counts["unchanged"],
+            "not_modified": int(result.stats.get("not_modified", 0)),
             "links": len(result.links),
             "skipped": len(result.skipped),
             "skipped_by_reason": dg.MetadataValue.json(result.stats.get("skipped_by_reason", {})),
@@ -167,6 +223,27 @@ def crawl_pages(
             "pages_parquet": dg.MetadataValue.path(str(writes["pages"].parquet_path)),
         },
         data_version=dg.DataVersion(diff.data_version),
+    )
+
+
+def crawl_declared_site(store: WarehouseStore, site: DeclaredSite, limits: CrawlLimits, crawl_id: str) -> CrawlResult:
+    """Crawl a declared live site straight from the web, conditionally against its stored snapshot.
+
+    Its `sites` row is written first, so a site added to the registry needs no `web_sites` run before its first
+    crawl (synthesis and the leakage checks read the `benchmark` flag from that table)."""
+    store.write_tables(partition=("name", site.name), partition_replacements={"sites": declared_site_row(site)})
+    previous: dict = {}
+    if store.table_exists("pages"):
+        pages = store.read_table("pages", "site = ?", [site.name])
+        links = store.read_table("links", "site = ?", [site.name]) if store.table_exists("links") else None
+        previous = previous_validators(pages, links)
+    return crawl_site(
+        list(site.root_urls),
+        proxy_url=None,
+        limits=limits,
+        work_dir=store.artifact_dir("crawls", crawl_id),
+        live=site.live_crawl(),
+        previous=previous,
     )
 
 
@@ -193,7 +270,9 @@ def store_crawl(
             if store.table_exists("pages")
             else pd.DataFrame(columns=["url"])
         )
-        diff = diff_snapshot(previous, result.pages.assign(site=site)[PAGE_COLUMNS], crawl_id)
+        crawled = result.pages.assign(site=site).reindex(columns=PAGE_COLUMNS)
+        crawled = crawled.astype({"etag": "string", "last_modified": "string", "not_modified": "bool"})
+        diff = diff_snapshot(previous, crawled, crawl_id)
         summary = {
             "crawl_id": crawl_id,
             "site": site,
@@ -204,6 +283,7 @@ def store_crawl(
             "links": len(result.links),
             "skipped": len(result.skipped),
             **diff.counts,
+            "not_modified": int(result.stats.get("not_modified", 0)),
             "pages_per_s": float(result.stats["pages_per_s"]),
             "data_version": diff.data_version,
         }
@@ -234,13 +314,23 @@ def crawl_summary(result: dg.ExecuteInProcessResult) -> dict:
 @dg.asset_check(asset=crawl_pages, blocking=True, description="Every stored page is unique and on its own site.")
 def crawl_pages_are_consistent(warehouse: Warehouse) -> dg.AssetCheckResult:
     store = warehouse.store()
+    live = list(SITE_REGISTRY.sites)
     problems = store.query(
         """
         SELECT p.site, p.url, count(*) OVER (PARTITION BY p.url) AS copies, s.host
         FROM pages p JOIN sites s ON s.name = p.site
-        QUALIFY copies > 1 OR NOT starts_with(p.url, 'http://' || s.host || '/')
-        """
+        QUALIFY copies > 1 OR (NOT list_contains(?, p.site) AND NOT starts_with(p.url, 'http://' || s.host || '/'))
+        """,
+        [live],
     )
+    # A live site's pages are on its allowed hosts and under its path prefixes.
+    live_pages = store.query("SELECT site, url FROM pages WHERE list_contains(?, site)", [live])
+    outside = [
+        row for row in live_pages.itertuples() if not SITE_REGISTRY.sites[row.site].live_crawl().in_scope(row.url)
+    ]
+    if outside:
+        extra = pd.DataFrame({"site": [r.site for r in outside], "url": [r.url for r in outside], "copies": 1})
+        problems = pd.concat([problems, extra], ignore_index=True)
     total = int(store.query("SELECT count(*) AS n FROM pages")["n"].iloc[0])
     return dg.AssetCheckResult(
         passed=problems.empty,
@@ -309,7 +399,77 @@ recrawl_job = dg.define_asset_job(
 
 @dg.schedule(job=recrawl_job, cron_schedule="0 3 * * *", execution_timezone="UTC")
 def daily_recrawl(context: dg.ScheduleEvaluationContext):
-    """Re-crawl every site daily; search_index follows only when some page's content changed."""
+    """Re-crawl every local site daily (each declared live site has its own schedule); search_index follows only
+    when some page's content changed."""
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    for site in site_partitions.get_partition_keys():
+    for site in LOCAL_SITE_NAMES:
         yield dg.RunRequest(run_key=f"{site}-{day}", partition_key=site)
+
+
+def site_schedule_name(site: str) -> str:
+    return "recrawl_" + re.sub(r"[^A-Za-z0-9_]", "_", site)
+
+
+def _site_schedule(site: DeclaredSite) -> dg.ScheduleDefinition:
+    from dagster._utils.schedules import is_valid_cron_string
+
+    if not is_valid_cron_string(site.schedule):
+        raise SiteRegistryError(
+            f"{entry_location(SITE_REGISTRY, site.name)}: schedule {site.schedule!r} is not a cron Dagster accepts"
+        )
+
+    @dg.schedule(
+        name=site_schedule_name(site.name),
+        job=recrawl_job,
+        cron_schedule=site.schedule,
+        execution_timezone="UTC",
+        description=f"Re-crawl the live site {site.name} ({site.root_url}); search_index follows only on change.",
+    )
+    def recrawl_site(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        stamp = context.scheduled_execution_time.strftime("%Y-%m-%dT%H%M")
+        return dg.RunRequest(run_key=f"{site.name}-{stamp}", partition_key=site.name)
+
+    return recrawl_site
+
+
+def _site_schedules() -> list[dg.ScheduleDefinition]:
+    schedules: dict[str, dg.ScheduleDefinition] = {}
+    for site in SITE_REGISTRY.sites.values():
+        name = site_schedule_name(site.name)
+        if name in schedules or name == daily_recrawl.name:
+            raise SiteRegistryError(
+                f"{entry_location(SITE_REGISTRY, site.name)}: its schedule would be named {name}, like another "
+                "site's; rename it ('-' and '_' are the same in schedule names)"
+            )
+        schedules[name] = _site_schedule(site)
+    return list(schedules.values())
+
+
+# One schedule per declared live site, at its own cron (default daily): `definitions.py` registers them.
+site_schedules = _site_schedules()
+
+
+def site_overview(store: WarehouseStore) -> pd.DataFrame:
+    """Every site, local and declared live, with its last crawl (pages, changes, skips): `webdancer sites`."""
+    local = [
+        {
+            "site": spec.name,
+            "kind": "local",
+            "benchmark": spec.benchmark,
+            "root_url": site_root_url(spec.name),
+            "schedule": daily_recrawl.cron_schedule,
+        }
+        for spec in LOCAL_SITE_SPECS
+    ]
+    live = [
+        {"site": s.name, "kind": "live", "benchmark": s.benchmark, "root_url": s.root_url, "schedule": s.schedule}
+        for s in SITE_REGISTRY.sites.values()
+    ]
+    frame = pd.DataFrame([*local, *live])
+    columns = ["site", "finished_at", "pages", "new", "changed", "removed", "not_modified", "skipped"]
+    last = pd.DataFrame(columns=columns)
+    if store.table_exists("crawls"):
+        crawls = store.read_table("crawls").reindex(columns=columns)  # crawls before not_modified was counted: NaN
+        last = crawls.sort_values("finished_at").groupby("site").tail(1)
+    last = last.rename(columns={"finished_at": "last_crawl"})
+    return frame.merge(last, on="site", how="left")

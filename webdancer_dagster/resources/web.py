@@ -20,11 +20,16 @@ SEARCH_INDEX_DIR = "search_index"
 
 def site_roots(store: WarehouseStore) -> dict[str, Path]:
     """Virtual host -> document root of every built site, in this home: the `sites` table stores a folder of the
-    home relative to it (so a moved home serves its own copy); an absolute one, from an older home, is kept."""
+    home relative to it (so a moved home serves its own copy); an absolute one, from an older home, is kept. Live
+    sites (declared in sites.yaml) have no folder: the proxy does not serve them."""
     sites = store.read_table("sites")
     if sites.empty:
         raise LookupError("the sites table is empty; materialize web_sites first")
-    return {row.host: store.resolve_path(row.directory) for row in sites.itertuples()}
+    return {
+        row.host: store.resolve_path(row.directory)
+        for row in sites.itertuples()
+        if isinstance(row.directory, str) and row.directory
+    }
 
 
 class WebEnvironment(dg.ConfigurableResource):

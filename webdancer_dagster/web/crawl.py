@@ -1,8 +1,19 @@
-"""Crawl one site with Scrapy, from its root URL through its sub-links, into pages, links and skips.
+"""Crawl one site with Scrapy, from its root URLs through their sub-links, into pages, links and skips.
 
-Scrapy runs one crawl per process (its Twisted reactor cannot restart), so `crawl_site` launches this module
-as a subprocess: ``python -m webdancer_dagster.web.crawl --root URL --proxy URL --out DIR``. The spider writes
-JSON lines into DIR; the parent reads them back as DataFrames.
+Scrapy runs one crawl per process (its Twisted reactor cannot restart), so `crawl_site` launches the spider
+(`web/spider.py`) as a subprocess: ``python -m webdancer_dagster.web.spider --plan PLAN.json --out DIR``. The
+spider writes JSON lines into DIR; the parent reads them back as DataFrames.
+
+Two paths:
+- **local** (``proxy_url`` given): every request goes through the project's site proxy on 127.0.0.1, robots.txt
+  ignored, no delay; the sites are the project's own builds.
+- **live** (``live`` given, no proxy): requests go straight to the site's hosts, politely: robots.txt obeyed,
+  AutoThrottle with a per-domain delay floor and concurrency, 429/503 retried after `Retry-After`, a user agent
+  with a contact URL, no cookies, no environment proxy. Only http(s) URLs on the allowed hosts and under the
+  allowed path prefixes are fetched; a redirect that leaves them is skipped (`offsite_redirect`) before it is
+  followed; a host that resolves to a loopback or private address is refused (`private_address`) unless the site
+  says `allow_private_network`. With ``previous`` (the last snapshot's validators), a re-crawl sends
+  `If-None-Match` / `If-Modified-Since` and a 304 keeps the stored page without downloading or extracting it.
 
 The crawl is breadth-first and level-synchronous: every page at depth d is fetched (concurrently) before the
 links found there are ranked and the next level is released. With a page budget, the pages kept are therefore
@@ -12,26 +23,20 @@ re-crawl of an unchanged site visits the same pages and downstream assets stay f
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
-from urllib.parse import urldefrag, urljoin, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urldefrag, urlsplit, urlunsplit
 
 from webdancer_dagster.processes import die_with_parent
 from webdancer_dagster.web.errors import CrawlError
-from webdancer_dagster.web.extract import ExtractedPage, extract_page, page_links
 
 if TYPE_CHECKING:
     # Only the parent reads results into DataFrames; the spider process skips pandas' ~0.4 s import.
@@ -43,16 +48,19 @@ PAGES_FILE = "pages.jsonl"
 LINKS_FILE = "links.jsonl"
 SKIPS_FILE = "skips.jsonl"
 STATS_FILE = "stats.json"
-PAGE_FIELDS = ["url", "title", "text", "content_hash", "depth", "status", "bytes", "fetched_at"]
-LINK_FIELDS = ["src_url", "dst_url", "internal"]
+PLAN_FILE = "plan.json"
+PREVIOUS_FILE = "previous.jsonl"
+PAGE_FIELDS = [
+    "url", "title", "text", "content_hash", "depth", "status", "bytes", "fetched_at",
+    "etag", "last_modified", "not_modified",
+]  # fmt: skip
+LINK_FIELDS = ["src_url", "dst_url", "internal", "position"]
 SKIP_FIELDS = ["url", "depth", "reason", "detail"]
-HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-# Links to these are never fetched: they cannot become pages. Scrapy's own list plus plain-text sources.
-_EXTRA_IGNORED_EXTENSIONS = ("txt", "rst", "py", "json", "xml")
 LOG_TAIL_CHARS = 4000
 DIRECTORY_INDEX = "index.html"
-# Error pages reach the callback to be recorded as skips; redirects stay with Scrapy's redirect middleware.
-ERROR_STATUSES = list(range(400, 600))
+CRAWLER_NAME = "webdancer-crawler"
+CRAWLER_VERSION = "0.1"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,49 @@ class CrawlLimits:
             raise ValueError(f"crawl limits need max_pages >= 1, max_depth >= 0, concurrency >= 1: {self}")
 
 
+@dataclass(frozen=True)
+class LiveCrawl:
+    """A crawl straight from the web: where it may go and how politely (see the module doc).
+
+    `allowed_hosts` are host names (any of them matches http and https on their default ports) or `host:port`.
+    `delay_s` is the floor of the per-domain delay between requests; AutoThrottle raises it when the site slows
+    down, up to `max_delay_s`. A 429 or 503 is retried at most `max_retries` times, each after `Retry-After` (or
+    an exponential backoff from `delay_s` when the reply names none); a `Retry-After` above `max_retry_after_s`
+    gives the page up as a skip rather than holding the crawl.
+    """
+
+    allowed_hosts: tuple[str, ...]
+    path_prefixes: tuple[str, ...] = ("/",)
+    contact_url: str = ""
+    allow_private_network: bool = False
+    obey_robots_txt: bool = True
+    autothrottle: bool = True
+    delay_s: float = 1.0
+    start_delay_s: float = 2.0
+    max_delay_s: float = 30.0
+    target_concurrency: float = 1.0
+    concurrency_per_domain: int = 2
+    max_retries: int = 3
+    max_retry_after_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_hosts", tuple(host.lower() for host in self.allowed_hosts))
+        object.__setattr__(self, "path_prefixes", tuple(self.path_prefixes))
+        if not self.allowed_hosts:
+            raise ValueError("a live crawl needs at least one allowed host")
+        if self.delay_s < 0 or self.max_retries < 0 or self.concurrency_per_domain < 1:
+            raise ValueError(f"a live crawl needs delay_s >= 0, max_retries >= 0, concurrency_per_domain >= 1: {self}")
+
+    @property
+    def user_agent(self) -> str:
+        """`webdancer-crawler/0.1 (+CONTACT_URL)`: who is crawling, and where to complain."""
+        return f"{CRAWLER_NAME}/{CRAWLER_VERSION} (+{self.contact_url or 'no contact URL configured'})"
+
+    def in_scope(self, url: str) -> bool:
+        """An http(s) URL on an allowed host (and port), under an allowed path prefix."""
+        return host_allowed(url, self.allowed_hosts) and path_allowed(url, self.path_prefixes)
+
+
 @dataclass
 class CrawlResult:
     """What one crawl saw: pages (PAGE_FIELDS), links (LINK_FIELDS), skipped URLs (SKIP_FIELDS) and stats."""
@@ -87,26 +138,119 @@ def content_hash(title: str, text: str) -> str:
 
 
 def canonical_url(url: str) -> str:
-    """One URL per page: no fragment, and a directory's ``index.html`` is the directory itself."""
+    """One URL per page: no fragment, lowercase scheme and host, no default port, and a directory's
+    ``index.html`` is the directory itself."""
     url = urldefrag(url)[0]
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return url
+    scheme = parts.scheme.lower()
+    if scheme in _DEFAULT_PORTS and parts.hostname:
+        host = parts.hostname.lower()
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
+        if parts.username or parts.password:
+            netloc = parts.netloc.rsplit("@", 1)[0] + "@" + netloc
+        url = urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
     return url[: -len(DIRECTORY_INDEX)] if url.endswith("/" + DIRECTORY_INDEX) else url
 
 
-def crawl_site(root_url: str, proxy_url: str, limits: CrawlLimits, work_dir: Path) -> CrawlResult:
-    """Crawl the site under ``root_url`` through the site server at ``proxy_url``.
+def host_allowed(url: str, allowed_hosts: Sequence[str]) -> bool:
+    """Whether `url` is http(s) on one of `allowed_hosts`: `host` (default ports only) or `host:port`."""
+    try:
+        parts = urlsplit(url)
+        scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return False
+    if scheme not in _DEFAULT_PORTS or not host:
+        return False
+    port = port or _DEFAULT_PORTS[scheme]
+    return any(
+        entry == f"{host}:{port}" or (entry == host and port == _DEFAULT_PORTS[scheme]) for entry in allowed_hosts
+    )
 
-    Raises CrawlError when the crawl fails or yields no page (an unreachable root, a site with zero pages),
-    so that nothing is written for it. Skipped URLs are returned with their reason, never raised.
+
+def path_allowed(url: str, path_prefixes: Sequence[str]) -> bool:
+    path = urlsplit(url).path or "/"
+    return any(path.startswith(prefix) for prefix in path_prefixes)
+
+
+def previous_validators(pages: pd.DataFrame, links: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
+    """What a conditional re-crawl needs from the stored snapshot, by URL: the validators (`etag`,
+    `last_modified`), the stored title, text and hash (kept on a 304) and the page's links in page order (followed
+    on a 304, as if the page had been read again). Pages stored without a validator are left out."""
+    import pandas as pd
+
+    if pages.empty or not ({"etag", "last_modified"} & set(pages.columns)):
+        return {}
+    outlinks: dict[str, list[str]] = {}
+    if links is not None and len(links):
+        ordered = links.sort_values("position", kind="stable") if "position" in links.columns else links
+        for src, dst in zip(ordered["src_url"], ordered["dst_url"], strict=True):
+            outlinks.setdefault(src, []).append(dst)
+    found: dict[str, dict[str, Any]] = {}
+    for row in pages.to_dict("records"):
+        etag, modified = row.get("etag"), row.get("last_modified")
+        etag = etag if isinstance(etag, str) and etag else None
+        modified = modified if isinstance(modified, str) and modified else None
+        if etag is None and modified is None:
+            continue
+        found[row["url"]] = {
+            "etag": etag,
+            "last_modified": modified,
+            "title": row["title"],
+            "text": row["text"],
+            "content_hash": row["content_hash"],
+            "bytes": int(row["bytes"]) if pd.notna(row.get("bytes")) else 0,
+            "links": outlinks.get(row["url"], []),
+        }
+    return found
+
+
+def crawl_site(
+    root_url: str | Sequence[str],
+    proxy_url: str | None,
+    limits: CrawlLimits,
+    work_dir: Path,
+    live: LiveCrawl | None = None,
+    previous: Mapping[str, Mapping[str, Any]] | None = None,
+) -> CrawlResult:
+    """Crawl the site under ``root_url`` (one URL or several) through the site server at ``proxy_url``, or,
+    with ``live`` and no proxy, straight from the web (see the module doc). ``previous``: `previous_validators`
+    of the stored snapshot, for a conditional re-crawl (live path only).
+
+    Raises CrawlError when the crawl fails or yields no page (an unreachable root, a site with zero pages, a
+    refused address), so that nothing is written for it. Skipped URLs are returned with their reason, never raised.
     """
+    roots = [root_url] if isinstance(root_url, str) else list(root_url)
+    if not roots:
+        raise ValueError("crawl_site needs at least one root URL")
+    if (proxy_url is None) == (live is None):
+        raise ValueError("crawl_site needs exactly one of proxy_url (the local web) and live (the live web)")
+    for root in roots:
+        if urlsplit(root).scheme.lower() not in _DEFAULT_PORTS:
+            raise CrawlError(f"crawl of {root} refused: only http and https URLs are crawled")
+        if live is not None and not live.in_scope(canonical_url(root)):
+            raise CrawlError(f"crawl of {root} refused: the root is outside the allowed hosts and path prefixes")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable, "-m", __name__,
-        "--root", root_url,
-        "--proxy", proxy_url,
-        "--out", str(work_dir),
-        "--limits", json.dumps(asdict(limits)),
-    ]  # fmt: skip
+    plan = {
+        "roots": roots,
+        "proxy_url": proxy_url,
+        "limits": asdict(limits),
+        "live": asdict(live) if live is not None else None,
+        "previous": str(work_dir / PREVIOUS_FILE) if previous and live is not None else None,
+    }
+    if plan["previous"]:
+        with (work_dir / PREVIOUS_FILE).open("w", encoding="utf-8") as handle:
+            for url, record in previous.items():
+                handle.write(json.dumps({"url": url, **record}, ensure_ascii=False) + "\n")
+    (work_dir / PLAN_FILE).write_text(json.dumps(plan, indent=2))
+    command = [sys.executable, "-m", "webdancer_dagster.web.spider", "--plan", str(work_dir / PLAN_FILE)]
+    command += ["--out", str(work_dir)]
     started = time.perf_counter()
     log_path = work_dir / "crawl.log"
     with log_path.open("w") as log_file:
@@ -114,17 +258,20 @@ def crawl_site(root_url: str, proxy_url: str, limits: CrawlLimits, work_dir: Pat
             command, stdout=log_file, stderr=subprocess.STDOUT, check=False, preexec_fn=die_with_parent
         )
     seconds = time.perf_counter() - started
+    label = roots[0] if len(roots) == 1 else f"{roots[0]} (+{len(roots) - 1} roots)"
     if completed.returncode != 0:
-        raise CrawlError(f"crawl of {root_url} failed (exit {completed.returncode}); log tail:\n{_tail(log_path)}")
+        raise CrawlError(f"crawl of {label} failed (exit {completed.returncode}); log tail:\n{_tail(log_path)}")
     pages = _read_jsonl(work_dir / PAGES_FILE, PAGE_FIELDS)
     links = _read_jsonl(work_dir / LINKS_FILE, LINK_FIELDS).drop_duplicates(["src_url", "dst_url"])
     skipped = _read_jsonl(work_dir / SKIPS_FILE, SKIP_FIELDS)
     stats = json.loads((work_dir / STATS_FILE).read_text())
     if pages.empty:
         reasons = "; ".join(f"{row.url}: {row.reason} {row.detail}".strip() for row in skipped.head(3).itertuples())
-        raise CrawlError(f"crawl of {root_url} stored no page ({reasons or 'the root page links to nothing'})")
+        raise CrawlError(f"crawl of {label} stored no page ({reasons or 'the root page links to nothing'})")
+    pages["not_modified"] = pages["not_modified"].fillna(False).astype(bool)
     stats["seconds"] = round(seconds, 3)
     stats["pages_per_s"] = len(pages) / seconds if seconds > 0 else 0.0
+    stats["not_modified"] = int(pages["not_modified"].sum())
     stats["skipped_by_reason"] = skipped["reason"].value_counts().to_dict() if len(skipped) else {}
     return CrawlResult(
         pages=pages.reset_index(drop=True), links=links.reset_index(drop=True), skipped=skipped, stats=stats
@@ -143,239 +290,3 @@ def _read_jsonl(path: Path, columns: Sequence[str]) -> pd.DataFrame:
 def _tail(path: Path) -> str:
     text = path.read_text(errors="replace") if path.exists() else ""
     return text[-LOG_TAIL_CHARS:]
-
-
-# ------------------------------------------------------------------------------------------ the spider process
-
-
-def _spider_class():  # noqa: ANN202 (built lazily: importing scrapy in the parent would pull in Twisted)
-    import scrapy
-    from scrapy import signals
-    from scrapy.exceptions import (
-        CannotResolveHostError,
-        DontCloseSpider,
-        DownloadCancelledError,
-        DownloadConnectionRefusedError,
-        DownloadTimeoutError,
-        IgnoreRequest,
-    )
-    from scrapy.linkextractors import IGNORED_EXTENSIONS
-
-    ignored_extensions = frozenset(f".{ext}" for ext in (*IGNORED_EXTENSIONS, *_EXTRA_IGNORED_EXTENSIONS))
-
-    class SiteSpider(scrapy.Spider):
-        """Breadth-first, one level at a time; links ranked by where they were first seen (see module doc)."""
-
-        name = "webdancer_site"
-
-        def __init__(self, root_url: str, proxy_url: str, out_dir: str, limits: CrawlLimits) -> None:
-            super().__init__()
-            self.root_url = root_url
-            self.host = (urlsplit(root_url).hostname or "").lower()
-            self.proxy_url = proxy_url
-            self.limits = limits
-            out = Path(out_dir)
-            self._pages = (out / PAGES_FILE).open("w", encoding="utf-8")
-            self._links = (out / LINKS_FILE).open("w", encoding="utf-8")
-            self._skips = (out / SKIPS_FILE).open("w", encoding="utf-8")
-            self._stats_path = out / STATS_FILE
-            self.scheduled: set[str] = {root_url}
-            self.stored: set[str] = set()
-            self.next_level: dict[str, tuple[int, ...]] = {}  # url -> smallest rank key it was found under
-            self.level = 0
-            self._extractors = ProcessPoolExecutor(max_workers=limits.extract_workers or os.cpu_count() or 1)
-            self.counts = {"requests": 1, "duplicates": 0, "ignored_extension": 0, "beyond_budget": 0}
-
-        @classmethod
-        def from_crawler(cls, crawler, *args, **kwargs):  # noqa: ANN001, ANN206 (Scrapy's signature)
-            spider = super().from_crawler(crawler, *args, **kwargs)
-            crawler.signals.connect(spider.release_next_level, signal=signals.spider_idle)
-            crawler.signals.connect(spider.finish, signal=signals.spider_closed)
-            return spider
-
-        async def start(self) -> AsyncIterator[scrapy.Request]:
-            yield self._request(self.root_url, depth=0, rank=())
-
-        def _request(self, url: str, depth: int, rank: tuple[int, ...]) -> scrapy.Request:
-            return scrapy.Request(
-                url,
-                callback=self.parse_page,
-                errback=self.failed,
-                dont_filter=True,  # dedup happens here; redirect loops must reach the errback
-                meta={
-                    "proxy": self.proxy_url,
-                    "handle_httpstatus_list": ERROR_STATUSES,
-                    "page_depth": depth,
-                    "rank": rank,
-                },
-            )
-
-        async def parse_page(self, response: scrapy.http.Response) -> None:
-            depth, rank = response.meta["page_depth"], response.meta["rank"]
-            url = canonical_url(response.url)
-            if response.status >= 400:
-                self._skip(url, depth, f"http_{response.status}", "")
-                return
-            if (urlsplit(url).hostname or "").lower() != self.host:
-                self._skip(url, depth, "offsite_redirect", f"redirected away from {self.host}")
-                return
-            media_type = response.headers.get(b"Content-Type", b"").decode("latin-1").split(";")[0].strip().lower()
-            if media_type not in HTML_TYPES:
-                self._skip(url, depth, "non_html", f"content type {media_type or 'missing'}")
-                return
-            if url in self.stored:
-                self.counts["duplicates"] += 1
-                return
-            self.stored.add(url)
-            encoding = getattr(response, "encoding", None)
-            # Extraction is most of a page's cost: worker processes do it while the reactor keeps downloading.
-            page, hrefs = await asyncio.wrap_future(
-                self._extractors.submit(extract_with_links, response.body, url, encoding)
-            )
-            self._write(
-                self._pages,
-                {
-                    "url": url,
-                    "title": page.title,
-                    "text": page.text,
-                    "content_hash": content_hash(page.title, page.text),
-                    "depth": depth,
-                    "status": response.status,
-                    "bytes": len(response.body),
-                    "fetched_at": datetime.now(UTC).isoformat(),
-                },
-            )
-            for position, target in enumerate(self._outlinks(hrefs, url)):
-                internal = (urlsplit(target).hostname or "").lower() == self.host
-                self._write(self._links, {"src_url": url, "dst_url": target, "internal": internal})
-                if internal and depth < self.limits.max_depth:
-                    self._discover(target, (*rank, position))
-
-        @staticmethod
-        def _outlinks(hrefs: list[str], base_url: str) -> list[str]:
-            seen: dict[str, None] = {}
-            for href in hrefs:
-                target = canonical_url(urljoin(base_url, href.strip()))
-                if target.startswith(("http://", "https://")) and target != base_url:
-                    seen.setdefault(target, None)
-            return list(seen)
-
-        def _discover(self, url: str, rank: tuple[int, ...]) -> None:
-            if url in self.scheduled:
-                return
-            if os.path.splitext(urlsplit(url).path)[1].lower() in ignored_extensions:
-                self.counts["ignored_extension"] += 1
-                self.scheduled.add(url)
-                return
-            known = self.next_level.get(url)
-            if known is None or rank < known:
-                self.next_level[url] = rank
-
-        def release_next_level(self) -> None:
-            """On idle (the current level is done): schedule the best-ranked links found, within the budget."""
-            if not self.next_level:
-                return
-            ranked = sorted(self.next_level.items(), key=lambda item: (item[1], item[0]))
-            self.next_level = {}
-            self.level += 1
-            budget = self.limits.max_pages - self.counts["requests"]
-            chosen, dropped = ranked[: max(budget, 0)], ranked[max(budget, 0) :]
-            self.counts["beyond_budget"] += len(dropped)
-            for url, rank in chosen:
-                self.scheduled.add(url)
-                self.counts["requests"] += 1
-                self.crawler.engine.crawl(self._request(url, depth=self.level, rank=rank))
-            if chosen:
-                raise DontCloseSpider
-
-        def failed(self, failure) -> None:  # noqa: ANN001 (Twisted Failure)
-            request = failure.request
-            error = failure.value
-            if failure.check(IgnoreRequest) and "redirect" in str(error).lower():
-                reason = "redirect_loop"
-            elif failure.check(DownloadCancelledError):
-                reason = "too_large" if "size" in str(error).lower() else "cancelled"
-            elif failure.check(DownloadTimeoutError):
-                reason = "timeout"
-            elif failure.check(DownloadConnectionRefusedError, CannotResolveHostError):
-                reason = "connect_error"
-            else:
-                reason = "fetch_error"
-            self._skip(
-                request.url,
-                request.meta.get("page_depth", 0),
-                reason,
-                f"{type(error).__name__}: {error}"[:300],
-            )
-
-        def _skip(self, url: str, depth: int, reason: str, detail: str) -> None:
-            self._write(self._skips, {"url": url, "depth": depth, "reason": reason, "detail": detail})
-
-        @staticmethod
-        def _write(handle, row: dict) -> None:  # noqa: ANN001 (text file)
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-        def finish(self, spider, reason: str) -> None:  # noqa: ANN001 (Scrapy's signal signature)
-            self._extractors.shutdown(cancel_futures=True)
-            for handle in (self._pages, self._links, self._skips):
-                handle.close()
-            self._stats_path.write_text(
-                json.dumps(
-                    {
-                        **self.counts,
-                        "levels": self.level + 1,
-                        "pages_stored": len(self.stored),
-                        "close": reason,
-                    }
-                )
-            )
-
-    return SiteSpider
-
-
-def extract_with_links(body: bytes, url: str, encoding: str | None) -> tuple[ExtractedPage, list[str]]:
-    """Title, main text and raw hrefs of one response (runs in a worker process of the spider)."""
-    return extract_page(body, url, encoding), page_links(body, encoding)
-
-
-def run_spider(root_url: str, proxy_url: str, out_dir: Path, limits: CrawlLimits) -> None:
-    """Run the spider in this process (the subprocess side of `crawl_site`)."""
-    from scrapy.crawler import CrawlerProcess
-
-    settings = {
-        "ROBOTSTXT_OBEY": False,
-        "TELNETCONSOLE_ENABLED": False,
-        "REMOTE_CONTROL_ENABLED": False,
-        "COOKIES_ENABLED": False,
-        "LOG_LEVEL": "WARNING",
-        "CONCURRENT_REQUESTS": limits.concurrency,
-        "CONCURRENT_REQUESTS_PER_DOMAIN": limits.concurrency,
-        "DOWNLOAD_DELAY": 0,
-        "DOWNLOAD_TIMEOUT": limits.timeout_s,
-        "DOWNLOAD_MAXSIZE": limits.max_bytes,
-        "DOWNLOAD_WARNSIZE": 0,
-        "RETRY_TIMES": 1,
-        "REDIRECT_MAX_TIMES": 5,
-        "USER_AGENT": "webdancer-crawler/0.1 (+offline research crawler)",
-        "AUTOTHROTTLE_ENABLED": False,
-        "HTTPCACHE_ENABLED": False,
-    }
-    process = CrawlerProcess(settings=settings)
-    process.crawl(_spider_class(), root_url=root_url, proxy_url=proxy_url, out_dir=str(out_dir), limits=limits)
-    process.start()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Crawl one site breadth-first into JSON lines.")
-    parser.add_argument("--root", required=True, help="root URL, e.g. http://wiki.webdancer.test/")
-    parser.add_argument("--proxy", required=True, help="the site server's proxy URL, e.g. http://127.0.0.1:8123")
-    parser.add_argument("--out", required=True, type=Path, help="folder for pages/links/skips JSONL and stats")
-    parser.add_argument("--limits", default="{}", help="CrawlLimits as JSON")
-    args = parser.parse_args(argv)
-    run_spider(args.root, args.proxy, args.out, CrawlLimits(**json.loads(args.limits)))
-    if not (args.out / STATS_FILE).exists():
-        sys.exit("the spider closed without writing its stats")
-
-
-if __name__ == "__main__":
-    main()

@@ -99,3 +99,8 @@ def _normalise(text: str) -> str:
     text = _WHITESPACE.sub(" ", text.replace("\xa0", " "))
     lines = [line.strip() for line in text.split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def extract_with_links(body: bytes, url: str, encoding: str | None) -> tuple[ExtractedPage, list[str]]:
+    """Title, main text and raw hrefs of one response (runs in a worker process of the crawler's spider)."""
+    return extract_page(body, url, encoding), page_links(body, encoding)
