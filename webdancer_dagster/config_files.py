@@ -1,4 +1,5 @@
-"""The project's YAML config files (profiles, `evaluation.yaml`), read so that every mistake names the file and line.
+"""The project's YAML config files (profiles, `evaluation.yaml`, `sites.yaml`), read so that every mistake names the
+file and line.
 
 `read_yaml` keeps the line of every key and list item, so a problem found later (an unknown op, a wrong type, a
 bad entry) can still point at `file:line`. PyYAML keeps the last of two equal keys without a word; here a
@@ -10,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 Location = tuple[str | int, ...]  # mapping keys (str) and list indices (int) from the document's root
+Parsed = TypeVar("Parsed", bound=BaseModel)
 
 
 class ConfigFileError(ValueError):
@@ -73,6 +76,35 @@ def read_yaml(path: Path, what: str = "YAML file", error: type[ConfigFileError] 
     finally:
         loader.dispose()
     return YamlDocument(path, data, lines)
+
+
+def read_entries_file(
+    path: Path, what: str, error: type[ConfigFileError], schema: type[Parsed], sections: str
+) -> tuple[YamlDocument, Parsed]:
+    """A YAML file of named entries (`evaluation.yaml`, `sites.yaml`) checked against `schema`; every problem is
+    raised as `error`, one `file:line: where (entry name): problem` a line. `sections` names the top-level keys."""
+    document = read_yaml(path, what, error)
+    raw = {} if document.data is None else document.data
+    if not isinstance(raw, dict):
+        raise error(f"{document.at()}: expected a mapping with {sections}, got {type(raw).__name__}")
+    try:
+        return document, schema.model_validate(raw)
+    except ValidationError as problem:
+        raise error(_describe(problem, raw, document)) from None
+
+
+def _describe(error: ValidationError, raw: Mapping[str, Any], document: YamlDocument) -> str:
+    problems = []
+    for item in error.errors():
+        location = tuple(item["loc"])
+        name = ""
+        if len(location) >= 2 and isinstance(location[1], int):
+            entries = raw.get(location[0]) or []
+            if location[1] < len(entries) and isinstance(entries[location[1]], dict):
+                name = f" ({entries[location[1]].get('name', '?')})"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(f"{document.at(*location)}: {dotted(location)}{name}: {message}")
+    return "\n".join(problems)
 
 
 def decode_utf8(path: Path, raw: bytes, error: type[ConfigFileError] = ConfigFileError) -> str:

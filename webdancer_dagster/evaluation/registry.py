@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from webdancer_dagster.config_files import ConfigFileError, YamlDocument, dotted, read_yaml
+from webdancer_dagster.config_files import ConfigFileError, YamlDocument, dotted, read_entries_file
 from webdancer_dagster.evaluation.benchmarks import BENCHMARKS, BenchmarkSource
 from webdancer_dagster.paths import REPO_ROOT
 
@@ -127,16 +127,9 @@ def load_registry(path: Path | None) -> Registry:
     """
     if path is None:
         return builtin_registry()
-    document = read_yaml(Path(path), "evaluation registry file", RegistryError)
-    raw = {} if document.data is None else document.data
-    if not isinstance(raw, dict):
-        raise RegistryError(
-            f"{document.at()}: expected a mapping with `models:` and `benchmarks:`, got {type(raw).__name__}"
-        )
-    try:
-        parsed = _RegistryFile.model_validate(raw)
-    except ValidationError as error:
-        raise RegistryError(_describe(error, raw, document)) from None
+    document, parsed = read_entries_file(
+        Path(path), "evaluation registry file", RegistryError, _RegistryFile, "`models:` and `benchmarks:`"
+    )
 
     models: dict[str, ModelSpec] = dict(BUILTIN_MODELS)
     for index, entry in enumerate(parsed.models):
@@ -183,17 +176,3 @@ def _existing(document: YamlDocument, where: tuple[str, int, str], file: str) ->
     if not resolved.is_file():
         raise RegistryError(f"{document.at(*where)}: {dotted(where[:2])}: no such file {file!r} (looked at {resolved})")
     return resolved
-
-
-def _describe(error: ValidationError, raw: Any, document: YamlDocument) -> str:
-    """One `file:line: where (entry name): problem` per problem, on lines of their own."""
-    problems = []
-    for item in error.errors():
-        location = tuple(item["loc"])
-        name = ""
-        if len(location) >= 2 and isinstance(location[1], int) and isinstance(raw, dict):
-            entries = raw.get(location[0]) or []
-            if location[1] < len(entries) and isinstance(entries[location[1]], dict):
-                name = f" ({entries[location[1]].get('name', '?')})"
-        problems.append(f"{document.at(*location)}: {dotted(location)}{name}: {item['msg']}")
-    return "\n".join(problems)

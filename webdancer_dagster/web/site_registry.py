@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from webdancer_dagster.config_files import ConfigFileError, YamlDocument, dotted, read_yaml
+from webdancer_dagster.config_files import ConfigFileError, dotted, read_entries_file
 from webdancer_dagster.paths import REPO_ROOT
 from webdancer_dagster.web.crawl import LiveCrawl, canonical_url
 
@@ -191,16 +191,9 @@ def load_site_registry(path: Path | None, taken: Iterable[str] = ()) -> SiteRegi
     """The sites declared in `path` (None: none). `taken`: names already used by built-in sites."""
     if path is None:
         return SiteRegistry(sites={})
-    document = read_yaml(Path(path), "site registry file", SiteRegistryError)
-    raw = {} if document.data is None else document.data
-    if not isinstance(raw, dict):
-        raise SiteRegistryError(
-            f"{document.at()}: expected a mapping with `contact_url:` and `sites:`, got {type(raw).__name__}"
-        )
-    try:
-        parsed = _SitesFile.model_validate(raw)
-    except ValidationError as error:
-        raise SiteRegistryError(_describe(error, raw, document)) from None
+    document, parsed = read_entries_file(
+        Path(path), "site registry file", SiteRegistryError, _SitesFile, "`contact_url:` and `sites:`"
+    )
     if parsed.sites and not parsed.contact_url:
         raise SiteRegistryError(
             f"{document.at('contact_url')}: contact_url: a live crawl must say who runs it; set contact_url to a "
@@ -273,18 +266,3 @@ def _host_entry(url: str) -> str:
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     return f"{host}:{parts.port}" if parts.port else host
-
-
-def _describe(error: ValidationError, raw: Any, document: YamlDocument) -> str:
-    """One `file:line: where (entry name): problem` per problem, on lines of their own."""
-    problems = []
-    for item in error.errors():
-        location = tuple(item["loc"])
-        name = ""
-        if len(location) >= 2 and isinstance(location[1], int) and isinstance(raw, dict):
-            entries = raw.get(location[0]) or []
-            if location[1] < len(entries) and isinstance(entries[location[1]], dict):
-                name = f" ({entries[location[1]].get('name', '?')})"
-        message = str(item["msg"]).removeprefix("Value error, ")
-        problems.append(f"{document.at(*location)}: {dotted(location)}{name}: {message}")
-    return "\n".join(problems)
