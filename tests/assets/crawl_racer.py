@@ -16,13 +16,14 @@ import dagster as dg
 from webdancer_dagster.assets import corpus
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
+from webdancer_dagster.web import crawl_store
 
 MEET_TIMEOUT_S = 20.0
 RACERS = 2
 
 
 def main(home: str, site: str, config: str, meet_dir: str) -> None:
-    real_diff = corpus.diff_snapshot
+    real_diff = crawl_store.diff_snapshot
 
     def diff_once_both_have_read(previous, crawled, crawl_id):
         meet = Path(meet_dir)
@@ -32,7 +33,7 @@ def main(home: str, site: str, config: str, meet_dir: str) -> None:
             time.sleep(0.05)
         return real_diff(previous, crawled, crawl_id)
 
-    corpus.diff_snapshot = diff_once_both_have_read
+    crawl_store.diff_snapshot = diff_once_both_have_read
     warehouse = Warehouse(home=home)
     result = dg.materialize(
         [corpus.web_sites, corpus.crawl_pages],

@@ -6,9 +6,9 @@ from dataclasses import replace
 import pytest
 from live_site import LiveSite, page
 
-from webdancer_dagster.assets.corpus import store_crawl
 from webdancer_dagster.warehouse import WarehouseStore
 from webdancer_dagster.web.crawl import CrawlLimits, LiveCrawl, canonical_url, crawl_site, previous_validators
+from webdancer_dagster.web.crawl_store import store_crawl
 from webdancer_dagster.web.errors import CrawlError
 
 CONTACT = "https://example.org/who-crawls"

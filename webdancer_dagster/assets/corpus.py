@@ -15,8 +15,9 @@ from webdancer_dagster.evaluation.registry import Registry, default_registry
 from webdancer_dagster.paths import DATA_DIR, PYTHON_DOC_DIR
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import SEARCH_INDEX_DIR, WebEnvironment
-from webdancer_dagster.warehouse import TableWrite, WarehouseStore, frame_version, markdown_preview
+from webdancer_dagster.warehouse import WarehouseStore, frame_version, markdown_preview
 from webdancer_dagster.web.crawl import CrawlLimits, CrawlResult, crawl_site, previous_validators
+from webdancer_dagster.web.crawl_store import store_crawl
 from webdancer_dagster.web.search import LocalSearch, build_search_index, search_tool
 from webdancer_dagster.web.site_registry import (
     DeclaredSite,
@@ -26,7 +27,6 @@ from webdancer_dagster.web.site_registry import (
     entry_location,
 )
 from webdancer_dagster.web.sites import LISTING_PAGE_SIZE, SiteSpec, build_site, default_site_specs, site_root_url
-from webdancer_dagster.web.versioning import SnapshotDiff, diff_snapshot
 
 
 def site_specs(data_dir: Path, python_doc_dir: Path, registry: Registry) -> list[SiteSpec]:
@@ -50,12 +50,6 @@ SITE_REGISTRY: SiteRegistry = default_site_registry(taken=LOCAL_SITE_NAMES)
 SITE_NAMES = [*LOCAL_SITE_NAMES, *SITE_REGISTRY.sites]
 site_partitions = dg.StaticPartitionsDefinition(SITE_NAMES)
 
-# How long a crawl waits for another crawl of the same site to finish writing before it gives up.
-CRAWL_LOCK_TIMEOUT_S = 600.0
-PAGE_COLUMNS = [
-    "site", "url", "title", "text", "content_hash", "depth", "status", "bytes", "fetched_at",
-    "etag", "last_modified", "not_modified",
-]  # fmt: skip
 SITE_COLUMNS = ["name", "host", "root_url", "directory", "pages", "benchmark", "source", "kind"]
 
 
@@ -247,64 +241,6 @@ def crawl_declared_site(store: WarehouseStore, site: DeclaredSite, limits: Crawl
     )
 
 
-def store_crawl(
-    store: WarehouseStore, site: str, crawl_id: str, root_url: str, started: datetime, result: CrawlResult
-) -> tuple[SnapshotDiff, dict, dict[str, TableWrite]]:
-    """Version a finished crawl against the site's stored snapshot and write it; returns the diff, the crawl's
-    `crawls` row as JSON-ready values (its summary) and the writes.
-
-    Two crawls of one site at once (the daily schedule and `webdancer crawl`, two Dagster runs) must not both diff
-    against the same previous snapshot: each would append `(url, version 2, changed)` to `page_history`. So the
-    read, the diff and the write happen under the home's lock `crawl-<site>` (`WarehouseStore.lock`, a file lock):
-    a second crawl waits for the first to commit, then diffs against what it wrote, and its summary counts what it
-    found itself. Only this step is serialized; fetching, nearly all of a crawl's time, still runs side by side.
-
-    Not one DuckDB transaction instead: connections of one process share one database, whose snapshot isolation
-    lets two transactions read the same previous snapshot; appended history rows never conflict, and a site's
-    first crawl deletes no rows, so duplicates would still commit. Where the writes do conflict, the loser fails
-    and its whole crawl is lost, where waiting a moment would have kept it.
-    """
-    with store.lock(f"crawl-{site}", timeout_s=CRAWL_LOCK_TIMEOUT_S, holder=f"crawl {crawl_id}"):
-        previous = (
-            store.read_table("pages", "site = ?", [site])
-            if store.table_exists("pages")
-            else pd.DataFrame(columns=["url"])
-        )
-        crawled = result.pages.assign(site=site).reindex(columns=PAGE_COLUMNS)
-        crawled = crawled.astype({"etag": "string", "last_modified": "string", "not_modified": "bool"})
-        diff = diff_snapshot(previous, crawled, crawl_id)
-        summary = {
-            "crawl_id": crawl_id,
-            "site": site,
-            "root_url": root_url,
-            "started_at": started,
-            "finished_at": datetime.now(UTC),
-            "pages": len(diff.pages),
-            "links": len(result.links),
-            "skipped": len(result.skipped),
-            **diff.counts,
-            "not_modified": int(result.stats.get("not_modified", 0)),
-            "pages_per_s": float(result.stats["pages_per_s"]),
-            "data_version": diff.data_version,
-        }
-        writes = store.write_tables(
-            partition=("site", site),
-            partition_replacements={
-                "pages": diff.pages,
-                "links": result.links.assign(site=site, crawl_id=crawl_id),
-            },
-            appends={
-                "page_history": diff.history.assign(site=site)[
-                    ["site", "url", "version", "content_hash", "change", "crawl_id"]
-                ],
-                "crawls": pd.DataFrame([summary]),
-                "crawl_skips": result.skipped.assign(site=site, crawl_id=crawl_id),
-            },
-        )
-    readable = {key: value.isoformat() if isinstance(value, datetime) else value for key, value in summary.items()}
-    return diff, readable, writes
-
-
 def crawl_summary(result: dg.ExecuteInProcessResult) -> dict:
     """The `crawls` row of the crawl that `result` (a `crawl_pages` run) made, not of whichever crawl wrote last."""
     [event] = result.asset_materializations_for_node("crawl_pages")
@@ -325,9 +261,8 @@ def crawl_pages_are_consistent(warehouse: Warehouse) -> dg.AssetCheckResult:
     )
     # A live site's pages are on its allowed hosts and under its path prefixes.
     live_pages = store.query("SELECT site, url FROM pages WHERE list_contains(?, site)", [live])
-    outside = [
-        row for row in live_pages.itertuples() if not SITE_REGISTRY.sites[row.site].live_crawl().in_scope(row.url)
-    ]
+    scopes = {name: site.live_crawl() for name, site in SITE_REGISTRY.sites.items()}
+    outside = [row for row in live_pages.itertuples() if not scopes[row.site].in_scope(row.url)]
     if outside:
         extra = pd.DataFrame({"site": [r.site for r in outside], "url": [r.url for r in outside], "copies": 1})
         problems = pd.concat([problems, extra], ignore_index=True)
