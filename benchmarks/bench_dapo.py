@@ -35,9 +35,9 @@ import torch
 from webdancer_dagster.agent.prompts import system_message, tool_response, user_message
 from webdancer_dagster.llm.client import EndpointConfig
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
-from webdancer_dagster.llm.scripted import ScriptedLLMServer
 from webdancer_dagster.resources.torchrun import TorchrunLauncher
-from webdancer_dagster.training.base_model import create_tiny_llama, fit_assistant_turns
+from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer
+from webdancer_dagster.testing.tiny_model import create_tiny_llama, fit_assistant_turns
 from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment, to_cli_args
 from webdancer_dagster.web.search import LocalSearch, build_search_index, search_tool
 

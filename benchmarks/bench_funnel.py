@@ -25,8 +25,9 @@ from webdancer_dagster.llm.client import ChatResult, EndpointConfig, LLMEndpoint
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.llm.server import ModelServer, ModelServerConfig
 from webdancer_dagster.paths import DATA_DIR
-from webdancer_dagster.synthesis.funnel import FunnelConfig, assess_attempt, run_funnel
+from webdancer_dagster.synthesis.funnel import FunnelConfig, run_funnel
 from webdancer_dagster.synthesis.reference import load_reference_trajectories
+from webdancer_dagster.synthesis.rejection import assess_attempt
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_OVERHEAD_SHARE = 0.10

@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.paths import DATA_DIR
 from webdancer_dagster.resources.torchrun import TorchrunLauncher
-from webdancer_dagster.training.base_model import create_tiny_llama
+from webdancer_dagster.testing.tiny_model import create_tiny_llama
 from webdancer_dagster.training.config import SFTHyperparameters, to_cli_args
 from webdancer_dagster.training.masking import TokenizedDataset, TruncationPolicy, tokenize_chats
 from webdancer_dagster.training.sft import read_chats

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from webdancer_dagster.llm.scripted import ScriptedLLMServer
+from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer
 
 
 def _user_state(home: Path, dagster_home: Path) -> dict[str, Any]:

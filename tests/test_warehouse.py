@@ -130,11 +130,10 @@ def test_a_lock_held_by_another_process_makes_a_waiter_wait_then_names_the_holde
         with pytest.raises(TimeoutError, match=r"crawl-wiki\.lock, still held by crawl wiki-1 \(pid \d+\)"):
             with store.lock("crawl-wiki", timeout_s=0.3):
                 pass
-        started = time.monotonic()
+        still_held = not done.exists()  # the holder keeps it 3 s after "held"
         with store.lock("crawl-wiki", timeout_s=30):
-            waited = time.monotonic() - started
             assert done.exists()  # got the lock only once the holder had let go
-        assert waited > 0.5
+        assert still_held  # so this waiter did wait for it
     finally:
         holder.kill()
         holder.wait()

@@ -156,7 +156,8 @@ def crawl(
 
     import dagster as dg
 
-    from webdancer_dagster.assets.corpus import SITE_NAMES, SITE_REGISTRY, crawl_summary
+    from webdancer_dagster.assets.corpus import crawl_summary
+    from webdancer_dagster.assets.registries import SITE_NAMES, SITE_REGISTRY
     from webdancer_dagster.definitions import defs
     from webdancer_dagster.pipeline import load_profile, validate_profile
 
@@ -189,9 +190,12 @@ def sites(home: HomeOption = None) -> None:
     """List the built-in local sites and the live sites declared in sites.yaml, with each one's last crawl."""
     from rich.table import Table
 
-    from webdancer_dagster.assets.corpus import SITE_REGISTRY, site_overview
+    from webdancer_dagster.assets.corpus import daily_recrawl
+    from webdancer_dagster.assets.registries import LOCAL_SITE_SPECS, SITE_REGISTRY
+    from webdancer_dagster.web.sites_table import site_overview
 
-    frame = site_overview(WarehouseStore(resolve_home(home)))
+    store = WarehouseStore(resolve_home(home))
+    frame = site_overview(store, LOCAL_SITE_SPECS, list(SITE_REGISTRY.sites.values()), daily_recrawl.cron_schedule)
     title = f"sites: built-in, and live ones declared in {SITE_REGISTRY.source or 'no sites.yaml'}"
     headers = ["site", "kind", "benchmark", "schedule (UTC)", "root URL", "last crawl", "pages", "changed", "304"]
     table = Table(*headers, "skips", title=title)
@@ -338,9 +342,9 @@ def ask(
     from webdancer_dagster.llm.server import ModelServer, ModelServerConfig
     from webdancer_dagster.llm.tokenizer import load_tokenizer
     from webdancer_dagster.resources.web import SEARCH_INDEX_DIR, site_roots
+    from webdancer_dagster.web.scope import LocalSites, WebScope
     from webdancer_dagster.web.search import LocalSearch
     from webdancer_dagster.web.server import SiteServer
-    from webdancer_dagster.web.visit import FetchPolicy
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Console(stderr=True) if json_output else console
@@ -355,7 +359,6 @@ def ask(
     if not store.table_exists("sites") or not index_dir.exists():
         out.print(f"[red]no local web in {store.home}[/red]: run `webdancer materialize` first")
         raise typer.Exit(1)
-    hosts = site_roots(store)
     model_file = gguf or (None if base_url or checkpoint else find_smollm2_gguf())
     if base_url:
         server_config = ModelServerConfig(mode="external", base_url=base_url, served_model_name=model, n_ctx=n_ctx)
@@ -372,7 +375,7 @@ def ask(
     cache_path = None if no_cache else store.home / LLM_CACHE_FILE
 
     with ExitStack() as stack:
-        web = stack.enter_context(SiteServer(hosts))
+        web = stack.enter_context(SiteServer(site_roots(store)))
         with out.status(f"starting the model server ({server_config.mode})…"):
             server = stack.enter_context(ModelServer(server_config))
             token_counter = load_tokenizer(tokenizer_source, str(store.home / "tokenizers"))
@@ -393,9 +396,9 @@ def ask(
 
         summarizer = endpoint("summarizer", SamplingParams(temperature=0.0, max_tokens=512))
         policy = endpoint("policy", SamplingParams(temperature=temperature, max_tokens=max_tokens))
-        fetch_policy = FetchPolicy(allowed_hosts=frozenset(hosts), proxy_url=web.proxy_url)
+        scope = WebScope.every_local_site(LocalSites.of_home(store), web.proxy_url)
         agent = build_web_agent(
-            policy, summarizer, LocalSearch(index_dir), fetch_policy, token_counter,
+            policy, summarizer, LocalSearch(index_dir), scope, token_counter,
             n_ctx=n_ctx, max_llm_calls=max_llm_calls, cot_mode=cot,
         )  # fmt: skip
         out.print(f"[bold]Question:[/bold] {question}  [dim]({server.model} at {server.base_url})[/dim]")
@@ -417,7 +420,7 @@ def ask(
 def _recorded_checkpoint(store: WarehouseStore, checkpoint: str):
     """'sft' / 'rl': the folder the asset of that name recorded; anything else: a transformers folder."""
     from webdancer_dagster.evaluation.models import CheckpointMissingError, RecordedCheckpoint, recorded_checkpoint
-    from webdancer_dagster.training.base_model import folder_sha256
+    from webdancer_dagster.shared.hashing import folder_sha256
 
     if checkpoint in ("sft", "rl"):
         try:

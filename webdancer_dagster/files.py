@@ -1,16 +1,11 @@
-"""Atomic file and folder replacement (readers of an artefact see the old version or the new, never half), and
-content hashes of files."""
+"""Atomic file and folder replacement: readers of an artefact see the old version or the new, never half."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
-
-HASH_CHUNK_BYTES = 1 << 22
 
 
 def swap_in_dir(tmp_dir: Path, target: Path) -> None:
@@ -38,19 +33,3 @@ def write_text_atomic(path: Path, text: str) -> None:
     finally:
         if os.path.exists(staging):
             os.remove(staging)
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes."""
-    stat = Path(path).stat()
-    return _file_sha256(str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
-    """Memoized on the file's inode, size and modification time: a model file is hashed once per process."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()

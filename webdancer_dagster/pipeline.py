@@ -162,7 +162,7 @@ def materialize_all(
     run_config = run_config or {}
     validate_profile(defs, run_config, selection)
     if benchmarks is None:
-        from webdancer_dagster.assets.corpus import REGISTRY
+        from webdancer_dagster.assets.registries import REGISTRY
 
         benchmarks = REGISTRY.benchmarks
     check_benchmark_files(benchmarks, data_dir)

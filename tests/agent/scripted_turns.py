@@ -11,8 +11,9 @@ from typing import Any
 
 import pandas as pd
 
+from webdancer_dagster.agent.parser import ParsedTurn
 from webdancer_dagster.llm.client import EndpointConfig, SamplingParams
-from webdancer_dagster.llm.scripted import ScriptedReply
+from webdancer_dagster.testing.scripted_llm import ScriptedReply
 from webdancer_dagster.web.visit import FetchPolicy
 
 HOST = "tiny.webdancer.test"
@@ -120,3 +121,10 @@ def endpoint_config(base_url: str, role: str = "policy", **overrides: Any) -> En
     }
     values.update(overrides)
     return EndpointConfig(**values)
+
+
+def well_formed(turn: ParsedTurn) -> bool:
+    """A clean think + valid tool call, or think + non-empty answer: a turn `check_format` lets through."""
+    if turn.issues or turn.kind not in ("tool_call", "answer"):
+        return False
+    return turn.kind == "tool_call" or bool(turn.answer)

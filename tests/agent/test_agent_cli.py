@@ -27,7 +27,8 @@ TURNS = [
 def home(tmp_path, tiny_web):
     store = WarehouseStore(tmp_path / "home")
     store.replace_table(
-        "sites", pd.DataFrame({"name": ["tiny"], "host": [HOST], "directory": [str(tiny_web.site_dir)]})
+        "sites",
+        pd.DataFrame({"name": ["tiny"], "host": [HOST], "directory": [str(tiny_web.site_dir)], "benchmark": [False]}),
     )
     docs = pd.DataFrame(
         [{"url": page_url(slug), "title": title, "text": text, "site": "tiny"} for slug, (title, text) in PAGES.items()]

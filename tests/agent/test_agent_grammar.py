@@ -8,7 +8,7 @@ import time
 
 import pytest
 from grammar_walk import GrammarEngine
-from scripted_turns import TEST_DATE, Script, answer, page_url, tool_call
+from scripted_turns import TEST_DATE, Script, answer, page_url, tool_call, well_formed
 
 from webdancer_dagster.agent.grammar import TOOL_ARGUMENT_HINTS, TurnLimits, turn_grammar
 from webdancer_dagster.agent.loop import AgentConfig, ReactAgent
@@ -52,7 +52,7 @@ def rules(grammar: str) -> dict[str, str]:
 def check_clean(text: str) -> ParsedTurn:
     """A well-formed turn whose arguments the real tools accept too."""
     turn = parse_turn(text, WEBDANCER_TOOL_SCHEMAS)
-    assert turn.well_formed and turn.issues == (), (text, turn)
+    assert well_formed(turn) and turn.issues == (), (text, turn)
     assert turn.text == text and turn.thought
     if turn.tool_name == "search":
         assert 1 <= len(normalise_queries(turn.arguments["query"])) <= MAX_QUERIES

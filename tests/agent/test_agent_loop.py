@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+from held_requests import hold_until_together
 from scripted_turns import HOST, TEST_DATE, Script, answer, page_url, tool_call
 
 from webdancer_dagster.agent.loop import run_agents
@@ -19,8 +20,8 @@ from webdancer_dagster.agent.prompts import (
 from webdancer_dagster.agent.trajectory import Trajectory
 from webdancer_dagster.agent.validity import check_format
 from webdancer_dagster.llm.client import LLMEndpointError
-from webdancer_dagster.llm.scripted import ScriptedReply
 from webdancer_dagster.llm.server import free_port
+from webdancer_dagster.testing.scripted_llm import ScriptedReply
 
 QUESTION = "When was Ada Lovelace born?"
 GOAL = "Ada Lovelace's date of birth"
@@ -289,10 +290,12 @@ def test_short_cot_keeps_thoughts_in_the_history(scripted, make_agent):
 
 def test_endpoint_down_at_start(make_agent):
     dead = f"http://127.0.0.1:{free_port()}/v1"
+    agent = make_agent(dead, endpoint={"timeout_s": 60.0})
     started = time.perf_counter()
     with pytest.raises(LLMEndpointError, match=f"policy endpoint {dead} unreachable after 2 tries"):
-        make_agent(dead).run(QUESTION)
-    assert time.perf_counter() - started < 5
+        agent.run(QUESTION)
+    assert (agent.llm.usage.retries, agent.llm.usage.requests) == (1, 0)
+    assert time.perf_counter() - started < 30  # refused at once: a try waiting for its timeout would take 60 s
 
 
 def test_endpoint_dying_mid_run(scripted, make_agent):
@@ -329,11 +332,12 @@ def test_endpoint_failing_every_try(scripted, make_agent, reply, message):
 
 
 def test_endpoint_timing_out(scripted, make_agent):
-    server = scripted(lambda request: ScriptedReply(content=ANSWER, delay_s=1.5))
+    server = scripted(lambda request: ScriptedReply(content=ANSWER, delay_s=30))
     started = time.perf_counter()
     with pytest.raises(LLMEndpointError, match=r"timed out \(0.3s\) on all 2 tries"):
         make_agent(server.base_url, endpoint={"timeout_s": 0.3}).run(QUESTION)
-    assert time.perf_counter() - started < 2
+    assert len(server.requests) == 2
+    assert time.perf_counter() - started < 20  # it gave up at its timeout: waiting for a reply takes 30 s a try
 
 
 def test_a_rejected_request_is_not_retried(scripted, make_agent):
@@ -376,15 +380,16 @@ def test_sample_index_draws_distinct_samples(scripted, make_agent, tmp_path):
 def test_concurrent_agents_stay_within_the_endpoint_limit(scripted, make_agent):
     def respond(request):
         question = request["messages"][1]["content"].rsplit("User: ", 1)[1]
-        return ScriptedReply(content=answer(question.upper()), delay_s=0.15)
+        return ScriptedReply(content=answer(question.upper()))
 
     server = scripted(respond)
-    agent = make_agent(server.base_url, endpoint={"max_concurrency": 2})
+    most_at_once = hold_until_together(server, 2)
+    agent = make_agent(server.base_url, endpoint={"max_concurrency": 2, "timeout_s": 60.0})
     questions = [f"question {i}" for i in range(6)]
     trajectories = run_agents(agent, questions, max_workers=6)
     assert [t.answer for t in trajectories] == [q.upper() for q in questions]
-    assert server.max_in_flight == 2
-    assert len(server.requests) == 6
+    assert most_at_once() == 2  # two agents' requests at once (they waited for each other), never a third
+    assert len(server.requests) == 6 and agent.llm.usage.retries == 0
 
 
 def test_run_agents_samples_each_question_k_times(scripted, make_agent):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from scripted_turns import well_formed
 
 from webdancer_dagster.agent.parser import parse_turn, validate_arguments
 from webdancer_dagster.agent.prompts import INVALID_TOOL_CALL_TEXT, MISSING_ACTION_TEXT
@@ -24,7 +25,7 @@ def test_every_assistant_turn_of_the_released_samples_is_well_formed():
     ]
     parsed = [parse_turn(turn, SCHEMAS) for turn in turns]
     assert len(parsed) == 422
-    assert [p for p in parsed if not p.well_formed] == []
+    assert [p for p in parsed if not well_formed(p)] == []
     assert {p.kind for p in parsed} == {"tool_call", "answer"}
     assert {p.tool_name for p in parsed if p.kind == "tool_call"} == {"search", "visit"}
 
@@ -37,7 +38,7 @@ def test_a_clean_tool_call():
         {"query": ["a", "b"]},
         "Let me search.",
     )
-    assert turn.issues == () and turn.well_formed
+    assert turn.issues == () and well_formed(turn)
 
 
 def test_a_clean_answer():
@@ -80,7 +81,7 @@ def test_recoverable_deviations_are_recorded(raw, kind, issue):
         assert turn.issues == ()
     else:
         assert any(issue in recorded for recorded in turn.issues), turn.issues
-        assert not turn.well_formed
+        assert not well_formed(turn)
 
 
 def test_the_turn_text_stops_before_an_invented_observation():
@@ -106,7 +107,7 @@ def test_turns_that_cannot_be_acted_on_get_an_error_for_the_model(raw, error):
     turn = parse_turn(raw, SCHEMAS)
     assert turn.kind == "invalid"
     assert error in turn.error
-    assert not turn.well_formed
+    assert not well_formed(turn)
 
 
 def test_an_invalid_arguments_error_shows_the_schema():
@@ -121,7 +122,7 @@ def test_an_empty_turn(raw):
 
 def test_an_empty_answer_is_parsed_but_not_well_formed():
     turn = parse_turn("<think>x</think><answer> </answer>", SCHEMAS)
-    assert (turn.kind, turn.answer, turn.well_formed) == ("answer", "", False)
+    assert (turn.kind, turn.answer, well_formed(turn)) == ("answer", "", False)
 
 
 def test_validate_arguments_wraps_a_string_and_drops_unknown_arguments():

@@ -7,7 +7,7 @@ from scripted_turns import EXTRACTOR_MARKER, endpoint_config, extraction, page_u
 
 from webdancer_dagster.agent.visit import ExtractionError, VisitTool, parse_extraction, visit_observation
 from webdancer_dagster.llm.client import LLMEndpoint
-from webdancer_dagster.llm.scripted import ScriptedReply
+from webdancer_dagster.testing.scripted_llm import ScriptedReply
 from webdancer_dagster.web.errors import ToolInputError
 
 

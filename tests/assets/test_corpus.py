@@ -6,82 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dagster as dg
 import httpx
 import pandas as pd
-import pytest
+from corpus_helpers import materialize, run_config
 
-from webdancer_dagster.assets import corpus
+from webdancer_dagster.assets import registries
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment, site_roots
 from webdancer_dagster.warehouse import WarehouseStore
 
 RACER = Path(__file__).with_name("crawl_racer.py")
-
-WIKI = [
-    {"title": "Teutberga", "text": "Teutberga was a queen of Lotharingia, wife of Lothair II."},
-    {"title": "Lothair II", "text": "Lothair II was king of Lotharingia and husband of Teutberga."},
-    {"title": "Lotharingia", "text": "Lotharingia was a kingdom ruled by Lothair II."},
-]
-MUSIQUE = [
-    {
-        "title": "Journal of Mathematical Physics",
-        "text": "The Journal of Mathematical Physics is a peer-reviewed journal.",
-    },
-    {"title": "G. Stanley Hall", "text": "Granville Stanley Hall was a pioneering American psychologist."},
-]
-
-
-@pytest.fixture
-def small_web(tmp_path):
-    data = tmp_path / "data"
-    (data / "wiki2").mkdir(parents=True)
-    (data / "musique").mkdir(parents=True)
-    (data / "wiki2" / "2wikimultihopqa_corpus.json").write_text(json.dumps(WIKI))
-    (data / "musique" / "musique_corpus.json").write_text(json.dumps(MUSIQUE))
-    docs = tmp_path / "pydoc"
-    (docs / "library").mkdir(parents=True)
-    (docs / "index.html").write_text(
-        "<html><head><title>Python docs</title></head><body><h1>Python</h1>"
-        "<p>Welcome to the Python documentation index page.</p>"
-        '<a href="library/os.html">os</a> <a href="library/json.html">json</a></body></html>'
-    )
-    for name, body in {"os": "Miscellaneous operating system interfaces.", "json": "JSON encoder and decoder."}.items():
-        (docs / "library" / f"{name}.html").write_text(
-            f"<html><head><title>{name} module</title></head><body><h1>{name}</h1><p>{body} "
-            f"This page documents the {name} module of the standard library in detail.</p>"
-            '<a href="../index.html">back</a></body></html>'
-        )
-    return data, docs
-
-
-def run_config(data, docs):
-    return {
-        "ops": {
-            "web_sites": {"config": {"data_dir": str(data), "python_doc_dir": str(docs)}},
-            "crawl_pages": {"config": {"max_pages": 50, "max_depth": 3, "max_pages_by_site": {}}},
-        }
-    }
-
-
-def materialize(selection, config, home, partition_key=None):
-    warehouse = Warehouse(home=str(home))
-    result = dg.materialize(
-        [
-            corpus.web_sites,
-            corpus.crawl_pages,
-            corpus.search_index,
-            corpus.crawl_pages_are_consistent,
-            corpus.search_index_finds_pages,
-        ],
-        selection=selection,
-        partition_key=partition_key,
-        run_config={"ops": {k: v for k, v in config["ops"].items() if k in selection}},
-        resources={"warehouse": warehouse, "web": WebEnvironment(warehouse=warehouse)},
-        instance=dg.DagsterInstance.ephemeral(),
-    )
-    assert result.success
-    return result
 
 
 def get_through(proxy_url, url):
@@ -100,7 +34,7 @@ def test_sites_crawl_and_index_materialize(small_web, isolated_home):
     sites = materialize(["web_sites"], config, isolated_home)
     assert metadata(sites, "web_sites")["pages_total"] >= 7
 
-    for site in corpus.SITE_NAMES:
+    for site in registries.SITE_NAMES:
         crawl = materialize(["crawl_pages"], config, isolated_home, partition_key=site)
         meta = metadata(crawl, "crawl_pages")
         assert meta["pages"] >= 2 and meta["new"] == meta["pages"] and meta["removed"] == 0
@@ -113,7 +47,7 @@ def test_sites_crawl_and_index_materialize(small_web, isolated_home):
 
     store = WarehouseStore(isolated_home)
     pages = store.read_table("pages")
-    assert set(pages["site"]) == set(corpus.SITE_NAMES)
+    assert set(pages["site"]) == set(registries.SITE_NAMES)
     assert pages["url"].str.startswith("http://").all() and not pages["url"].str.contains("127.0.0.1").any()
     teutberga = pages[pages["title"] == "Teutberga"]
     assert "queen of Lotharingia" in teutberga["text"].iloc[0]

@@ -5,13 +5,12 @@ import re
 
 import dagster as dg
 import pytest
+from corpus_helpers import run_config
 from scripted_roles import scripted_resources
-from test_corpus import run_config, small_web  # noqa: F401 (fixture)
 
-from webdancer_dagster.assets import corpus, evaluation
-from webdancer_dagster.evaluation.run import RETRY_SEPARATOR
-from webdancer_dagster.llm.client import EndpointConfig, SamplingParams
-from webdancer_dagster.llm.scripted import ScriptedLLMServer
+from webdancer_dagster.assets import corpus, evaluation, registries
+from webdancer_dagster.shared.judge import RETRY_SEPARATOR
+from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer
 from webdancer_dagster.warehouse import WarehouseStore
 
 HALL = "G. Stanley Hall"
@@ -56,7 +55,7 @@ def resources(home, base_url):
     )  # fmt: skip
 
 
-def test_benchmark_scores_materialize_and_resume(small_web, isolated_home, scripted):  # noqa: F811
+def test_benchmark_scores_materialize_and_resume(small_web, isolated_home, scripted):
     data, docs = small_web
     (data / "musique" / "musique_train_100.json").write_text(json.dumps(QUESTIONS))
     config = run_config(data, docs)
@@ -74,7 +73,7 @@ def test_benchmark_scores_materialize_and_resume(small_web, isolated_home, scrip
         return result
 
     run(["web_sites"])
-    for site in corpus.SITE_NAMES:
+    for site in registries.SITE_NAMES:
         run(["crawl_pages"], partition_key=site)
     run(["search_index"])
 
@@ -123,17 +122,3 @@ def test_benchmark_scores_materialize_and_resume(small_web, isolated_home, scrip
     meta, requests = score(1, max_llm_calls=3)
     assert len(requests) == 6 and meta["runs_resumed"].value == 0 and meta["pass_at_1"].value == 1.0
     assert len(store.read_table("eval_runs")) == 3 and len(store.read_table("scores")) == 1
-
-
-def test_fingerprint_ignores_the_local_server_port():
-    config = evaluation.BenchmarkScoresConfig()
-
-    def endpoint(port, temperature=0.6):
-        sampling = SamplingParams(temperature=temperature)
-        return EndpointConfig(role="policy", base_url=f"http://127.0.0.1:{port}/v1", model="m", sampling=sampling)
-
-    def fingerprint(policy):
-        return evaluation._fingerprint(config, policy, endpoint(1, 0.0))
-
-    assert fingerprint(endpoint(1)) == fingerprint(endpoint(2))
-    assert fingerprint(endpoint(1)) != fingerprint(endpoint(1, temperature=0.0))

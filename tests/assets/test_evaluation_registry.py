@@ -11,17 +11,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import dagster as dg
 import pandas as pd
 import pytest
+from corpus_helpers import run_config
 from scripted_roles import scripted_resources
-from test_corpus import run_config, small_web  # noqa: F401 (fixture)
 
-from webdancer_dagster.assets import corpus, evaluation, qa, training, trajectories
+from webdancer_dagster.assets import corpus, evaluation, qa, registries, training, trajectories
 from webdancer_dagster.evaluation.registry import REGISTRY_ENV
 from webdancer_dagster.evaluation.settings import CLOSED_BOOK_MESSAGE
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
-from webdancer_dagster.llm.scripted import ScriptedLLMServer
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
-from webdancer_dagster.training.base_model import create_tiny_llama
+from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer
+from webdancer_dagster.testing.tiny_model import create_tiny_llama
 from webdancer_dagster.warehouse import WarehouseStore
 from webdancer_dagster.web.search import SerperSearch
 
@@ -82,7 +82,7 @@ def declared(tmp_path, monkeypatch):
 def reload_asset_modules() -> None:
     """Reload `corpus` and, in import order, every asset module that imports from it, so no module keeps
     asset objects of the other registry (Dagster refuses two definitions of one key)."""
-    for module in (corpus, qa, trajectories, training, evaluation):
+    for module in (registries, corpus, qa, trajectories, training, evaluation):
         importlib.reload(module)
 
 
@@ -93,9 +93,9 @@ def resources(home, base_url):
     )  # fmt: skip
 
 
-def test_declared_models_and_benchmarks_are_partitions_and_score(small_web, isolated_home, declared, tmp_path):  # noqa: F811
+def test_declared_models_and_benchmarks_are_partitions_and_score(small_web, isolated_home, declared, tmp_path):
     data, docs = small_web
-    assert corpus.SITE_NAMES == ["python-docs", "wiki", "musique", "zorblax"]
+    assert registries.SITE_NAMES == ["python-docs", "wiki", "musique", "zorblax"]
     assets = [*dg.load_assets_from_modules([corpus, evaluation])]
     checks = [*dg.load_asset_checks_from_modules([evaluation])]
     res = resources(isolated_home, declared.base_url)
@@ -113,7 +113,7 @@ def test_declared_models_and_benchmarks_are_partitions_and_score(small_web, isol
     run(["web_sites"])
     sites = WarehouseStore(isolated_home).read_table("sites").set_index("name")
     assert bool(sites.loc["zorblax", "benchmark"]) and sites.loc["zorblax", "pages"] == 2
-    for site in corpus.SITE_NAMES:
+    for site in registries.SITE_NAMES:
         run(["crawl_pages"], partition_key=site)
     run(["search_index"])
 

@@ -5,20 +5,20 @@ import json
 import re
 
 import dagster as dg
+from corpus_helpers import materialize, run_config
 from scripted_roles import scripted_resources
-from test_corpus import materialize, run_config, small_web  # noqa: F401 (fixture)
 
 from webdancer_dagster.assets import qa
 from webdancer_dagster.evaluation.benchmarks import all_benchmark_questions
 from webdancer_dagster.evaluation.registry import default_registry
-from webdancer_dagster.llm.scripted import ScriptedLLMServer
 from webdancer_dagster.paths import DATA_DIR
+from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer
 from webdancer_dagster.warehouse import WarehouseStore
 
 ANSWER = "Lotharingia"  # on the wiki pages, so the pair is grounded and survives synthesis
 
 
-def test_a_crawlqa_pair_that_repeats_a_benchmark_question_fails_the_blocking_check(small_web, isolated_home):  # noqa: F811
+def test_a_crawlqa_pair_that_repeats_a_benchmark_question_fails_the_blocking_check(small_web, isolated_home):
     questions = all_benchmark_questions(DATA_DIR, default_registry().benchmarks)  # what the check reads
     benchmark_question = next(q for q in questions if len(q.split()) >= 8 and ANSWER not in q and "'" not in q)
     leaking = f"Based on these pages, {benchmark_question[0].lower()}{benchmark_question[1:]}"

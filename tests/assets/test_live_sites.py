@@ -15,12 +15,13 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from webdancer_dagster import cli
-from webdancer_dagster.assets import corpus, evaluation, qa, training, trajectories
+from webdancer_dagster.assets import corpus, evaluation, qa, registries, training, trajectories
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment, site_roots
 from webdancer_dagster.warehouse import WarehouseStore
 from webdancer_dagster.web.search import LocalSearch
 from webdancer_dagster.web.site_registry import SITES_ENV
+from webdancer_dagster.web.sites_table import site_overview
 
 PAGES = {
     "index.html": ("Glimmerfold Conference", ["program.html", "venue.html"]),
@@ -75,7 +76,7 @@ def declared_site(tmp_path, monkeypatch):
 
 
 def reload_asset_modules() -> None:
-    for module in (corpus, qa, trajectories, training, evaluation):
+    for module in (registries, corpus, qa, trajectories, training, evaluation):
         importlib.reload(module)
 
 
@@ -103,7 +104,7 @@ def metadata(result, asset):
 
 def test_a_declared_live_site_recrawls_through_304s_and_is_searchable(declared_site, isolated_home, monkeypatch):
     root_url, log, root = declared_site
-    assert corpus.SITE_NAMES[-1] == "glimmerfold" and "glimmerfold" not in corpus.LOCAL_SITE_NAMES
+    assert registries.SITE_NAMES[-1] == "glimmerfold" and "glimmerfold" not in registries.LOCAL_SITE_NAMES
     [schedule] = corpus.site_schedules
     assert (schedule.name, schedule.cron_schedule) == ("recrawl_glimmerfold", "30 5 * * 2")
     repository = dg.Definitions(
@@ -149,6 +150,8 @@ def test_a_declared_live_site_recrawls_through_304s_and_is_searchable(declared_s
     assert listing.exit_code == 0, listing.output
     line = next(text for text in printed.getvalue().splitlines() if "glimmerfold" in text)
     assert "live" in line and "30 5 * * 2" in line and root_url in line and "never" not in line
-    overview = corpus.site_overview(store).set_index("site")
+    overview = site_overview(
+        store, registries.LOCAL_SITE_SPECS, list(registries.SITE_REGISTRY.sites.values()), "0 3 * * *"
+    ).set_index("site")
     assert overview.loc["glimmerfold", "pages"] == 3 and overview.loc["glimmerfold", "not_modified"] == 3
     assert overview.loc["wiki", "kind"] == "local" and bool(overview.loc["musique", "benchmark"])

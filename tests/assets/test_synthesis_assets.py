@@ -5,14 +5,14 @@ import re
 
 import dagster as dg
 import pytest
+from corpus_helpers import run_config
 from scripted_roles import scripted_resources
-from test_corpus import run_config, small_web  # noqa: F401 (fixture)
 
 from webdancer_dagster.agent.prompts import SYSTEM_PROMPT
-from webdancer_dagster.assets import corpus, qa, trajectories
-from webdancer_dagster.llm.scripted import ScriptedLLMServer
+from webdancer_dagster.assets import corpus, qa, registries, trajectories
 from webdancer_dagster.paths import DATA_DIR
 from webdancer_dagster.synthesis.reference import load_reference_trajectories
+from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer
 from webdancer_dagster.warehouse import WarehouseStore
 
 ANSWER = "Lotharingia"
@@ -54,7 +54,7 @@ def resources(home, base_url):
     )  # fmt: skip
 
 
-def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, scripted):  # noqa: F811
+def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, scripted):
     data, docs = small_web
     config = run_config(data, docs)
     config["ops"].update(
@@ -89,7 +89,7 @@ def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, script
         return result
 
     run(["web_sites"])
-    for site in corpus.SITE_NAMES:
+    for site in registries.SITE_NAMES:
         run(["crawl_pages"], partition_key=site)
     run(["search_index"])
     qa_run = run(["crawlqa_pairs", "e2hqa_pairs", "reference_qa_pairs"])

@@ -18,12 +18,14 @@ from webdancer_dagster.assets.training import (
     sft_checkpoint_loads,
 )
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
-from webdancer_dagster.llm.scripted import ScriptedLLMServer
 from webdancer_dagster.paths import DATA_DIR
 from webdancer_dagster.resources.torchrun import TorchrunLauncher
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import SEARCH_INDEX_DIR
-from webdancer_dagster.synthesis.qa import QAPair, qa_pairs_frame
+from webdancer_dagster.shared.hashing import folder_sha256
+from webdancer_dagster.shared.qa import QAPair, qa_pairs_frame
+from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer
+from webdancer_dagster.testing.tiny_model import create_tiny_llama
 from webdancer_dagster.training.artifacts import (
     prepare_run,
     read_run_record,
@@ -32,7 +34,7 @@ from webdancer_dagster.training.artifacts import (
     sft_jsonl,
     write_run_record,
 )
-from webdancer_dagster.training.base_model import BaseModel, create_tiny_llama, folder_sha256
+from webdancer_dagster.training.base_model import BaseModel
 from webdancer_dagster.warehouse import WarehouseStore
 from webdancer_dagster.web.search import build_search_index
 
@@ -153,19 +155,23 @@ def test_empty_sft_dataset_fails_naming_the_upstream_asset(isolated_home: Path, 
     assert not (isolated_home / "sft_checkpoint").exists() or not any((isolated_home / "sft_checkpoint").iterdir())
 
 
-def test_sft_jsonl_is_ordered_by_id_and_decodes_warehouse_messages() -> None:
+def test_sft_jsonl_is_ordered_by_id_and_carries_the_stored_messages_text() -> None:
     rows = [
-        {"id": "b", "messages": json.dumps([{"role": "user", "content": "2"}])},
-        {"id": "a", "messages": [{"role": "user", "content": "1"}]},
+        {"id": "b", "messages": json.dumps([{"role": "user", "content": "2 \u00e9"}], ensure_ascii=False)},
+        {"id": "a", "messages": json.dumps([{"role": "user", "content": "1"}])},
     ]
 
-    lines = [json.loads(line) for line in sft_jsonl(rows).splitlines()]
+    text = sft_jsonl(rows)
+    lines = [json.loads(line) for line in text.splitlines()]
 
     assert lines == [
         {"id": "a", "messages": [{"role": "user", "content": "1"}]},
-        {"id": "b", "messages": [{"role": "user", "content": "2"}]},
+        {"id": "b", "messages": [{"role": "user", "content": "2 \u00e9"}]},
     ]
+    assert rows[0]["messages"] in text  # the funnel's text as it was stored, not re-encoded
     assert sft_jsonl(rows) == sft_jsonl(list(reversed(rows)))
+    with pytest.raises(TypeError, match="stored JSON text"):
+        sft_jsonl([{"id": "c", "messages": [{"role": "user", "content": "3"}]}])
 
 
 def test_run_key_changes_with_each_input_and_only_then() -> None:
@@ -178,7 +184,7 @@ def test_run_key_changes_with_each_input_and_only_then() -> None:
 
 
 def test_run_record_is_trusted_only_while_the_checkpoint_is_unchanged(tmp_path: Path) -> None:
-    rows = [{"id": "a", "messages": [{"role": "user", "content": "1"}]}]
+    rows = [{"id": "a", "messages": json.dumps([{"role": "user", "content": "1"}])}]
     run = prepare_run(sft_jsonl(rows), len(rows), "model-sha", {"max_steps": 1}, tmp_path)
     checkpoint = run.output_dir / "final"
     checkpoint.mkdir()

@@ -1,12 +1,13 @@
-"""The evaluation loop: judge retries against a scripted local endpoint, and resuming after a failure."""
+"""The evaluation loop: rows judged against a scripted local endpoint, and resuming after a failure."""
 
 import pytest
 
 from webdancer_dagster.agent.trajectory import ChatMessage, Step, Trajectory
 from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion
-from webdancer_dagster.evaluation.run import RETRY_SEPARATOR, evaluate, judge_with_retry
-from webdancer_dagster.llm.client import EndpointConfig, LLMEndpoint, ResponseCache, SamplingParams
-from webdancer_dagster.llm.scripted import ScriptedLLMServer, ScriptedReply
+from webdancer_dagster.evaluation.run import evaluate
+from webdancer_dagster.llm.client import EndpointConfig, LLMEndpoint, SamplingParams
+from webdancer_dagster.shared.judge import RETRY_SEPARATOR
+from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer
 
 QUESTIONS = [
     BenchmarkQuestion(id="q1", question="Who founded the journal?", answers=["G. Stanley Hall", "Stanley Hall"]),
@@ -29,43 +30,19 @@ def trajectory(answer: str | None, actions=("search",)) -> Trajectory:
     )  # fmt: skip
 
 
-def endpoint(server: ScriptedLLMServer, tmp_path=None) -> LLMEndpoint:
-    cache = ResponseCache(tmp_path / "cache.sqlite") if tmp_path else None
+def endpoint(server: ScriptedLLMServer) -> LLMEndpoint:
     sampling = SamplingParams(temperature=0.0, max_tokens=64)
     config = EndpointConfig(role="judge", base_url=server.base_url, model="scripted", max_attempts=1, sampling=sampling)
-    return LLMEndpoint(config, cache)
+    return LLMEndpoint(config)
 
 
-@pytest.mark.parametrize(
-    ("replies", "expected", "flag", "calls"),
-    [
-        (["Correct"], True, "", 1),
-        (["Incorrect"], False, "", 1),
-        (["Hmm, hard to say.", "Correct"], True, "", 2),
-        (["Hmm, hard to say.", "no idea"], False, "unparsed", 2),
-        ([ScriptedReply(status=400)], False, "rejected", 1),
-    ],
-)
-def test_judge_retries_once_then_flags(tmp_path, replies, expected, flag, calls):
-    with ScriptedLLMServer(replies) as server:
-        # The cache is on: the retry must still reach the server, not replay the unparsed reply.
-        verdict = judge_with_retry("Which kingdom?", "Lothair's realm", ["Lotharingia"], endpoint(server, tmp_path))
-        assert (verdict.correct, verdict.method, verdict.flag, verdict.attempts) == (expected, "llm", flag, calls)
-        assert len(server.requests) == calls
-        # A greedy judge would repeat itself: the retry samples.
-        assert [request["temperature"] for request in server.requests] == [0.0, 0.6][:calls]
-    if calls == 2:
-        assert verdict.raw == f"Hmm, hard to say.{RETRY_SEPARATOR}{replies[1]}"
-
-
-def test_exact_match_and_no_answer_cost_no_judge_call():
-    with ScriptedLLMServer([]) as server:
-        judge = endpoint(server)
-        exact = judge_with_retry("Who?", "stanley hall", ["G. Stanley Hall", "Stanley Hall"], judge)
-        empty = judge_with_retry("Who?", None, ["Stanley Hall"], judge)
-        assert not server.requests
-    assert (exact.correct, exact.method) == (True, "exact")
-    assert (empty.correct, empty.method) == (False, "none")
+def test_a_row_keeps_the_whole_judgement():
+    """Method, raw replies, flag and attempts of the one judge, retry included, are columns of `eval_runs`."""
+    with ScriptedLLMServer(["Hmm, hard to say.", "Correct"]) as server:
+        (row,) = evaluate(QUESTIONS[1:], lambda question, run: trajectory("Lothair's realm"), endpoint(server), runs=1)
+    judged = (row["correct"], row["judge_method"], row["judge_flag"], row["judge_attempts"], row["em"])
+    assert judged == (True, "llm", "", 2, False)
+    assert row["judge_raw"] == f"Hmm, hard to say.{RETRY_SEPARATOR}Correct"
 
 
 def test_rows_and_resume_after_a_failure():

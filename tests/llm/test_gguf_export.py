@@ -13,7 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from webdancer_dagster.llm.gguf_export import GGUFExportError, check_tokenizer_matches, export_gguf
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
-from webdancer_dagster.training.base_model import BaseModel, create_tiny_llama, folder_sha256
+from webdancer_dagster.shared.hashing import folder_sha256
+from webdancer_dagster.testing.tiny_model import create_tiny_llama
+from webdancer_dagster.training.base_model import BaseModel
 
 llama_cpp = pytest.importorskip("llama_cpp")
 

@@ -7,8 +7,8 @@ import threading
 import time
 
 import pytest
+from held_requests import hold_until_together
 
-from webdancer_dagster.files import file_sha256
 from webdancer_dagster.llm.client import (
     EndpointConfig,
     LLMEndpoint,
@@ -17,8 +17,9 @@ from webdancer_dagster.llm.client import (
     ResponseCache,
     SamplingParams,
 )
-from webdancer_dagster.llm.scripted import ScriptedReply
 from webdancer_dagster.llm.server import ModelServerConfig, free_port
+from webdancer_dagster.shared.hashing import file_sha256
+from webdancer_dagster.testing.scripted_llm import ScriptedReply
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
 
@@ -160,22 +161,30 @@ def test_client_errors_are_not_retried(scripted, status):
 
 
 def test_an_endpoint_that_is_down_fails_fast_with_its_name():
+    """A refused connection is a failed try at once: no try waits out its (here one minute) timeout."""
     url = f"http://127.0.0.1:{free_port()}/v1"
+    endpoint = LLMEndpoint(config(url, timeout_s=60.0))
     started = time.perf_counter()
     with pytest.raises(LLMEndpointError, match=f"judge endpoint {url} unreachable after 3 tries"):
-        LLMEndpoint(config(url)).chat(MESSAGES)
-    assert time.perf_counter() - started < 3
+        endpoint.chat(MESSAGES)
+    assert endpoint.usage.retries == 2
+    assert time.perf_counter() - started < 30  # one try waiting for its timeout would take 60 s
 
 
 def test_a_server_that_accepts_and_never_answers_fails_at_the_deadline():
-    """Ten tries of one second each would take ten; the request's deadline stops it at 2.5 s."""
+    """Ten tries of one second each would take ten; the request's deadline stops it at 2.5 s, after at most three."""
     with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts connections nobody answers
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        endpoint = LLMEndpoint(config(url, timeout_s=1.0, max_attempts=10, deadline_s=2.5))
+        stopped = rf"judge endpoint {url} gave no answer within its 2.5s deadline"
         started = time.perf_counter()
-        with pytest.raises(LLMEndpointError, match=rf"judge endpoint {url} gave no answer within its 2.5s deadline"):
-            LLMEndpoint(config(url, timeout_s=1.0, max_attempts=10, deadline_s=2.5)).chat(MESSAGES)
+        with pytest.raises(LLMEndpointError, match=stopped) as raised:
+            endpoint.chat(MESSAGES)
         elapsed = time.perf_counter() - started
-    assert 2.4 < elapsed < 4.0
+    tries = endpoint.usage.retries + 1
+    assert tries <= 3  # tries of 1 s start at 0, 1 and 2 s at the latest; without the deadline there would be ten
+    assert f"deadline ({'try' if tries == 1 else f'{tries} tries'})" in str(raised.value)
+    assert 2.4 < elapsed < 60  # no answer before the deadline; a try that outlived every timeout would hang
 
 
 def test_a_completion_with_empty_content_is_an_empty_string(scripted):
@@ -186,22 +195,16 @@ def test_a_completion_with_empty_content_is_an_empty_string(scripted):
 
 
 def test_concurrency_is_bounded_by_max_concurrency(scripted):
-    server = scripted(lambda request: ScriptedReply(content="x", delay_s=0.1))
-    endpoint = LLMEndpoint(config(server.base_url, max_concurrency=3))
+    server = scripted(lambda request: ScriptedReply(content="x"))
+    most_at_once = hold_until_together(server, 3)
+    endpoint = LLMEndpoint(config(server.base_url, max_concurrency=3, timeout_s=60.0))
     threads = [threading.Thread(target=endpoint.chat, args=(MESSAGES,), kwargs={"sample_index": i}) for i in range(9)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(server.requests) == 9
-    assert server.max_in_flight == 3
-
-
-def test_list_models(scripted):
-    server = scripted([])
-    assert LLMEndpoint(config(server.base_url)).list_models() == ["scripted-model"]
-    with pytest.raises(LLMEndpointError, match="did not list its models"):
-        LLMEndpoint(config(f"http://127.0.0.1:{free_port()}/v1")).list_models()
+    assert len(server.requests) == 9 and endpoint.usage.requests == 9 and endpoint.usage.retries == 0
+    assert most_at_once() == 3  # three at once (they waited for each other), never a fourth
 
 
 GRAMMAR = 'root ::= "<answer>" [^<]{1,20} "</answer>"'

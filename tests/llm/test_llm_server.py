@@ -128,7 +128,7 @@ def test_a_server_ignoring_sigterm_is_killed_after_the_grace_period():
     started = time.perf_counter()
     stop_process_group(process, grace_s=0.3)
     assert process.returncode == -signal.SIGKILL
-    assert 0.3 <= time.perf_counter() - started < 5
+    assert 0.3 <= time.perf_counter() - started < 30  # the grace period was given; the child would sleep for 60 s
 
 
 def test_stopping_ends_the_whole_process_group():
@@ -136,7 +136,7 @@ def test_stopping_ends_the_whole_process_group():
     process = subprocess.Popen(["sh", "-c", shell], stdout=subprocess.PIPE, start_new_session=True)
     child = int(process.stdout.readline())
     stop_process_group(process, grace_s=5)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # a hang guard: SIGTERM ends it at once
     while is_running(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not is_running(child)

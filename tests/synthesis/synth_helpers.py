@@ -9,8 +9,8 @@ from typing import Any
 from webdancer_dagster.agent.prompts import system_message, tool_response, user_message
 from webdancer_dagster.agent.trajectory import Trajectory
 from webdancer_dagster.llm.client import EndpointConfig, LLMEndpoint, SamplingParams
-from webdancer_dagster.llm.scripted import ScriptedLLMServer
 from webdancer_dagster.synthesis.reference import reference_trajectory
+from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer
 
 WIKI = "http://wiki.webdancer.test/wiki"
 BENCH = "http://musique.webdancer.test/wiki"

@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 from synth_helpers import endpoint
 
-from webdancer_dagster.llm.scripted import ScriptedLLMServer
 from webdancer_dagster.paths import DATA_DIR
+from webdancer_dagster.shared.qa import QAPair
 from webdancer_dagster.synthesis.crawlqa import ClusterPage
 from webdancer_dagster.synthesis.e2hqa import E2HQAConfig, synthesize_e2hqa
 from webdancer_dagster.synthesis.fact_seeds import FACT_TEACHER, fact_questions, fact_seed, subject
-from webdancer_dagster.synthesis.qa import Drop, QAPair, is_grounded
+from webdancer_dagster.synthesis.qa import Drop, is_grounded
+from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer
 
 CORPUS = {
     item["title"]: item["text"] for item in json.loads((DATA_DIR / "wiki2" / "2wikimultihopqa_corpus.json").read_text())

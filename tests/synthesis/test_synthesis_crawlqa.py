@@ -9,7 +9,6 @@ import pytest
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 from synth_helpers import ADA, BABBAGE, BENCH_PAGE, ENGINE, PAGE_TEXT, STUB, WIKI, endpoint, user_prompt
 
-from webdancer_dagster.llm.scripted import ScriptedLLMServer, ScriptedReply
 from webdancer_dagster.synthesis.crawlqa import (
     ANSWER_PLACEHOLDER,
     EVIDENCE_PLACEHOLDER,
@@ -20,6 +19,7 @@ from webdancer_dagster.synthesis.crawlqa import (
     sample_clusters,
     synthesize_crawlqa,
 )
+from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer, ScriptedReply
 
 MULTI_HOP = {
     "question": "Which English polymath born in 1791 designed the machine that Ada Lovelace wrote an algorithm for?",

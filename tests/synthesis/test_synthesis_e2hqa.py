@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from synth_helpers import ADA, BABBAGE, BENCH_PAGE, ENGINE, PAGE_TEXT, STUB, TITLES, endpoint, user_prompt
 
-from webdancer_dagster.llm.scripted import ScriptedLLMServer, ScriptedReply
 from webdancer_dagster.synthesis.e2hqa import (
     SEED_FORMAT,
     E2HQAConfig,
@@ -17,6 +16,7 @@ from webdancer_dagster.synthesis.e2hqa import (
     synthesize_e2hqa,
 )
 from webdancer_dagster.synthesis.qa import LeakageGuard
+from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer, ScriptedReply
 from webdancer_dagster.web.search import LocalSearch, build_search_index
 
 BENCH_HOST = "musique.webdancer.test"

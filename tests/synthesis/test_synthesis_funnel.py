@@ -1,4 +1,5 @@
-"""The funnel stage by stage, rejection sampling, the RL pool, and the funnel over WebDancer's real samples."""
+"""The funnel stage by stage, rejection sampling (`rejection.py`), the RL pool, and the funnel over WebDancer's real
+samples."""
 
 from __future__ import annotations
 
@@ -10,33 +11,30 @@ from synth_helpers import answer_turn, endpoint, make_trajectory, search_turn, u
 
 from webdancer_dagster.agent.trajectory import ChatMessage
 from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion
-from webdancer_dagster.evaluation.run import judge_with_retry, run_row
-from webdancer_dagster.llm.scripted import ScriptedLLMServer, ScriptedReply
+from webdancer_dagster.evaluation.run import run_row
 from webdancer_dagster.paths import DATA_DIR
+from webdancer_dagster.shared.judge import RETRY_SEPARATOR, judge_answer
+from webdancer_dagster.shared.qa import QAPair
 from webdancer_dagster.synthesis.funnel import (
-    Attempt,
     FunnelConfig,
     FunnelRecord,
     FunnelResult,
-    Verdict,
+    StageVerdict,
     answer_support,
-    attempts_frame,
-    attempts_from_frame,
     check_correctness,
     check_quality,
     check_quality_rules,
     check_validity,
     grade_quality,
     is_held_out,
-    rejection_sample,
     render_for_grading,
     run_funnel,
     select_rl_pool,
     sft_records,
 )
-from webdancer_dagster.synthesis.judge import exact_match, parse_verdict
-from webdancer_dagster.synthesis.qa import QAPair
 from webdancer_dagster.synthesis.reference import load_reference_trajectories
+from webdancer_dagster.synthesis.rejection import Attempt, attempts_frame, attempts_from_frame, rejection_sample
+from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer, ScriptedReply
 from webdancer_dagster.training.rollout import score_rollout
 
 QUESTION = "In which year was the English mathematician who worked with Charles Babbage born?"
@@ -71,7 +69,7 @@ def test_every_released_webdancer_trajectory_is_valid(references):
 
 
 def test_a_clean_trajectory_is_valid():
-    assert check_validity(good()) == Verdict("validity", True)
+    assert check_validity(good()) == StageVerdict("validity", True)
 
 
 def _with_messages(trajectory, change):
@@ -139,7 +137,7 @@ def test_the_funnel_the_rl_reward_and_evaluation_agree_on_validity(case):
     funnel = check_validity(trajectory).passed
     reward = score_rollout(QUESTION, ["1815"], trajectory, judge=None).format
     item = BenchmarkQuestion(id="q", question=QUESTION, answers=["1815"])
-    evaluation = run_row(item, 0, trajectory, judge_with_retry(QUESTION, trajectory.answer, ["1815"], None))
+    evaluation = run_row(item, 0, trajectory, judge_answer(QUESTION, trajectory.answer, ["1815"], None))
     assert funnel == bool(reward) == evaluation["format_valid"] == (case == "valid")
     assert evaluation["format_reason"] == check_validity(trajectory).reason
 
@@ -151,7 +149,7 @@ def test_the_three_agree_on_every_released_trajectory(references):
             BenchmarkQuestion(id="q", question="q", answers=["a"]),
             0,
             trajectory,
-            judge_with_retry("q", "x", ["a"], None),
+            judge_answer("q", "x", ["a"], None),
         )
         assert check_validity(trajectory).passed and score_rollout("q", ["a"], trajectory, None).format == 1.0
         assert row["format_valid"] and row["answered"]
@@ -164,33 +162,36 @@ def test_exact_match_short_circuits_the_judge():
     qa = QA.model_copy(update={"answer_aliases": ["eighteen fifteen"]})
     with ScriptedLLMServer([]) as server:
         judge = endpoint(server, "judge")
-        assert check_correctness(qa, good("The 1815."), judge) == Verdict("correctness", True, method="exact")
+        assert check_correctness(qa, good("The 1815."), judge) == StageVerdict("correctness", True, method="exact")
         assert check_correctness(qa, good("Eighteen-fifteen"), judge).method == "exact"
     assert server.requests == []
-    assert exact_match("U.S.A.", ["usa"]) and not exact_match("", [""])
 
 
 @pytest.mark.parametrize(
-    ("reply", "passed", "reason"),
+    ("replies", "passed", "reason"),
     [
-        ("Correct", True, ""),
-        ("correct.", True, ""),
-        ("Incorrect", False, "incorrect"),
-        ("<think>At first sight this looks correct, but the years differ.</think>\nIncorrect", False, "incorrect"),
-        ("I cannot tell.", False, "judge_unreadable"),
-        ("", False, "judge_unreadable"),
+        (["Correct"], True, ""),
+        (["correct."], True, ""),
+        (["Incorrect"], False, "incorrect"),
+        (["<think>At first sight this looks correct, but the years differ.</think>\nIncorrect"], False, "incorrect"),
+        (["I cannot tell.", "Incorrect"], False, "incorrect"),
+        (["I cannot tell.", "I cannot tell."], False, "judge_unreadable"),
+        (["", ""], False, "judge_unreadable"),
     ],
 )
-def test_the_judge_decides_otherwise_and_its_raw_reply_is_kept(reply, passed, reason):
-    with ScriptedLLMServer([reply]) as server:
+def test_the_judge_decides_otherwise_and_its_raw_replies_are_kept(replies, passed, reason):
+    """A reply without a verdict is asked once more (the one judge's retry); both replies are kept."""
+    with ScriptedLLMServer(replies) as server:
         verdict = check_correctness(QA, good("the year of the Battle of Waterloo"), endpoint(server, "judge"))
-    assert (verdict.passed, verdict.reason, verdict.raw, verdict.method) == (passed, reason, reply, "llm")
+    raw = RETRY_SEPARATOR.join(replies)
+    assert (verdict.passed, verdict.reason, verdict.raw, verdict.method) == (passed, reason, raw, "llm")
+    assert len(server.requests) == len(replies)
     prompt = user_prompt(server.requests[0])
     assert QUESTION in prompt and "Labeled answer: 1815" in prompt and "the year of the Battle of Waterloo" in prompt
 
 
 def test_without_a_capable_judge_the_rules_decide_alone():
-    assert check_correctness(QA, good("in 1815"), None) == Verdict("correctness", True, method="contains")
+    assert check_correctness(QA, good("in 1815"), None) == StageVerdict("correctness", True, method="contains")
     verdict = check_correctness(QA, good("the year of the Battle of Waterloo"), None)
     assert (verdict.passed, verdict.reason, verdict.method, verdict.raw) == (False, "incorrect", "unmatched", "")
 
@@ -205,12 +206,6 @@ def test_a_trajectory_without_an_answer_is_not_judged():
     with ScriptedLLMServer([]) as server:
         verdict = check_correctness(QA, INVALID["no_answer/ends with an observation"](), endpoint(server, "judge"))
     assert (verdict.passed, verdict.reason, server.requests) == (False, "no_answer", [])
-
-
-def test_parse_verdict():
-    assert parse_verdict("**Correct**") is True
-    assert parse_verdict("The answer is incorrect; correct would be 1815.") is False
-    assert parse_verdict("<think>correct?</think>") is None
 
 
 # --- (c) quality ----------------------------------------------------------------------------------------------
@@ -357,8 +352,8 @@ def test_rejection_sampling_keeps_all_k_failures_and_runs_pairs_in_parallel_in_o
 
 
 def _accepted(qa: QAPair, answer: str = "1815") -> Attempt:
-    passed = Verdict("correctness", True, method="exact")
-    return Attempt(qa, good(answer), Verdict("validity", True), passed)
+    passed = StageVerdict("correctness", True, method="exact")
+    return Attempt(qa, good(answer), StageVerdict("validity", True), passed)
 
 
 def test_the_funnel_counts_in_kept_and_dropped_per_stage_and_reason():
@@ -368,7 +363,10 @@ def test_the_funnel_counts_in_kept_and_dropped_per_stage_and_reason():
     attempts = [
         Attempt(QA, INVALID["unknown_tool"](), check_validity(INVALID["unknown_tool"]())),
         Attempt(
-            QA, good("1820"), Verdict("validity", True), Verdict("correctness", False, "incorrect", raw="Incorrect")
+            QA,
+            good("1820"),
+            StageVerdict("validity", True),
+            StageVerdict("correctness", False, "incorrect", raw="Incorrect"),
         ),
         _accepted(QA),
         Attempt(
@@ -381,8 +379,8 @@ def test_the_funnel_counts_in_kept_and_dropped_per_stage_and_reason():
                 ],
                 sample_index=1,
             ),
-            Verdict("validity", True),
-            Verdict("correctness", True, method="llm", raw="Correct"),
+            StageVerdict("validity", True),
+            StageVerdict("correctness", True, method="llm", raw="Correct"),
         ),
     ]
     replies = {QA.question: json.dumps(GOOD_GRADE), second.question: json.dumps(dict.fromkeys(GOOD_GRADE, 2))}
@@ -415,8 +413,8 @@ def test_the_rl_pool_takes_unsolved_pairs_and_a_stable_held_out_share():
     pairs = [
         QAPair(question=f"Question number {n}?", answer=str(n), kind="count", source="crawlqa") for n in range(400)
     ]
-    solved = [FunnelRecord(_accepted(p), Verdict("quality", True)) for p in pairs[:300]]
-    failed = [FunnelRecord(Attempt(p, good(), Verdict("validity", False, "format_error"))) for p in pairs[300:350]]
+    solved = [FunnelRecord(_accepted(p), StageVerdict("quality", True)) for p in pairs[:300]]
+    failed = [FunnelRecord(Attempt(p, good(), StageVerdict("validity", False, "format_error"))) for p in pairs[300:350]]
     result = FunnelResult(solved + failed)
     pool = select_rl_pool(pairs, result, held_out_share=0.2, seed=1)
     unsolved = [p.id for p in pool.pairs if pool.reasons[p.id] == "unsolved"]
@@ -442,12 +440,15 @@ def test_attempts_round_trip_through_the_trajectories_table():
         Attempt(
             QA,
             good("1820", sample_index=1),
-            Verdict("validity", True),
-            Verdict("correctness", False, "incorrect", raw="Incorrect", method="llm"),
+            StageVerdict("validity", True),
+            StageVerdict("correctness", False, "incorrect", raw="Incorrect", method="llm"),
         ),
     ]
     frame = attempts_frame(attempts)
     assert list(frame["accepted"]) == [False, False] and list(frame["validity_reason"]) == ["unknown_tool", ""]
+    # The stored verdict's field names are the table's: rows written before stay readable.
+    assert set(json.loads(frame.loc[1, "correctness"])) == {"stage", "passed", "reason", "detail", "raw", "method",
+                                                            "scores"}  # fmt: skip
     assert attempts_from_frame(frame, {QA.id: QA}) == attempts
 
 

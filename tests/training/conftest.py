@@ -3,17 +3,17 @@ session, and the two-page web the RL tests search."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from rl_helpers import RL_DOCS, RL_QUERY, rl_chat
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from webdancer_dagster.agent.prompts import system_message, tool_response, user_message
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
-from webdancer_dagster.training.base_model import BaseModel, create_tiny_llama, fit_assistant_turns
+from webdancer_dagster.testing.tiny_model import create_tiny_llama, fit_assistant_turns
+from webdancer_dagster.training.base_model import BaseModel
 from webdancer_dagster.web.search import LocalSearch, build_search_index, search_tool
 
 
@@ -60,15 +60,6 @@ def short_chats_file(tmp_path: Path, short_chats: list[list[dict[str, str]]]) ->
     return path
 
 
-RL_DATE = dt.date(2025, 7, 18)
-RL_QUESTION = "Which city is the capital of France?"
-RL_QUERY = "capital of France"
-RL_DOCS = [
-    ("http://geo.webdancer.test/france.html", "France", "Paris is the capital of France."),
-    ("http://geo.webdancer.test/uk.html", "United Kingdom", "London is the capital of the United Kingdom."),
-]
-
-
 @pytest.fixture(scope="session")
 def rl_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-page BM25 index: the web the RL rollouts search."""
@@ -76,18 +67,6 @@ def rl_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     index_dir = tmp_path_factory.mktemp("rl-web") / "index"
     build_search_index(docs, index_dir)
     return index_dir
-
-
-def rl_chat(observation: str, answer: str) -> list[dict[str, str]]:
-    """The two-turn rollout the answering model learned: search, read, answer `answer`."""
-    call = json.dumps({"name": "search", "arguments": {"query": [RL_QUERY]}})
-    return [
-        {"role": "system", "content": system_message(RL_DATE)},
-        {"role": "user", "content": user_message(RL_QUESTION)},
-        {"role": "assistant", "content": f"<think>\nI should search.\n</think>\n<tool_call>\n{call}\n</tool_call>"},
-        {"role": "user", "content": tool_response(observation)},
-        {"role": "assistant", "content": f"<think>\nThe page says it.\n</think>\n<answer>\n{answer}\n</answer>"},
-    ]
 
 
 @pytest.fixture(scope="session")

@@ -9,16 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from webdancer_dagster.files import file_sha256
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
-from webdancer_dagster.training.base_model import (
-    MANIFEST_NAME,
-    BaseModel,
-    convert_gguf,
-    create_tiny_llama,
-    folder_sha256,
-    prepare_base_model,
-)
+from webdancer_dagster.shared.hashing import file_sha256, folder_sha256
+from webdancer_dagster.testing.tiny_model import create_tiny_llama
+from webdancer_dagster.training.base_model import BaseModel, convert_gguf, prepare_base_model
 
 
 def test_tiny_llama_loads_with_the_real_tokenizer_and_chat_template(tiny_model: BaseModel) -> None:
@@ -61,18 +55,6 @@ def test_an_existing_folder_is_described_without_loading_its_weights(tiny_model:
         sha256=tiny_model.sha256,
     )
     assert not (tiny_model.path.parent / "unused").exists()
-
-
-def test_folder_hash_covers_contents_and_names_but_not_the_manifest(tmp_path: Path) -> None:
-    (tmp_path / "a.txt").write_text("one")
-    original = folder_sha256(tmp_path)
-    (tmp_path / MANIFEST_NAME).write_text("{}")
-    assert folder_sha256(tmp_path) == original
-    (tmp_path / "a.txt").write_text("two")
-    changed = folder_sha256(tmp_path)
-    assert changed != original
-    (tmp_path / "a.txt").rename(tmp_path / "b.txt")
-    assert folder_sha256(tmp_path) not in {original, changed}
 
 
 @pytest.mark.parametrize("name", ["weights.bin", "not-a-model"])

@@ -10,14 +10,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import torch
-from conftest import RL_DATE, RL_QUESTION
+from rl_helpers import RL_DATE, RL_QUESTION
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from trl.trainer.utils import add_fused_lm_head
 
 from webdancer_dagster.llm.client import EndpointConfig
 from webdancer_dagster.resources.torchrun import TorchrunLauncher
-from webdancer_dagster.training.base_model import folder_sha256
+from webdancer_dagster.shared.hashing import folder_sha256
 from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment, to_cli_args
 from webdancer_dagster.training.dapo import (
     HISTORY_FILE,

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import RL_QUESTION, rl_chat
 from datasets import Dataset
+from rl_helpers import RL_QUESTION, rl_chat
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from trl import GRPOTrainer
 

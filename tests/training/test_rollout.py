@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import RL_DATE, RL_QUESTION, rl_chat
+from rl_helpers import RL_DATE, RL_QUESTION, rl_chat
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from webdancer_dagster.agent.factory import build_web_agent
@@ -14,8 +14,8 @@ from webdancer_dagster.agent.trajectory import ChatMessage, Step, Trajectory
 from webdancer_dagster.llm.client import EndpointConfig, LLMEndpoint, LLMEndpointError, SamplingParams
 from webdancer_dagster.training.dapo import AGENT_STOP
 from webdancer_dagster.training.rollout import LocalPolicy, chat_prompt_ids, rl_sample, score_rollout
+from webdancer_dagster.web.scope import WebScope
 from webdancer_dagster.web.search import LocalSearch
-from webdancer_dagster.web.visit import FetchPolicy
 
 OBSERVATION = "A Google search for 'capital of France' found 1 results:\n1. [France](http://geo/france.html)"
 
@@ -110,9 +110,12 @@ def test_local_policy_drives_the_real_agent_and_masks_the_real_search_results(
 ) -> None:
     tokenizer = AutoTokenizer.from_pretrained(answering_model, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(answering_model, local_files_only=True)
-    policy = LocalPolicy(model, tokenizer, SamplingParams(temperature=0.5, top_p=1.0, max_tokens=64, stop=AGENT_STOP))
+    sampling = SamplingParams(temperature=0.5, top_p=1.0, max_tokens=64, stop=AGENT_STOP)
+    # A batch closes once all four agents' turns are in, or after 2 s: not the default 20 ms, which a busy machine's
+    # threads can miss (then each turn is its own call, as if nothing were batched).
+    policy = LocalPolicy(model, tokenizer, sampling, max_batch=4, gather_s=2.0)
     summarizer = LLMEndpoint(EndpointConfig(role="summarizer", base_url=scripted([]).base_url, model="s"))
-    agent = build_web_agent(policy, summarizer, LocalSearch(rl_index), FetchPolicy(allowed_hosts=frozenset()),
+    agent = build_web_agent(policy, summarizer, LocalSearch(rl_index), WebScope.closed_book(),
                             tokenizer, n_ctx=4096, max_llm_calls=3, current_date=RL_DATE)  # fmt: skip
     try:
         trajectories = run_agents(agent, [RL_QUESTION], samples_per_question=4, max_workers=4)

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import RL_DATE, RL_QUESTION
+from rl_helpers import RL_DATE, RL_QUESTION
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from webdancer_dagster.agent.factory import build_web_agent
@@ -18,8 +18,8 @@ from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnviro
 from webdancer_dagster.training.dapo import AGENT_STOP, AgentRollout, DAPOResult, RLPrompt, main
 from webdancer_dagster.training.rollout import LocalPolicy, rl_sample, score_rollout
 from webdancer_dagster.training.served_policy import ServedPolicy
+from webdancer_dagster.web.scope import WebScope
 from webdancer_dagster.web.search import LocalSearch
-from webdancer_dagster.web.visit import FetchPolicy
 
 pytest.importorskip("llama_cpp")
 
@@ -28,7 +28,7 @@ GREEDY = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=64, stop=AGENT_ST
 
 def _agent_rollouts(policy, rl_index: Path, tokenizer, summarizer_url: str) -> list:
     summarizer = LLMEndpoint(EndpointConfig(role="summarizer", base_url=summarizer_url, model="s", max_attempts=1))
-    agent = build_web_agent(policy, summarizer, LocalSearch(rl_index), FetchPolicy(allowed_hosts=frozenset()),
+    agent = build_web_agent(policy, summarizer, LocalSearch(rl_index), WebScope.closed_book(),
                             tokenizer, n_ctx=4096, max_llm_calls=3, current_date=RL_DATE)  # fmt: skip
     return run_agents(agent, [RL_QUESTION], samples_per_question=1, max_workers=1)
 

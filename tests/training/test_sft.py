@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from webdancer_dagster.training.base_model import BaseModel, folder_sha256
+from webdancer_dagster.shared.hashing import folder_sha256
+from webdancer_dagster.training.base_model import BaseModel
 from webdancer_dagster.training.sft import FINAL_MODEL_DIR, LOSS_HISTORY_FILE, SFTResult, main
 
 

@@ -18,7 +18,8 @@ from webdancer_dagster.resources.torchrun import (
     build_torchrun_command,
     worker_log_tail,
 )
-from webdancer_dagster.training.base_model import BaseModel, folder_sha256
+from webdancer_dagster.shared.hashing import folder_sha256
+from webdancer_dagster.training.base_model import BaseModel
 from webdancer_dagster.training.config import SFTHyperparameters, to_cli_args
 from webdancer_dagster.training.sft import LOSS_HISTORY_FILE
 

@@ -104,7 +104,11 @@ def test_the_per_domain_delay_holds_between_requests(tmp_path):
     times = [hit.at for hit in site.log]
     assert len(times) == 7  # robots.txt, the root, five pages
     gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
-    assert min(gaps) >= 0.38, gaps  # the server's clock, a few ms of scheduling aside
+    # The server stamps a request when its handler thread runs: never early, but late on a busy machine, which
+    # shortens the gap after it. The gaps' sum only has the first stamp's lateness in it; late_s allows for that.
+    late_s = 0.1
+    assert times[-1] - times[0] >= 6 * 0.4 - late_s, gaps  # without the delay the pages come at once, ~0 s apart
+    assert min(gaps) >= 0.4 - late_s, gaps
 
 
 def test_a_recrawl_gets_304s_downloads_no_body_and_records_pages_unchanged(tmp_path, isolated_home):

@@ -164,6 +164,7 @@ class HostileHandler(BaseHTTPRequestHandler):
         except OSError:
             pass  # the client hung up, as it should
         self.close_connection = True
+        self.server.huge_ended += 1
 
     def route_slow(self):
         self.server.release.wait(timeout=10)
@@ -205,6 +206,7 @@ class HostileServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), HostileHandler)
         self.requests = []
         self.huge_sent = 0
+        self.huge_ended = 0
         self.release = threading.Event()
         self.stopped = threading.Event()  # ends every drip at teardown
         self.drips_ended = 0
@@ -284,13 +286,13 @@ def test_unreachable_url_is_connect_error(policy):
     assert "ConnectError" in error.detail
 
 
-@pytest.mark.parametrize("path", ["/loop", "/loop-a"])
-def test_redirect_loop(hostile, policy, path):
-    started = time.perf_counter()
+@pytest.mark.parametrize(("path", "requested"), [("/loop", ["/loop"]), ("/loop-a", ["/loop-a", "/loop-b"])])
+def test_redirect_loop(hostile, policy, path, requested):
+    hostile.requests.clear()
     error = reason_of(hostile.url(path), policy)
     assert error.reason == "redirect_loop"
     assert error.url == hostile.url(path)
-    assert time.perf_counter() - started < 2
+    assert [sent for sent, _ in hostile.requests] == requested  # seen on its first lap, not run to the redirect cap
 
 
 def test_too_many_redirects(hostile, policy):
@@ -341,28 +343,29 @@ def test_http_errors(hostile, policy, path, status):
 
 
 def test_declared_50mb_page_is_refused_from_its_headers(hostile, policy):
-    hostile.huge_sent = 0
-    started = time.perf_counter()
+    hostile.huge_sent, ended = 0, hostile.huge_ended
     error = reason_of(hostile.url("/huge-declared"), policy)
     assert error.reason == "too_large"
     assert str(HUGE_BYTES) in error.detail
-    assert time.perf_counter() - started < 3
+    wait_for_huge_stream_to_end(hostile, ended + 1)
+    assert hostile.huge_sent < HUGE_BYTES / 4  # the client hung up instead of reading the body
 
 
 def test_streamed_50mb_page_stops_at_the_size_cap_without_reading_it_all(hostile, policy):
-    hostile.huge_sent = 0
-    started = time.perf_counter()
+    hostile.huge_sent, ended = 0, hostile.huge_ended
     error = reason_of(hostile.url("/huge"), policy)
     assert error.reason == "too_large"
     assert "1000000 byte limit" in error.detail
-    assert time.perf_counter() - started < 3
-    # Give the server a moment to notice the hang-up, then check it sent nowhere near 50 MB.
-    deadline = time.monotonic() + 2
-    previous = -1
-    while time.monotonic() < deadline and previous != hostile.huge_sent:
-        previous = hostile.huge_sent
-        time.sleep(0.1)
-    assert hostile.huge_sent < HUGE_BYTES / 4
+    wait_for_huge_stream_to_end(hostile, ended + 1)
+    assert hostile.huge_sent < HUGE_BYTES / 4  # the server sent nowhere near 50 MB before the client hung up
+
+
+def wait_for_huge_stream_to_end(hostile, count):
+    """The server's stream stops at its first write after the client hung up, or once all 50 MB are out."""
+    deadline = time.monotonic() + 30
+    while hostile.huge_ended < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hostile.huge_ended >= count, "the client neither read the page nor hung up"
 
 
 def test_decompression_bomb_stops_at_the_size_cap(hostile, policy):
@@ -379,10 +382,12 @@ def test_long_page_is_truncated(hostile):
 
 def test_slow_response_times_out(hostile):
     hostile.release.clear()
+    hostile.requests.clear()
     started = time.perf_counter()
     error = reason_of(hostile.url("/slow"), FetchPolicy(timeout_s=0.3, private_network_hosts=LOOPBACK))
     assert error.reason == "timeout" and "0.3s" in error.detail
-    assert time.perf_counter() - started < 2
+    assert [path for path, _ in hostile.requests] == ["/slow"]
+    assert time.perf_counter() - started < 9  # it gave up at its timeout: the server answers after 10 s
     hostile.release.set()
 
 
@@ -472,7 +477,7 @@ def test_a_page_that_drips_a_byte_a_second_is_cut_off_at_the_deadline(hostile, p
     started = time.perf_counter()
     error = reason_of(hostile.url(path), FetchPolicy(timeout_s=5.0, deadline_s=2.0, private_network_hosts=LOOPBACK))
     assert error.reason == "timeout" and "2s deadline" in error.detail
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < 60  # cut off: the whole drip takes 200 s
     wait_for_drips_to_end(hostile, ended + 1)
 
 
@@ -483,13 +488,13 @@ def test_the_deadline_holds_for_a_client_not_from_make_client(hostile):
     with httpx.Client() as client:
         error = reason_of(hostile.url("/drip-body"), policy, client)
     assert error.reason == "timeout" and "2s deadline" in error.detail
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < 60  # cut off: the whole drip takes 200 s
     wait_for_drips_to_end(hostile, ended + 1)
 
 
 def wait_for_drips_to_end(hostile, count):
-    """The server's drip notices the hang-up on its next write, within a couple of seconds."""
-    deadline = time.monotonic() + 5
+    """The server's drip notices the hang-up on its next write, within a second or so."""
+    deadline = time.monotonic() + 30
     while hostile.drips_ended < count and time.monotonic() < deadline:
         time.sleep(0.1)
     assert hostile.drips_ended >= count

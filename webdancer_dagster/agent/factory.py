@@ -1,4 +1,5 @@
-"""One way to assemble the web agent (policy, search, visit, tokenizer, limits), shared by the CLI and the assets."""
+"""One way to assemble the web agent (policy, tools, tokenizer, limits, reachable hosts), shared by trajectories,
+evaluation, the CLI and the DAPO rollouts."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from webdancer_dagster.agent.tools import tool_map
 from webdancer_dagster.agent.trajectory import CotMode
 from webdancer_dagster.agent.visit import VisitTool
 from webdancer_dagster.llm.client import ChatModel, LLMEndpoint
+from webdancer_dagster.web.scope import WebScope
 from webdancer_dagster.web.search import SearchBackend
-from webdancer_dagster.web.visit import FetchPolicy
 
 # Room past the context limit for the forced-answer request: one more turn plus its own text.
 FORCED_ANSWER_MARGIN = 128
@@ -24,7 +25,7 @@ def build_web_agent(
     policy: ChatModel,
     summarizer: LLMEndpoint,
     search: SearchBackend,
-    fetch_policy: FetchPolicy,
+    scope: WebScope,
     tokenizer: PreTrainedTokenizerBase,
     *,
     n_ctx: int,
@@ -34,13 +35,14 @@ def build_web_agent(
     constrained: bool = False,
     turn_limits: TurnLimits | None = None,
 ) -> ReactAgent:
-    """A ReAct agent with WebDancer's `search` and `visit` tools whose prompts always fit in `n_ctx` tokens.
+    """A ReAct agent with WebDancer's `search` (over `search`, less the scope's blocked hosts) and `visit` (the
+    scope's hosts) tools whose prompts always fit in `n_ctx` tokens.
 
     `constrained` samples every turn under the turn grammar (a short-CoT teacher on llama.cpp or vLLM)."""
     max_tokens = policy.config.sampling.max_tokens
     return ReactAgent(
         policy,
-        tool_map(SearchTool(search), VisitTool(summarizer, fetch_policy)),
+        tool_map(SearchTool(scope.search(search)), VisitTool(summarizer, scope.fetch)),
         tokenizer,
         AgentConfig(
             max_llm_calls=max_llm_calls,

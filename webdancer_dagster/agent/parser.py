@@ -43,13 +43,6 @@ class ParsedTurn:
     error: str | None = None
     issues: tuple[str, ...] = ()
 
-    @property
-    def well_formed(self) -> bool:
-        """True for a clean think + valid tool call, or think + non-empty answer: what a format reward pays."""
-        if self.issues or self.kind not in ("tool_call", "answer"):
-            return False
-        return self.kind == "tool_call" or bool(self.answer)
-
 
 def _split_thought(text: str) -> tuple[str, str, list[str]]:
     """Return (thought, rest after the thought, issues)."""

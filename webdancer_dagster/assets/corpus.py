@@ -11,47 +11,24 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from webdancer_dagster.evaluation.registry import Registry, default_registry
+from webdancer_dagster.assets.registries import (
+    LOCAL_SITE_NAMES,
+    REGISTRY,
+    SITE_REGISTRY,
+    site_partitions,
+    site_specs,
+)
 from webdancer_dagster.paths import DATA_DIR, PYTHON_DOC_DIR
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import SEARCH_INDEX_DIR, WebEnvironment
-from webdancer_dagster.warehouse import WarehouseStore, frame_version, markdown_preview
-from webdancer_dagster.web.crawl import CrawlLimits, CrawlResult, crawl_site, previous_validators
-from webdancer_dagster.web.crawl_store import store_crawl
+from webdancer_dagster.warehouse import TableWrite, WarehouseStore, frame_version, markdown_preview
+from webdancer_dagster.web.crawl import CrawlLimits, CrawlResult, crawl_site
+from webdancer_dagster.web.crawl_store import crawl_declared_site, store_crawl
 from webdancer_dagster.web.search import LocalSearch, build_search_index, search_tool
-from webdancer_dagster.web.site_registry import (
-    DeclaredSite,
-    SiteRegistry,
-    SiteRegistryError,
-    default_site_registry,
-    entry_location,
-)
-from webdancer_dagster.web.sites import LISTING_PAGE_SIZE, SiteSpec, build_site, default_site_specs, site_root_url
-
-
-def site_specs(data_dir: Path, python_doc_dir: Path, registry: Registry) -> list[SiteSpec]:
-    """The project's sites plus one benchmark-flagged site per declared benchmark that brings a corpus."""
-    specs = default_site_specs(data_dir, python_doc_dir)
-    taken = {spec.name for spec in specs}
-    for name, source in registry.corpus_benchmarks.items():
-        if name in taken:
-            raise ValueError(f"declared benchmark {name!r} would replace the site of the same name; rename it")
-        description = source.description or f"corpus of the declared benchmark {name}; never read by synthesis"
-        specs.append(SiteSpec(name, "corpus", Path(str(source.corpus)), benchmark=True, description=description))
-    return specs
-
-
-# Read once when the definitions load: its models and benchmarks are partition keys ("Reload definitions" rereads).
-REGISTRY = default_registry()
-LOCAL_SITE_SPECS = site_specs(DATA_DIR, PYTHON_DOC_DIR, REGISTRY)
-LOCAL_SITE_NAMES = [spec.name for spec in LOCAL_SITE_SPECS]
-# The live sites declared in sites.yaml (or $WEBDANCER_SITES), also read once: each is a partition with a schedule.
-SITE_REGISTRY: SiteRegistry = default_site_registry(taken=LOCAL_SITE_NAMES)
-SITE_NAMES = [*LOCAL_SITE_NAMES, *SITE_REGISTRY.sites]
-site_partitions = dg.StaticPartitionsDefinition(SITE_NAMES)
-
-SITE_COLUMNS = ["name", "host", "root_url", "directory", "pages", "benchmark", "source", "kind"]
-
+from webdancer_dagster.web.site_registry import DeclaredSite, SiteRegistryError, entry_location
+from webdancer_dagster.web.sites import LISTING_PAGE_SIZE, build_site
+from webdancer_dagster.web.sites_table import sites_table
+from webdancer_dagster.web.versioning import SnapshotDiff
 
 # Like AutomationCondition.eager(), but keyed on upstream *data versions*: a daily re-crawl that changed no page
 # leaves the index alone instead of rebuilding it.
@@ -80,21 +57,7 @@ def web_sites(context: dg.AssetExecutionContext, config: WebSitesConfig, warehou
     store = warehouse.store()
     specs = site_specs(Path(config.data_dir), Path(config.python_doc_dir), REGISTRY)
     built = [build_site(spec, store.artifact_dir("sites") / spec.name) for spec in specs]
-    local = pd.DataFrame(
-        {
-            "name": [site.name for site in built],
-            "host": [site.host for site in built],
-            "root_url": [site.root_url for site in built],
-            # Relative to the home, so a copied or moved home serves its own folders.
-            "directory": [store.stored_path(site.directory) for site in built],
-            "pages": [site.pages for site in built],
-            "benchmark": [site.benchmark for site in built],
-            "source": [site.source for site in built],
-            "kind": "local",
-        }
-    )
-    frame = pd.concat([local, *(declared_site_row(site) for site in SITE_REGISTRY.sites.values())], ignore_index=True)
-    frame = frame.astype({"directory": "string"})
+    frame = sites_table(built, list(SITE_REGISTRY.sites.values()), SITE_REGISTRY.source, store)
     write = store.replace_table("sites", frame)
     context.log.info("built %d sites: %s", len(built), ", ".join(f"{s.name}={s.pages}" for s in built))
     return dg.MaterializeResult(
@@ -108,21 +71,6 @@ def web_sites(context: dg.AssetExecutionContext, config: WebSitesConfig, warehou
         },
         data_version=dg.DataVersion(frame_version(frame.drop(columns=["directory"]))),
     )
-
-
-def declared_site_row(site: DeclaredSite) -> pd.DataFrame:
-    """The `sites` row of a declared live site: no folder (the proxy does not serve it), its first root URL."""
-    row = {
-        "name": site.name,
-        "host": site.host,
-        "root_url": site.root_url,
-        "directory": None,
-        "pages": 0,
-        "benchmark": site.benchmark,
-        "source": str(SITE_REGISTRY.source),
-        "kind": "live",
-    }
-    return pd.DataFrame([row], columns=SITE_COLUMNS).astype({"directory": "string", "pages": "int64"})
 
 
 class CrawlConfig(dg.Config):
@@ -181,64 +129,59 @@ def crawl_pages(
     declared = SITE_REGISTRY.sites.get(site)
     if declared is not None:
         root_url = declared.root_url
-        result = crawl_declared_site(store, declared, config.live_limits_for(declared), crawl_id)
+        limits = config.live_limits_for(declared)
+        result = crawl_declared_site(store, declared, SITE_REGISTRY.source, limits, crawl_id)
     else:
-        site_row = store.read_table("sites", "name = ?", [site])
-        if site_row.empty:
-            raise LookupError(f"site {site!r} is not in the sites table; materialize web_sites first")
-        root_url = site_row.iloc[0]["root_url"]
-        benchmark_pages = int(site_row.iloc[0]["pages"]) if bool(site_row.iloc[0]["benchmark"]) else None
-        with web.serve() as proxy_url:
-            result = crawl_site(
-                root_url,
-                proxy_url=proxy_url,
-                limits=config.limits_for(site, benchmark_pages),
-                work_dir=store.artifact_dir("crawls", crawl_id),
-            )
+        root_url, result = _crawl_local_site(store, web, site, config, crawl_id)
     diff, summary, writes = store_crawl(store, site, crawl_id, root_url, started, result)
-    counts = diff.counts
-    context.log.info("crawl %s: %d pages, %s, %d skipped", crawl_id, len(diff.pages), counts, len(result.skipped))
+    context.log.info("crawl %s: %d pages, %s, %d skipped", crawl_id, len(diff.pages), diff.counts, len(result.skipped))
     return dg.MaterializeResult(
         metadata={
-            "pages": len(diff.pages),
-            "new": counts["new"],
-            "changed": counts["changed"],
-            "removed": counts["removed"],
-            "unchanged": counts["unchanged"],
-            "not_modified": int(result.stats.get("not_modified", 0)),
-            "links": len(result.links),
-            "skipped": len(result.skipped),
-            "skipped_by_reason": dg.MetadataValue.json(result.stats.get("skipped_by_reason", {})),
-            "pages_per_s": round(float(result.stats["pages_per_s"]), 1),
+            **_crawl_metadata(diff, result, writes["pages"]),
             "crawl_id": crawl_id,
             "crawl": dg.MetadataValue.json(summary),
             "root_url": dg.MetadataValue.url(root_url),
-            "preview": dg.MetadataValue.md(markdown_preview(diff.pages[["url", "title", "depth", "version", "text"]])),
-            "pages_parquet": dg.MetadataValue.path(str(writes["pages"].parquet_path)),
         },
         data_version=dg.DataVersion(diff.data_version),
     )
 
 
-def crawl_declared_site(store: WarehouseStore, site: DeclaredSite, limits: CrawlLimits, crawl_id: str) -> CrawlResult:
-    """Crawl a declared live site straight from the web, conditionally against its stored snapshot.
+def _crawl_local_site(
+    store: WarehouseStore, web: WebEnvironment, site: str, config: CrawlConfig, crawl_id: str
+) -> tuple[str, CrawlResult]:
+    """A built local site crawled through the site proxy from its root URL; a benchmark site whole."""
+    site_row = store.read_table("sites", "name = ?", [site])
+    if site_row.empty:
+        raise LookupError(f"site {site!r} is not in the sites table; materialize web_sites first")
+    root_url = site_row.iloc[0]["root_url"]
+    benchmark_pages = int(site_row.iloc[0]["pages"]) if bool(site_row.iloc[0]["benchmark"]) else None
+    with web.serve() as proxy_url:
+        result = crawl_site(
+            root_url,
+            proxy_url=proxy_url,
+            limits=config.limits_for(site, benchmark_pages),
+            work_dir=store.artifact_dir("crawls", crawl_id),
+        )
+    return root_url, result
 
-    Its `sites` row is written first, so a site added to the registry needs no `web_sites` run before its first
-    crawl (synthesis and the leakage checks read the `benchmark` flag from that table)."""
-    store.write_tables(partition=("name", site.name), partition_replacements={"sites": declared_site_row(site)})
-    previous: dict = {}
-    if store.table_exists("pages"):
-        pages = store.read_table("pages", "site = ?", [site.name])
-        links = store.read_table("links", "site = ?", [site.name]) if store.table_exists("links") else None
-        previous = previous_validators(pages, links)
-    return crawl_site(
-        list(site.root_urls),
-        proxy_url=None,
-        limits=limits,
-        work_dir=store.artifact_dir("crawls", crawl_id),
-        live=site.live_crawl(),
-        previous=previous,
-    )
+
+def _crawl_metadata(diff: SnapshotDiff, result: CrawlResult, pages_write: TableWrite) -> dict[str, object]:
+    """What the crawl found against the last one (new, changed, removed, 304s), what it skipped and why, how fast."""
+    counts = diff.counts
+    return {
+        "pages": len(diff.pages),
+        "new": counts["new"],
+        "changed": counts["changed"],
+        "removed": counts["removed"],
+        "unchanged": counts["unchanged"],
+        "not_modified": int(result.stats.get("not_modified", 0)),
+        "links": len(result.links),
+        "skipped": len(result.skipped),
+        "skipped_by_reason": dg.MetadataValue.json(result.stats.get("skipped_by_reason", {})),
+        "pages_per_s": round(float(result.stats["pages_per_s"]), 1),
+        "preview": dg.MetadataValue.md(markdown_preview(diff.pages[["url", "title", "depth", "version", "text"]])),
+        "pages_parquet": dg.MetadataValue.path(str(pages_write.parquet_path)),
+    }
 
 
 def crawl_summary(result: dg.ExecuteInProcessResult) -> dict:
@@ -382,29 +325,3 @@ def _site_schedules() -> list[dg.ScheduleDefinition]:
 
 # One schedule per declared live site, at its own cron (default daily): `definitions.py` registers them.
 site_schedules = _site_schedules()
-
-
-def site_overview(store: WarehouseStore) -> pd.DataFrame:
-    """Every site, local and declared live, with its last crawl (pages, changes, skips): `webdancer sites`."""
-    local = [
-        {
-            "site": spec.name,
-            "kind": "local",
-            "benchmark": spec.benchmark,
-            "root_url": site_root_url(spec.name),
-            "schedule": daily_recrawl.cron_schedule,
-        }
-        for spec in LOCAL_SITE_SPECS
-    ]
-    live = [
-        {"site": s.name, "kind": "live", "benchmark": s.benchmark, "root_url": s.root_url, "schedule": s.schedule}
-        for s in SITE_REGISTRY.sites.values()
-    ]
-    frame = pd.DataFrame([*local, *live])
-    columns = ["site", "finished_at", "pages", "new", "changed", "removed", "not_modified", "skipped"]
-    last = pd.DataFrame(columns=columns)
-    if store.table_exists("crawls"):
-        crawls = store.read_table("crawls").reindex(columns=columns)  # crawls before not_modified was counted: NaN
-        last = crawls.sort_values("finished_at").groupby("site").tail(1)
-    last = last.rename(columns={"finished_at": "last_crawl"})
-    return frame.merge(last, on="site", how="left")

@@ -9,11 +9,8 @@ resumes where it stopped; a changed agent or judge setting (the run fingerprint)
 """
 
 import base64
-import datetime as dt
-import hashlib
-import json
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -21,12 +18,12 @@ import pandas as pd
 from pydantic import Field
 
 from webdancer_dagster.agent.factory import build_web_agent
-from webdancer_dagster.assets.corpus import REGISTRY, search_index
-from webdancer_dagster.evaluation.benchmarks import load_benchmark
+from webdancer_dagster.assets.corpus import search_index
+from webdancer_dagster.assets.registries import REGISTRY
+from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion, load_benchmark
 from webdancer_dagster.evaluation.metrics import (
     audit_scores,
     credits_without_overlap,
-    score_runs,
     turn_budget_shortfalls,
 )
 from webdancer_dagster.evaluation.models import (
@@ -34,6 +31,13 @@ from webdancer_dagster.evaluation.models import (
     checkpoint_server_config,
     recorded_checkpoint,
     turn_budget,
+)
+from webdancer_dagster.evaluation.partition import (
+    RUNS_TABLE,
+    SCORES_TABLE,
+    PartitionEvaluation,
+    PartitionScores,
+    run_fingerprint,
 )
 from webdancer_dagster.evaluation.plots import comparison_chart, comparison_table
 from webdancer_dagster.evaluation.registry import ModelSpec
@@ -48,13 +52,12 @@ from webdancer_dagster.resources.llm import LLMEndpointResource
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
 from webdancer_dagster.warehouse import WarehouseStore, markdown_preview
+from webdancer_dagster.web.scope import LocalSites, WebScope
 from webdancer_dagster.web.search import SearchBackend
-from webdancer_dagster.web.visit import FetchPolicy
 
 MODELS = list(REGISTRY.models)
 BENCHMARK_NAMES = list(REGISTRY.benchmarks)
 OFFLINE_BENCHMARKS = [name for name, source in REGISTRY.benchmarks.items() if source.offline]
-RUNS_TABLE, SCORES_TABLE = "eval_runs", "scores"
 
 benchmark_partitions = dg.MultiPartitionsDefinition(
     {
@@ -86,25 +89,6 @@ class BenchmarkScoresConfig(dg.Config):
     )
     data_dir: str = Field(default=str(DATA_DIR), description="Folder holding the benchmark files.")
     max_workers: int = Field(default=1, description="Runs answered in parallel.")
-
-
-def _fingerprint(
-    config: BenchmarkScoresConfig, policy: EndpointConfig, judge: EndpointConfig | None, setting: Setting = "local_web"
-) -> str:
-    """Rows from another agent or judge setting are not this evaluation's: resuming must not mix them in.
-    Endpoints count by model and sampling, not URL: the local server takes a new free port on every start.
-    A checkpoint's served name carries its sha256, so a retrained checkpoint starts afresh."""
-    settings = {
-        "max_llm_calls": config.max_llm_calls,
-        "n_ctx": config.n_ctx,
-        "cot_mode": config.cot_mode,
-        "tokenizer": config.tokenizer,
-        "policy": [policy.model, policy.sampling.model_dump()],
-        "judge": [judge.model, judge.sampling.model_dump()] if judge is not None else "rules",
-    }
-    if setting != "local_web":  # the default is left out so fingerprints stored before settings existed still match
-        settings["setting"] = setting
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class _Policy:
@@ -192,23 +176,50 @@ def resolve_policy(
     )
 
 
-def _tools(
-    setting: Setting, web: WebEnvironment, live: SearchBackend | None, store: WarehouseStore, stack: ExitStack
-) -> tuple[SearchBackend, FetchPolicy]:
-    """Search and fetch rules of the setting: the local web behind its proxy, the live web, or nothing."""
+def _agent_settings(config: BenchmarkScoresConfig) -> dict[str, object]:
+    """The agent settings a run's fingerprint covers (besides the endpoints and the setting)."""
+    return {key: getattr(config, key) for key in ("max_llm_calls", "n_ctx", "cot_mode", "tokenizer")}
+
+
+@contextmanager
+def _web_tools(
+    setting: Setting, web: WebEnvironment, live: SearchBackend | None, store: WarehouseStore
+) -> Iterator[tuple[SearchBackend, WebScope]]:
+    """Search and the reachable hosts of the setting: every local site behind its proxy, the live web, or nothing."""
     if setting == "local_web":
-        sites = store.read_table("sites")
-        proxy_url = stack.enter_context(web.serve())
-        return web.local_search(), FetchPolicy(allowed_hosts=frozenset(sites["host"]), proxy_url=proxy_url)
-    if setting == "live_web" and live is not None:
-        return live, FetchPolicy(private_network_hosts=frozenset(web.private_network_hosts))
-    return ClosedBookSearch(), FetchPolicy(allowed_hosts=frozenset())
+        with web.serve() as proxy_url:
+            yield web.local_search(), WebScope.every_local_site(LocalSites.of_home(store), proxy_url)
+    elif setting == "live_web" and live is not None:
+        yield live, WebScope.live(frozenset(web.private_network_hosts))
+    else:
+        yield ClosedBookSearch(), WebScope.closed_book()
 
 
-def _stored_runs(store: WarehouseStore, partition: str) -> pd.DataFrame:
-    if not store.table_exists(RUNS_TABLE):
-        return pd.DataFrame()
-    return store.read_table(RUNS_TABLE, '"partition" = ?', [partition])
+def _answer_pending(
+    evaluation: PartitionEvaluation,
+    questions: list[BenchmarkQuestion],
+    model_policy: _Policy,
+    tools: AbstractContextManager[tuple[SearchBackend, WebScope]],
+    summarizer: LLMEndpoint,
+    judge: LLMEndpoint | None,
+    config: BenchmarkScoresConfig,
+) -> None:
+    """Run the agent on every (question, run) not stored yet; each row is stored the moment it is judged."""
+    tokenizer = load_tokenizer(model_policy.tokenizer, str(evaluation.store.home / "tokenizers"))
+    with tools as (search, scope), model_policy.endpoint() as policy_endpoint:
+        agent = build_web_agent(
+            policy_endpoint, summarizer, search, scope, tokenizer,
+            n_ctx=config.n_ctx, max_llm_calls=config.max_llm_calls, cot_mode=config.cot_mode,
+        )  # fmt: skip
+        evaluate(
+            questions,
+            lambda question, run: agent.run(question, sample_index=run),
+            judge,
+            runs=config.runs,
+            done=evaluation.done,
+            on_result=evaluation.store_run,
+            max_workers=config.max_workers,
+        )
 
 
 @dg.asset(
@@ -231,120 +242,79 @@ def benchmark_scores(
     judged and stored with the raw judge reply; Pass@1 / Pass@k / Cons@k and the comparison with every partition."""
     keys = context.partition_key.keys_by_dimension
     model, benchmark = keys["model"], keys["benchmark"]
-    partition = context.partition_key
     if config.cot_mode not in ("short", "long"):
         raise ValueError(f"cot_mode must be 'short' or 'long', got {config.cot_mode!r}")
-    source = REGISTRY.benchmarks[benchmark]
     questions = load_benchmark(benchmark, Path(config.data_dir), REGISTRY.benchmarks)[: config.max_questions]
     store = warehouse.store()
     model_policy = resolve_policy(REGISTRY.models[model], policy, store, config)
-    live = None if source.offline else web.live_search()
-    setting = benchmark_setting(source, live is not None)
+    live = None if REGISTRY.benchmarks[benchmark].offline else web.live_search()
+    setting = benchmark_setting(REGISTRY.benchmarks[benchmark], live is not None)
     judge_endpoint = judge.judge_endpoint()
-    policy_name = model_policy.name
-    judge_name = judge.judge_name()
     judge_config = judge_endpoint.config if judge_endpoint is not None else None
-    fingerprint = _fingerprint(config, model_policy.config, judge_config, setting)
-
-    stored = _stored_runs(store, partition)
-    if len(stored) and (stored["fingerprint"] != fingerprint).any():
-        context.log.info("%s: settings changed; dropping %d stored runs", partition, len(stored))
-        kept = stored[stored["fingerprint"] == fingerprint]
-        store.write_tables(partition=("partition", partition), partition_replacements={RUNS_TABLE: kept})
-        stored = kept
-    done = {(row.question_id, int(row.run)) for row in stored.itertuples()}
-    wanted = {(item.id, run) for item in questions for run in range(config.runs)}
-    resumed = len(done & wanted)
-
-    def store_row(row: dict) -> None:
-        frame = pd.DataFrame([{
-            "partition": partition, "model": model, "benchmark": benchmark, **row,
-            "fingerprint": fingerprint, "policy": policy_name, "judge": judge_name, "setting": setting,
-            "finished_at": dt.datetime.now(dt.UTC).isoformat(),
-        }])  # fmt: skip
-        store.write_tables(appends={RUNS_TABLE: frame})
-
-    if len(wanted - done):
-        context.log.info("%s: %s setting, %d runs to go", partition, setting, len(wanted - done))
-        tokenizer = load_tokenizer(model_policy.tokenizer, str(store.home / "tokenizers"))
-        with ExitStack() as stack:
-            search, fetch_policy = _tools(setting, web, live, store, stack)
-            policy_endpoint = stack.enter_context(model_policy.endpoint())
-            agent = build_web_agent(
-                policy_endpoint,
-                summarizer.endpoint(),
-                search,
-                fetch_policy,
-                tokenizer,
-                n_ctx=config.n_ctx,
-                max_llm_calls=config.max_llm_calls,
-                cot_mode=config.cot_mode,
-            )
-            evaluate(
-                questions,
-                lambda question, run: agent.run(question, sample_index=run),
-                judge_endpoint,
-                runs=config.runs,
-                done=done,
-                on_result=store_row,
-                max_workers=config.max_workers,
-            )
-
-    runs = _stored_runs(store, partition)
-    runs = runs[[(qid, int(run)) in wanted for qid, run in zip(runs["question_id"], runs["run"], strict=True)]]
-    scores = score_runs(runs, config.runs)
-    search_backend = {"local_web": "local", "live_web": getattr(live, "name", "live"), "closed_book": "none"}[setting]
-    score_row = pd.DataFrame([{
-        "partition": partition, "model": model, "benchmark": benchmark, **scores.as_row(),
-        "search_backend": search_backend, "setting": setting, "policy": policy_name, "judge": judge_name,
-        "max_turn_tokens": model_policy.max_turn_tokens,
-        "trained_turn_tokens_p95": model_policy.trained_turn_tokens_p95,
-        "fingerprint": fingerprint, "scored_at": dt.datetime.now(dt.UTC).isoformat(),
-    }])  # fmt: skip
-    writes = store.write_tables(partition=("partition", partition), partition_replacements={SCORES_TABLE: score_row})
-    all_scores = store.read_table(SCORES_TABLE)
-    chart_path = store.artifact_dir("evaluation") / "scores.png"
-    chart = comparison_chart(all_scores, chart_path)
-    chart_md = f"![scores](data:image/png;base64,{base64.b64encode(chart).decode()})"
-    context.log.info(
-        "%s (%s): Pass@1 %.3f Pass@%d %.3f Cons@%d %.3f over %d questions (%d runs resumed)",
-        partition, setting, scores.pass_at_1, config.runs, scores.pass_at_k, config.runs, scores.cons_at_k,
-        scores.questions, resumed,
-    )  # fmt: skip
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(runs),
-            "questions": scores.questions,
-            "runs_per_question": config.runs,
-            "runs_resumed": resumed,
-            "pass_at_1": round(scores.pass_at_1, 4),
-            f"pass_at_{config.runs}": round(scores.pass_at_k, 4),
-            f"cons_at_{config.runs}": round(scores.cons_at_k, 4),
-            "mean_actions": round(scores.mean_actions, 2),
-            "format_valid_rate": round(scores.format_valid_rate, 4),
-            "answered_rate": round(scores.answered_rate, 4),
-            "format_error_rate": round(scores.format_error_rate, 4),
-            "mean_tokens": round(scores.mean_tokens, 1),
-            "judge_flagged": scores.judge_flagged,
-            "exact_match": round(scores.exact_match, 4),
-            "f1": round(scores.f1, 4),
-            "terminations": dg.MetadataValue.json(scores.terminations),
-            "setting": setting,
-            "max_turn_tokens": model_policy.max_turn_tokens,
-            "policy": policy_name,
-            "judge": judge_name,
-            "search_backend": search_backend,
-            "policy_usage": dg.MetadataValue.json(model_policy.usage_metadata()),
-            "judge_usage": dg.MetadataValue.json(judge.usage_metadata()),
-            "preview": dg.MetadataValue.md(
-                markdown_preview(runs[["question_id", "run", "answer", "termination", "correct", "judge_method"]])
-            ),
-            "comparison": dg.MetadataValue.md(comparison_table(all_scores).to_markdown(index=False)),
-            "comparison_chart": dg.MetadataValue.md(chart_md),
-            "comparison_chart_path": dg.MetadataValue.path(str(chart_path)),
-            "scores_parquet": dg.MetadataValue.path(str(writes[SCORES_TABLE].parquet_path)),
-        },
+    fingerprint = run_fingerprint(_agent_settings(config), model_policy.config, judge_config, setting)
+    labels = {"model": model, "benchmark": benchmark, "setting": setting, "policy": model_policy.name}
+    evaluation = PartitionEvaluation(
+        store, context.partition_key, fingerprint, questions, config.runs, {**labels, "judge": judge.judge_name()}
     )
+    if evaluation.pending:
+        context.log.info("%s: %s setting, %d runs to go", context.partition_key, setting, evaluation.pending)
+        tools = _web_tools(setting, web, live, store)
+        _answer_pending(evaluation, questions, model_policy, tools, summarizer.endpoint(), judge_endpoint, config)
+    search_backend = {"local_web": "local", "live_web": getattr(live, "name", "live"), "closed_book": "none"}[setting]
+    result = evaluation.finish(
+        search_backend=search_backend,
+        max_turn_tokens=model_policy.max_turn_tokens,
+        trained_turn_tokens_p95=model_policy.trained_turn_tokens_p95,
+    )
+    context.log.info("%s: %s", context.partition_key, evaluation.summary(result.scores))
+    return dg.MaterializeResult(metadata=_scores_metadata(result, evaluation, model_policy, judge, store, config))
+
+
+def _scores_metadata(
+    result: PartitionScores,
+    evaluation: PartitionEvaluation,
+    model_policy: _Policy,
+    judge: LLMEndpointResource,
+    store: WarehouseStore,
+    config: BenchmarkScoresConfig,
+) -> dict[str, object]:
+    """The partition's scores and rates, what produced them, a preview of its runs and the comparison chart."""
+    scores, runs, labels = result.scores, result.runs, evaluation.labels
+    chart_path = store.artifact_dir("evaluation") / "scores.png"
+    chart = comparison_chart(result.all_scores, chart_path)
+    chart_md = f"![scores](data:image/png;base64,{base64.b64encode(chart).decode()})"
+    return {
+        "dagster/row_count": len(runs),
+        "questions": scores.questions,
+        "runs_per_question": config.runs,
+        "runs_resumed": evaluation.resumed,
+        "pass_at_1": round(scores.pass_at_1, 4),
+        f"pass_at_{config.runs}": round(scores.pass_at_k, 4),
+        f"cons_at_{config.runs}": round(scores.cons_at_k, 4),
+        "mean_actions": round(scores.mean_actions, 2),
+        "format_valid_rate": round(scores.format_valid_rate, 4),
+        "answered_rate": round(scores.answered_rate, 4),
+        "format_error_rate": round(scores.format_error_rate, 4),
+        "mean_tokens": round(scores.mean_tokens, 1),
+        "judge_flagged": scores.judge_flagged,
+        "exact_match": round(scores.exact_match, 4),
+        "f1": round(scores.f1, 4),
+        "terminations": dg.MetadataValue.json(scores.terminations),
+        "setting": labels["setting"],
+        "max_turn_tokens": model_policy.max_turn_tokens,
+        "policy": labels["policy"],
+        "judge": labels["judge"],
+        "search_backend": result.row["search_backend"],
+        "policy_usage": dg.MetadataValue.json(model_policy.usage_metadata()),
+        "judge_usage": dg.MetadataValue.json(judge.usage_metadata()),
+        "preview": dg.MetadataValue.md(
+            markdown_preview(runs[["question_id", "run", "answer", "termination", "correct", "judge_method"]])
+        ),
+        "comparison": dg.MetadataValue.md(comparison_table(result.all_scores).to_markdown(index=False)),
+        "comparison_chart": dg.MetadataValue.md(chart_md),
+        "comparison_chart_path": dg.MetadataValue.path(str(chart_path)),
+        "scores_parquet": dg.MetadataValue.path(str(result.scores_write.parquet_path)),
+    }
 
 
 MAX_JUDGE_UNREADABLE_SHARE = 0.2

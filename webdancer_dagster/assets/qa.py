@@ -6,52 +6,30 @@ pair cites a benchmark page and that no question overlaps a benchmark question.
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from webdancer_dagster.assets.corpus import REGISTRY, crawl_pages, search_index
+from webdancer_dagster.assets.corpus import crawl_pages, search_index
+from webdancer_dagster.assets.registries import REGISTRY
 from webdancer_dagster.evaluation.benchmarks import all_benchmark_questions
 from webdancer_dagster.paths import DATA_DIR
 from webdancer_dagster.resources.llm import LLMEndpointResource
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
+from webdancer_dagster.shared.qa import qa_pairs_frame, qa_pairs_from_frame
 from webdancer_dagster.synthesis.crawlqa import CrawlQAConfig, synthesize_crawlqa
 from webdancer_dagster.synthesis.e2hqa import E2HQAConfig, synthesize_e2hqa
-from webdancer_dagster.synthesis.qa import (
-    LeakageGuard,
-    SynthesisResult,
-    qa_pairs_frame,
-    qa_pairs_from_frame,
-)
+from webdancer_dagster.synthesis.qa import LeakageGuard, SynthesisResult
 from webdancer_dagster.synthesis.reference import load_reference_qa
 from webdancer_dagster.warehouse import WarehouseStore, frame_version, markdown_preview
+from webdancer_dagster.web.scope import LocalSites
 
 QA_TABLES = {"crawlqa_pairs": "crawlqa", "e2hqa_pairs": "e2hqa", "reference_qa_pairs": "webdancer_sample"}
 DROPS_TABLE = "qa_drops"
 # The offline default (llama.cpp) constrains JSON to the reply schema; hosted endpoints take "object".
 JSON_FORMAT_DESCRIPTION = "response_format: none, object, object_with_schema (llama.cpp), json_schema (OpenAI, vLLM)."
-
-
-class SynthesisWeb(NamedTuple):
-    """The part of the local web synthesis may read, and the benchmark hosts it must never read."""
-
-    sites: list[str]
-    hosts: frozenset[str]
-    blocked_hosts: list[str]
-
-
-def synthesis_sites(store: WarehouseStore) -> SynthesisWeb:
-    """Split the `sites` table by its `benchmark` flag."""
-    sites = store.read_table("sites")
-    benchmark = sites["benchmark"].astype(bool)
-    return SynthesisWeb(
-        sites=sites.loc[~benchmark, "name"].tolist(),
-        hosts=frozenset(sites.loc[~benchmark, "host"]),
-        blocked_hosts=sites.loc[benchmark, "host"].tolist(),
-    )
 
 
 def _existing_questions(store: WarehouseStore, other_tables: Sequence[str]) -> list[str]:
@@ -113,7 +91,7 @@ def crawlqa_pairs(
 ) -> dg.MaterializeResult:
     """COUNT, MULTI-HOP and INTERSECTION questions the teacher wrote from clusters of linked, crawled pages."""
     store = warehouse.store()
-    allowed = synthesis_sites(store).sites
+    allowed = list(LocalSites.of_home(store).names)
     pages = store.query("SELECT url, site, title, text FROM pages WHERE site IN (SELECT unnest(?))", [allowed])
     links = store.query("SELECT src_url, dst_url, internal FROM links WHERE site IN (SELECT unnest(?))", [allowed])
     settings = CrawlQAConfig(
@@ -161,7 +139,8 @@ def e2hqa_pairs(
 ) -> dg.MaterializeResult:
     """Simple fact questions made hard by replacing entities with descriptions found by search; answer unchanged."""
     store = warehouse.store()
-    allowed, _, blocked = synthesis_sites(store)
+    sites = LocalSites.of_home(store)
+    allowed, blocked = list(sites.names), sorted(sites.benchmark_hosts)
     pages = store.query("SELECT url, site, title, text FROM pages WHERE site IN (SELECT unnest(?))", [allowed])
     settings = E2HQAConfig(
         seeds=config.seeds,
@@ -220,7 +199,7 @@ def _leakage_check(table: str) -> dg.AssetChecksDefinition:
     )
     def check(warehouse: Warehouse) -> dg.AssetCheckResult:
         store = warehouse.store()
-        blocked = synthesis_sites(store).blocked_hosts
+        blocked = sorted(LocalSites.of_home(store).benchmark_hosts)
         pairs = qa_pairs_from_frame(store.read_table(table))
         guard = LeakageGuard(all_benchmark_questions(DATA_DIR, REGISTRY.benchmarks))
         hits = guard.check(pairs, blocked)

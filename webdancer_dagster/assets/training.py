@@ -9,6 +9,7 @@ finished run (or resumes a killed one) instead of training again.
 import dataclasses
 from collections.abc import Callable
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from webdancer_dagster.assets.qa import synthesis_sites
 from webdancer_dagster.evaluation.models import TRAINED_TURN_COLUMN, trained_turn_tokens_p95
 from webdancer_dagster.files import write_text_atomic
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
@@ -24,6 +24,7 @@ from webdancer_dagster.resources.llm import LLMEndpointResource
 from webdancer_dagster.resources.torchrun import TorchrunLauncher
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
+from webdancer_dagster.shared.hashing import folder_sha256
 from webdancer_dagster.training.artifacts import (
     RunInputs,
     describe_tokenizer,
@@ -37,9 +38,10 @@ from webdancer_dagster.training.artifacts import (
     sft_jsonl,
     write_run_record,
 )
-from webdancer_dagster.training.base_model import folder_sha256, prepare_base_model
+from webdancer_dagster.training.base_model import prepare_base_model
 from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment, SFTHyperparameters, to_cli_args
 from webdancer_dagster.warehouse import WarehouseStore
+from webdancer_dagster.web.scope import LocalSites, WebScope
 
 SFT_MODULE = "webdancer_dagster.training.sft"
 DAPO_MODULE = "webdancer_dagster.training.dapo"
@@ -185,42 +187,15 @@ def sft_checkpoint(
     record, reused = _train_or_reuse(
         context, run, lambda: torchrun.run(context, SFT_MODULE, [*args, *to_cli_args(hparams)], run.output_dir / "logs")
     )
-    plot = plot_curves(
-        record["loss_curve"], {"loss": "loss"}, run.output_dir / "loss_curve.png", "SFT training loss",
-        "loss (assistant tokens)",
-    )  # fmt: skip
     # Evaluation compares a policy's turn budget against the turns this checkpoint learned to write.
+    trained_p95 = int(record["assistant_turn_tokens"]["p95"])
     _record_checkpoint(
-        store,
-        SFT_CHECKPOINT_TABLE,
-        record,
-        run,
-        base_model_sha256=base["sha256"],
-        **{TRAINED_TURN_COLUMN: int(record["assistant_turn_tokens"]["p95"])},
+        store, SFT_CHECKPOINT_TABLE, record, run, base_model_sha256=base["sha256"], **{TRAINED_TURN_COLUMN: trained_p95}
     )
     return dg.MaterializeResult(
         metadata={
-            "loss_curve": dg.MetadataValue.md(png_markdown(plot, "SFT loss curve")),
-            "loss_curve_png": dg.MetadataValue.path(str(plot)),
-            "loss_history": dg.MetadataValue.json(record["loss_curve"]),
-            "final_loss": dg.MetadataValue.float(float(record["final_loss"])),
-            "steps": record["steps"],
-            "resumed_from_step": record["resumed_from_step"],
+            **_sft_metadata(record, run),
             "reused": reused,
-            "examples": record["examples"],
-            "sft_rows": run.examples,
-            "dropped": dg.MetadataValue.json(record["dropped"]),
-            "shortened": dg.MetadataValue.json(record["shortened"]),
-            "chat_tokens": dg.MetadataValue.json(record["chat_tokens"]),
-            "assistant_turn_tokens": dg.MetadataValue.json(record["assistant_turn_tokens"]),
-            "dataset_tokens": record["dataset_tokens"],
-            "labelled_tokens": record["labelled_tokens"],
-            "tokens_seen": record["tokens_seen"],
-            "masked_token_share": dg.MetadataValue.float(float(record["masked_token_share"])),
-            "seconds_per_step": dg.MetadataValue.float(float(record["seconds_per_step"])),
-            "checkpoint_path": dg.MetadataValue.path(record["checkpoint_path"]),
-            "checkpoint_sha256": record["checkpoint_sha256"],
-            "run_key": run.run_key,
             "upstream_data_versions": dg.MetadataValue.json(
                 {"sft_dataset": run.dataset_sha256, "base_model": base["sha256"]}
             ),
@@ -228,6 +203,36 @@ def sft_checkpoint(
         },
         data_version=dg.DataVersion(record["checkpoint_sha256"]),
     )
+
+
+def _sft_metadata(record: dict[str, Any], run: RunInputs) -> dict[str, object]:
+    """The loss curve, what the run trained on (lengths, drops, shortened chats, masked share) and where it went."""
+    plot = plot_curves(
+        record["loss_curve"], {"loss": "loss"}, run.output_dir / "loss_curve.png", "SFT training loss",
+        "loss (assistant tokens)",
+    )  # fmt: skip
+    return {
+        "loss_curve": dg.MetadataValue.md(png_markdown(plot, "SFT loss curve")),
+        "loss_curve_png": dg.MetadataValue.path(str(plot)),
+        "loss_history": dg.MetadataValue.json(record["loss_curve"]),
+        "final_loss": dg.MetadataValue.float(float(record["final_loss"])),
+        "steps": record["steps"],
+        "resumed_from_step": record["resumed_from_step"],
+        "examples": record["examples"],
+        "sft_rows": run.examples,
+        "dropped": dg.MetadataValue.json(record["dropped"]),
+        "shortened": dg.MetadataValue.json(record["shortened"]),
+        "chat_tokens": dg.MetadataValue.json(record["chat_tokens"]),
+        "assistant_turn_tokens": dg.MetadataValue.json(record["assistant_turn_tokens"]),
+        "dataset_tokens": record["dataset_tokens"],
+        "labelled_tokens": record["labelled_tokens"],
+        "tokens_seen": record["tokens_seen"],
+        "masked_token_share": dg.MetadataValue.float(float(record["masked_token_share"])),
+        "seconds_per_step": dg.MetadataValue.float(float(record["seconds_per_step"])),
+        "checkpoint_path": dg.MetadataValue.path(record["checkpoint_path"]),
+        "checkpoint_sha256": record["checkpoint_sha256"],
+        "run_key": run.run_key,
+    }
 
 
 @dg.asset_check(asset=sft_checkpoint, blocking=True)
@@ -306,95 +311,122 @@ def rl_checkpoint(
     if config.start_from not in ("sft", "base"):
         raise ValueError(f"start_from must be 'sft' or 'base', got {config.start_from!r}")
     store = warehouse.store()
-    pool = _read_rows(store, "rl_pool", "materialize rl_pool (the funnel); it holds the pairs SFT could not solve")
-    if config.pool_sources is not None:
-        pool = pool[pool["source"].isin(config.pool_sources)]
-        if pool.empty:
-            raise ValueError(f"the RL pool holds no pair of the sources {config.pool_sources}")
-    records = sorted(pool.to_dict("records"), key=lambda row: str(row["id"]))[: config.max_prompts]
+    records = _rl_prompts(store, config)
     start_table = SFT_CHECKPOINT_TABLE if config.start_from == "sft" else BASE_MODEL_TABLE
     start = _read_rows(store, start_table, f"materialize {start_table} first, or set start_from").iloc[0]
-    index_dir = web.local_index_dir()
     hparams = config.hyperparameters()
-    # Rules judge every answer; the judge model only what they leave open, and only when declared capable.
-    judge_config = judge.endpoint_config() if judge.capable_judge else None
-    settings = {**hparams.to_dict(), "judge": judge.judge_name(), "search_index": folder_sha256(index_dir)}
+    settings = {**hparams.to_dict(), "judge": judge.judge_name(), "search_index": folder_sha256(web.local_index_dir())}
+    trained_p95 = _trained_turn_budget(context, start, start_table, hparams)
+    run = prepare_run(rl_jsonl(records), len(records), start["sha256"], settings, store.artifact_dir("rl_checkpoint"))
+    launch = partial(_launch_dapo, context, run, start["path"], hparams, store, web, judge, summarizer, torchrun)
+    record, reused = _train_or_reuse(context, run, launch)
+    lineage = {"start_model_sha256": start["sha256"], "start_from": config.start_from}
+    if trained_p95 is not None:  # the SFT set behind the start model is the one behind this checkpoint too
+        lineage[TRAINED_TURN_COLUMN] = trained_p95
+    _record_checkpoint(store, RL_CHECKPOINT_TABLE, record, run, **lineage)
+    upstream = {"rl_pool": run.dataset_sha256, start_table: start["sha256"], "search_index": settings["search_index"]}
+    settings_metadata = {
+        "start_from": config.start_from,
+        "judge": settings["judge"],
+        "max_turn_tokens": hparams.max_turn_tokens,
+        "trained_turn_tokens_p95": trained_p95 if trained_p95 is not None else dg.MetadataValue.null(),
+        "hyperparameters": dg.MetadataValue.json(hparams.to_dict()),
+        "upstream_data_versions": dg.MetadataValue.json(upstream),
+    }
+    metadata = {**_rl_metadata(record, run), **settings_metadata, "reused": reused}
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(record["checkpoint_sha256"]))
+
+
+def _trained_turn_budget(
+    context: dg.AssetExecutionContext, start: pd.Series, start_table: str, hparams: DAPOHyperparameters
+) -> int | None:
+    """The p95 assistant turn of the SFT set behind the start model (None: it saw none), with a warning when the
+    rollouts' turn budget would cut turns of that length."""
     trained_p95 = trained_turn_tokens_p95(start)
     if trained_p95 is not None and hparams.max_turn_tokens < trained_p95:
         context.log.warning(
             f"rl_checkpoint: max_turn_tokens {hparams.max_turn_tokens} is below the p95 assistant turn "
             f"({trained_p95} tokens) of the SFT set behind {start_table}: rollouts will cut turns it learned to write"
         )
-    run = prepare_run(rl_jsonl(records), len(records), start["sha256"], settings, store.artifact_dir("rl_checkpoint"))
+    return trained_p95
 
-    def launch() -> dg.PipesClientCompletedInvocation:
-        """Serve the non-benchmark web for the run's lifetime and tell every rank where it and the judges are."""
-        _, allowed_hosts, blocked_hosts = synthesis_sites(store)
-        with web.serve() as proxy_url:
-            environment = RolloutEnvironment(
-                search_index=str(index_dir),
-                blocked_hosts=blocked_hosts,
-                allowed_hosts=sorted(allowed_hosts),
-                proxy_url=proxy_url,
-                judge=judge_config,
-                summarizer=summarizer.endpoint_config(),
-            )
-            environment_file = run.output_dir / ENVIRONMENT_FILE
-            write_text_atomic(environment_file, environment.model_dump_json(indent=1))
-            args = [
-                *["--train_file", str(run.train_file), "--environment_file", str(environment_file)],
-                *["--model_dir", start["path"], "--output_dir", str(run.output_dir), *to_cli_args(hparams)],
-            ]
-            return torchrun.run(context, DAPO_MODULE, args, run.output_dir / "logs")
 
-    record, reused = _train_or_reuse(context, run, launch)
+def _rl_prompts(store: WarehouseStore, config: RLCheckpointConfig) -> list[dict[str, Any]]:
+    """The RL pool's pairs of the chosen sources, in id order, the first `max_prompts` of them."""
+    pool = _read_rows(store, "rl_pool", "materialize rl_pool (the funnel); it holds the pairs SFT could not solve")
+    if config.pool_sources is not None:
+        pool = pool[pool["source"].isin(config.pool_sources)]
+        if pool.empty:
+            raise ValueError(f"the RL pool holds no pair of the sources {config.pool_sources}")
+    return sorted(pool.to_dict("records"), key=lambda row: str(row["id"]))[: config.max_prompts]
+
+
+def _launch_dapo(
+    context: dg.AssetExecutionContext,
+    run: RunInputs,
+    start_path: str,
+    hparams: DAPOHyperparameters,
+    store: WarehouseStore,
+    web: WebEnvironment,
+    judge: LLMEndpointResource,
+    summarizer: LLMEndpointResource,
+    torchrun: TorchrunLauncher,
+) -> dg.PipesClientCompletedInvocation:
+    """Serve the non-benchmark web for the run's lifetime and tell every rank where it and the judges are.
+
+    The rules judge every answer; the judge model only what they leave open, and only when declared capable."""
+    with web.serve() as proxy_url:
+        scope = WebScope.synthesis(LocalSites.of_home(store), proxy_url)
+        environment = RolloutEnvironment(
+            search_index=str(web.local_index_dir()),
+            blocked_hosts=sorted(scope.blocked_hosts),
+            allowed_hosts=sorted(scope.fetch.allowed_hosts or ()),
+            proxy_url=proxy_url,
+            judge=judge.endpoint_config() if judge.capable_judge else None,
+            summarizer=summarizer.endpoint_config(),
+        )
+        environment_file = run.output_dir / ENVIRONMENT_FILE
+        write_text_atomic(environment_file, environment.model_dump_json(indent=1))
+        args = [
+            *["--train_file", str(run.train_file), "--environment_file", str(environment_file)],
+            *["--model_dir", start_path, "--output_dir", str(run.output_dir), *to_cli_args(hparams)],
+        ]
+        return torchrun.run(context, DAPO_MODULE, args, run.output_dir / "logs")
+
+
+def _rl_metadata(record: dict[str, Any], run: RunInputs) -> dict[str, object]:
+    """Reward and loss curves per step, what dynamic sampling kept, where the time went, and the checkpoint."""
     history = record["train_history"]
     rewards_plot = plot_curves(
         history, REWARD_SERIES, run.output_dir / "reward_curve.png", "DAPO rewards per step", "mean reward"
     )
     loss_plot = plot_curves(history, {"loss": "loss"}, run.output_dir / "loss_curve.png", "DAPO loss", "loss")
-    lineage = {"start_model_sha256": start["sha256"], "start_from": config.start_from}
-    if trained_p95 is not None:  # the SFT set behind the start model is the one behind this checkpoint too
-        lineage[TRAINED_TURN_COLUMN] = trained_p95
-    _record_checkpoint(store, RL_CHECKPOINT_TABLE, record, run, **lineage)
-    return dg.MaterializeResult(
-        metadata={
-            "reward_curve": dg.MetadataValue.md(png_markdown(rewards_plot, "DAPO reward curve")),
-            "loss_curve": dg.MetadataValue.md(png_markdown(loss_plot, "DAPO loss curve")),
-            "train_history": dg.MetadataValue.json(history),
-            "final_reward": dg.MetadataValue.float(float(record["final_reward"] or 0.0)),
-            "steps": record["steps"],
-            "resumed_from_step": record["resumed_from_step"],
-            "reused": reused,
-            "prompts": record["prompts"],
-            "dropped_prompts": dg.MetadataValue.json(record["dropped_prompts"]),
-            "groups_sampled": record["groups_sampled"],
-            "dropped_group_share": dg.MetadataValue.float(float(record["dropped_group_share"])),
-            "tokens_generated": record["tokens_generated"],
-            "tokens_trained": record["tokens_trained"],
-            "trained_token_share": dg.MetadataValue.float(float(record["trained_token_share"])),
-            "rollout_time_share": dg.MetadataValue.float(float(record["rollout_time_share"])),
-            "masked_token_share": dg.MetadataValue.float(float(record["masked_token_share"])),
-            "seconds_per_step": dg.MetadataValue.float(float(record["seconds_per_step"])),
-            "rollout_backend": record.get("rollout_backend", "local"),
-            "sync_time_share": dg.MetadataValue.float(float(record.get("sync_time_share", 0.0))),
-            "weight_syncs": dg.MetadataValue.json(record.get("weight_syncs", [])),
-            "policy_staleness": dg.MetadataValue.json(record.get("policy_staleness", [])),
-            "rollout_retries": record.get("rollout_retries", 0),
-            "checkpoint_path": dg.MetadataValue.path(record["checkpoint_path"]),
-            "checkpoint_sha256": record["checkpoint_sha256"],
-            "run_key": run.run_key,
-            "start_from": config.start_from,
-            "judge": settings["judge"],
-            "max_turn_tokens": hparams.max_turn_tokens,
-            "trained_turn_tokens_p95": trained_p95 if trained_p95 is not None else dg.MetadataValue.null(),
-            "upstream_data_versions": dg.MetadataValue.json(
-                {"rl_pool": run.dataset_sha256, start_table: start["sha256"], "search_index": settings["search_index"]}
-            ),
-            "hyperparameters": dg.MetadataValue.json(hparams.to_dict()),
-        },
-        data_version=dg.DataVersion(record["checkpoint_sha256"]),
-    )
+    return {
+        "reward_curve": dg.MetadataValue.md(png_markdown(rewards_plot, "DAPO reward curve")),
+        "loss_curve": dg.MetadataValue.md(png_markdown(loss_plot, "DAPO loss curve")),
+        "train_history": dg.MetadataValue.json(history),
+        "final_reward": dg.MetadataValue.float(float(record["final_reward"] or 0.0)),
+        "steps": record["steps"],
+        "resumed_from_step": record["resumed_from_step"],
+        "prompts": record["prompts"],
+        "dropped_prompts": dg.MetadataValue.json(record["dropped_prompts"]),
+        "groups_sampled": record["groups_sampled"],
+        "dropped_group_share": dg.MetadataValue.float(float(record["dropped_group_share"])),
+        "tokens_generated": record["tokens_generated"],
+        "tokens_trained": record["tokens_trained"],
+        "trained_token_share": dg.MetadataValue.float(float(record["trained_token_share"])),
+        "rollout_time_share": dg.MetadataValue.float(float(record["rollout_time_share"])),
+        "masked_token_share": dg.MetadataValue.float(float(record["masked_token_share"])),
+        "seconds_per_step": dg.MetadataValue.float(float(record["seconds_per_step"])),
+        "rollout_backend": record.get("rollout_backend", "local"),
+        "sync_time_share": dg.MetadataValue.float(float(record.get("sync_time_share", 0.0))),
+        "weight_syncs": dg.MetadataValue.json(record.get("weight_syncs", [])),
+        "policy_staleness": dg.MetadataValue.json(record.get("policy_staleness", [])),
+        "rollout_retries": record.get("rollout_retries", 0),
+        "checkpoint_path": dg.MetadataValue.path(record["checkpoint_path"]),
+        "checkpoint_sha256": record["checkpoint_sha256"],
+        "run_key": run.run_key,
+    }
 
 
 @dg.asset_check(asset=rl_checkpoint, blocking=True)

@@ -14,34 +14,32 @@ from pydantic import Field
 
 from webdancer_dagster.agent.factory import build_web_agent
 from webdancer_dagster.agent.grammar import TurnLimits
-from webdancer_dagster.agent.validity import check_format
 from webdancer_dagster.assets.corpus import search_index
-from webdancer_dagster.assets.qa import crawlqa_pairs, e2hqa_pairs, reference_qa_pairs, synthesis_sites
-from webdancer_dagster.files import write_text_atomic
+from webdancer_dagster.assets.qa import crawlqa_pairs, e2hqa_pairs, reference_qa_pairs
+from webdancer_dagster.llm.client import LLMEndpoint
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.llm.tokenizer import load_tokenizer
 from webdancer_dagster.paths import DATA_DIR
 from webdancer_dagster.resources.llm import LLMEndpointResource
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
-from webdancer_dagster.synthesis.funnel import (
-    FunnelConfig,
+from webdancer_dagster.shared.qa import QAPair, qa_pairs_frame, qa_pairs_from_frame
+from webdancer_dagster.synthesis.funnel import FunnelConfig, run_funnel, select_rl_pool, sft_records
+from webdancer_dagster.synthesis.reference import released_trajectories
+from webdancer_dagster.synthesis.rejection import (
+    Attempt,
     assess_attempt,
     attempts_frame,
     attempts_from_frame,
     rejection_sample,
-    run_funnel,
-    select_rl_pool,
-    sft_records,
 )
-from webdancer_dagster.synthesis.qa import QAPair, qa_pairs_frame, qa_pairs_from_frame
-from webdancer_dagster.synthesis.reference import load_reference_trajectories
-from webdancer_dagster.synthesis.short_cot import DERIVED_SUFFIX, derive_short_cot
-from webdancer_dagster.warehouse import WarehouseStore, frame_version, markdown_preview
-from webdancer_dagster.web.search import ExcludeHosts
-from webdancer_dagster.web.visit import FetchPolicy
+from webdancer_dagster.synthesis.short_cot import DERIVED_SUFFIX
+from webdancer_dagster.warehouse import TableWrite, WarehouseStore, frame_version, markdown_preview
+from webdancer_dagster.web.scope import LocalSites, WebScope
 
 SYNTHESIZED_TABLES = ["crawlqa_pairs", "e2hqa_pairs"]
+# The questions of WebDancer's released trajectories: the only attempted pairs no QA asset holds.
+RELEASED_PAIRS_TABLE = "trajectory_pairs"
 
 
 def read_pairs(store: WarehouseStore, tables: list[str]) -> list[QAPair]:
@@ -103,91 +101,106 @@ def trajectories(
         raise ValueError(f"cot_mode must be 'short' or 'long', got {config.cot_mode!r}")
     store = warehouse.store()
     pairs = read_pairs(store, SYNTHESIZED_TABLES)[: config.max_pairs]
-    _, allowed_hosts, blocked = synthesis_sites(store)
     teacher = teacher_short if config.cot_mode == "short" else teacher_long
     judge_endpoint = judge.judge_endpoint() if pairs or config.include_reference else None
-    attempts = []
-    if pairs:
-        tokenizer = load_tokenizer(config.tokenizer or str(find_smollm2_gguf()), str(store.home / "tokenizers"))
-        teacher_endpoint = teacher.endpoint()
-        constrained = config.constrained and config.cot_mode == "short" and teacher_endpoint.supports_grammar
-        if config.constrained and not constrained:
-            context.log.warning(
-                "trajectories: sampling unconstrained: the turn grammar needs short CoT and a llama_cpp or vllm "
-                "teacher (cot_mode=%s, server_kind=%s)",
-                config.cot_mode,
-                teacher_endpoint.config.server_kind,
-            )
-        with web.serve() as proxy_url:
-            agent = build_web_agent(
-                teacher_endpoint,
-                summarizer.endpoint(),
-                ExcludeHosts(web.search(), blocked),
-                FetchPolicy(allowed_hosts=allowed_hosts, proxy_url=proxy_url),
-                tokenizer,
-                n_ctx=config.n_ctx,
-                max_llm_calls=config.max_llm_calls,
-                cot_mode=config.cot_mode,
-                constrained=constrained,
-                turn_limits=TurnLimits(max_thought_chars=config.max_thought_chars),
-            )
-            attempts = rejection_sample(
-                pairs,
-                lambda question, index: agent.run(question, sample_index=index),
-                judge_endpoint,
-                k=config.attempts,
-                max_workers=config.max_workers,
-            )
-    reference = []
-    if config.include_reference:
-        released = load_reference_trajectories(Path(config.reference_path))[: config.max_reference]
-        reference = [assess_attempt(item.qa, item.trajectory, judge_endpoint) for item in released]
-        if config.derive_short_cot:
-            reference += [
-                assess_attempt(
-                    item.qa, derive_short_cot(item.trajectory, config.short_cot_thought_words), judge_endpoint
-                )
-                for item in released
-                if check_format(item.trajectory).valid
-            ]
+    attempts = _sample(context, config, store, web, teacher, summarizer, judge_endpoint, pairs) if pairs else []
+    reference = _reference_attempts(config, judge_endpoint) if config.include_reference else []
     frame = attempts_frame([*attempts, *reference])
     if frame.empty:
         raise LookupError("no QA pairs and no reference trajectories: materialize the QA assets first")
-    attempted_pairs = {attempt.qa.id: attempt.qa for attempt in [*attempts, *reference]}
+    # A sampled pair is referenced by id in its QA table; only a released trajectory's question is in none of them.
+    released_pairs = {attempt.qa.id: attempt.qa for attempt in reference}
     writes = store.write_tables(
-        replacements={"trajectories": frame, "trajectory_pairs": qa_pairs_frame(attempted_pairs.values())}
+        replacements={"trajectories": frame, RELEASED_PAIRS_TABLE: qa_pairs_frame(released_pairs.values())}
     )
-    write = writes["trajectories"]
-    sampled = frame.iloc[: len(attempts)]
     context.log.info("trajectories: %d sampled for %d pairs, %d reference", len(attempts), len(pairs), len(reference))
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": write.rows,
-            "pairs_sampled": len(pairs),
-            "attempts": len(attempts),
-            "reference_trajectories": len(reference),
-            "accepted": int(frame["accepted"].sum()),
-            "pairs_solved": int(sampled.loc[sampled["accepted"], "qa_id"].nunique()) if len(sampled) else 0,
-            "attempts_per_pair": round(len(attempts) / len(pairs), 2) if pairs else 0.0,
-            "constrained_attempts": sum(attempt.trajectory.constrained for attempt in attempts),
-            "derived_short_cot": sum(item.trajectory.model.endswith(DERIVED_SUFFIX) for item in reference),
+            **_trajectories_metadata(frame, attempts, reference, len(pairs), writes["trajectories"]),
             "judge": judge.judge_name(),
-            "termination": dg.MetadataValue.json(sampled["termination"].value_counts().to_dict()),
-            "validity_drops": dg.MetadataValue.json(
-                frame.loc[frame["validity_reason"] != "", "validity_reason"].value_counts().to_dict()
-            ),
-            "mean_steps": round(float(frame["steps"].mean()), 2),
-            "mean_completion_tokens": round(float(frame["completion_tokens"].mean()), 1),
             "teacher": f"{teacher.role} ({config.cot_mode} CoT)",
             "teacher_usage": dg.MetadataValue.json(teacher.usage_metadata()),
             "judge_usage": dg.MetadataValue.json(judge.usage_metadata()),
-            "preview": dg.MetadataValue.md(
-                markdown_preview(frame[["qa_id", "model", "termination", "steps", "accepted", "validity_reason"]])
-            ),
-            "parquet": dg.MetadataValue.path(str(write.parquet_path)),
         },
         data_version=dg.DataVersion(frame_version(frame.drop(columns=["trajectory"]))),
     )
+
+
+def _reference_attempts(config: TrajectoriesConfig, judge: LLMEndpoint | None) -> list[Attempt]:
+    """WebDancer's released trajectories (and their derived short-CoT copies, if asked for), judged like samples."""
+    derive_words = config.short_cot_thought_words if config.derive_short_cot else None
+    released = released_trajectories(Path(config.reference_path), config.max_reference, derive_words)
+    return [assess_attempt(item.qa, item.trajectory, judge) for item in released]
+
+
+def _sample(
+    context: dg.AssetExecutionContext,
+    config: TrajectoriesConfig,
+    store: WarehouseStore,
+    web: WebEnvironment,
+    teacher: LLMEndpointResource,
+    summarizer: LLMEndpointResource,
+    judge: LLMEndpoint | None,
+    pairs: list[QAPair],
+) -> list[Attempt]:
+    """Up to `attempts` runs of the teacher's agent per pair on the non-benchmark local web, constrained by the turn
+    grammar when the teacher's server supports it."""
+    tokenizer = load_tokenizer(config.tokenizer or str(find_smollm2_gguf()), str(store.home / "tokenizers"))
+    teacher_endpoint = teacher.endpoint()
+    constrained = config.constrained and config.cot_mode == "short" and teacher_endpoint.supports_grammar
+    if config.constrained and not constrained:
+        context.log.warning(
+            "trajectories: sampling unconstrained: the turn grammar needs short CoT and a llama_cpp or vllm teacher "
+            "(cot_mode=%s, server_kind=%s)", config.cot_mode, teacher_endpoint.config.server_kind,
+        )  # fmt: skip
+    with web.serve() as proxy_url:
+        agent = build_web_agent(
+            teacher_endpoint,
+            summarizer.endpoint(),
+            web.search(),
+            WebScope.synthesis(LocalSites.of_home(store), proxy_url),
+            tokenizer,
+            n_ctx=config.n_ctx,
+            max_llm_calls=config.max_llm_calls,
+            cot_mode=config.cot_mode,  # type: ignore[arg-type]
+            constrained=constrained,
+            turn_limits=TurnLimits(max_thought_chars=config.max_thought_chars),
+        )
+        return rejection_sample(
+            pairs,
+            lambda question, index: agent.run(question, sample_index=index),
+            judge,
+            k=config.attempts,
+            max_workers=config.max_workers,
+        )
+
+
+def _trajectories_metadata(
+    frame: pd.DataFrame, attempts: list[Attempt], reference: list[Attempt], pairs: int, write: TableWrite
+) -> dict[str, object]:
+    """Counts a reader checks first: how many pairs were sampled and solved, why attempts were invalid, how long."""
+    sampled = frame.iloc[: len(attempts)]
+    return {
+        "dagster/row_count": write.rows,
+        "pairs_sampled": pairs,
+        "attempts": len(attempts),
+        "reference_trajectories": len(reference),
+        "accepted": int(frame["accepted"].sum()),
+        "pairs_solved": int(sampled.loc[sampled["accepted"], "qa_id"].nunique()) if len(sampled) else 0,
+        "attempts_per_pair": round(len(attempts) / pairs, 2) if pairs else 0.0,
+        "constrained_attempts": sum(attempt.trajectory.constrained for attempt in attempts),
+        "derived_short_cot": sum(item.trajectory.model.endswith(DERIVED_SUFFIX) for item in reference),
+        "termination": dg.MetadataValue.json(sampled["termination"].value_counts().to_dict()),
+        "validity_drops": dg.MetadataValue.json(
+            frame.loc[frame["validity_reason"] != "", "validity_reason"].value_counts().to_dict()
+        ),
+        "mean_steps": round(float(frame["steps"].mean()), 2),
+        "mean_completion_tokens": round(float(frame["completion_tokens"].mean()), 1),
+        "preview": dg.MetadataValue.md(
+            markdown_preview(frame[["qa_id", "model", "termination", "steps", "accepted", "validity_reason"]])
+        ),
+        "parquet": dg.MetadataValue.path(str(write.parquet_path)),
+    }
 
 
 class FunnelAssetConfig(dg.Config):
@@ -220,8 +233,7 @@ def funnel(
     QA pairs (every QA asset and every attempted question, the released ones included) the RL pool."""
     store = warehouse.store()
     pairs = read_pairs(store, [*SYNTHESIZED_TABLES, "reference_qa_pairs"])
-    attempted_pairs = {pair.id: pair for pair in read_pairs(store, ["trajectory_pairs"])}
-    attempts = attempts_from_frame(store.read_table("trajectories"), attempted_pairs)
+    attempts = _read_attempts(store, pairs)
     settings = FunnelConfig(max_actions=config.max_actions, min_grade_mean=config.min_grade_mean)
     result = run_funnel(attempts, teacher_short.endpoint() if config.use_llm_grade else None, settings)
     pool = select_rl_pool(pairs, result, held_out_share=config.held_out_share)
@@ -231,50 +243,65 @@ def funnel(
             f"the funnel kept no {'/'.join(config.sft_cot_modes)}-CoT trajectory: sft_dataset would be empty (see the "
             "trajectories asset)"
         )
-    sft = pd.DataFrame(records)
-    sft["messages"] = sft["messages"].map(lambda messages: json.dumps(messages, ensure_ascii=False))
+    sft = pd.DataFrame(records).assign(messages=lambda frame: frame["messages"].map(_json_text))
     rl = qa_pairs_frame(pool.pairs).assign(rl_reason=[pool.reasons[pair.id] for pair in pool.pairs])
     stages, drops = result.stage_table(), result.drop_table()
-    writes = store.write_tables(
-        replacements={
-            "sft_dataset": sft,
-            "rl_pool": rl,
-            "funnel_records": result.records_frame(),
-            "funnel_stages": stages,
-            "funnel_drops": drops,
-        }
-    )
-    jsonl_path = store.artifact_dir("exports") / "sft_dataset.jsonl"
-    write_text_atomic(jsonl_path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    tables = {"sft_dataset": sft, "rl_pool": rl, "funnel_records": result.records_frame()}
+    writes = store.write_tables(replacements={**tables, "funnel_stages": stages, "funnel_drops": drops})
     context.log.info("funnel: %d attempts, %d kept for SFT, %d pairs in the RL pool", len(attempts), len(sft), len(rl))
     yield dg.MaterializeResult(
         asset_key="sft_dataset",
-        metadata={
-            "dagster/row_count": len(sft),
-            "funnel": dg.MetadataValue.md(stages.to_markdown(index=False)),
-            "drops_by_reason": dg.MetadataValue.md(drops.to_markdown(index=False) if len(drops) else "none"),
-            "by_source": dg.MetadataValue.json(sft["source"].value_counts().to_dict()),
-            "by_cot_mode": dg.MetadataValue.json(sft["cot_mode"].value_counts().to_dict()),
-            "llm_grade": config.use_llm_grade,
-            "jsonl": dg.MetadataValue.path(str(jsonl_path)),
-            "parquet": dg.MetadataValue.path(str(writes["sft_dataset"].parquet_path)),
-            "example": dg.MetadataValue.md(_render_example(sft.iloc[0])),
-        },
+        metadata={**_sft_metadata(sft, stages, drops, writes["sft_dataset"]), "llm_grade": config.use_llm_grade},
         data_version=dg.DataVersion(frame_version(sft)),
     )
     yield dg.MaterializeResult(
         asset_key="rl_pool",
-        metadata={
-            "dagster/row_count": len(rl),
-            "by_reason": dg.MetadataValue.json(rl["rl_reason"].value_counts().to_dict() if len(rl) else {}),
-            "by_kind": dg.MetadataValue.json(rl["kind"].value_counts().to_dict() if len(rl) else {}),
-            "preview": dg.MetadataValue.md(
-                markdown_preview(rl[["kind", "rl_reason", "question", "answer"]]) if len(rl) else "empty"
-            ),
-            "parquet": dg.MetadataValue.path(str(writes["rl_pool"].parquet_path)),
-        },
+        metadata=_rl_pool_metadata(rl, writes["rl_pool"]),
         data_version=dg.DataVersion(frame_version(rl)),
     )
+
+
+def _read_attempts(store: WarehouseStore, pairs: list[QAPair]) -> list[Attempt]:
+    """The stored attempts with their QA pairs, found by id in the QA tables or the released trajectories' pairs."""
+    by_id = {pair.id: pair for pair in [*pairs, *read_pairs(store, [RELEASED_PAIRS_TABLE])]}
+    try:
+        return attempts_from_frame(store.read_table("trajectories"), by_id)
+    except KeyError as error:
+        raise LookupError(
+            f"trajectories holds an attempt for QA pair {error.args[0]}, which no QA table holds any more (it was "
+            "re-synthesized since): materialize trajectories again"
+        ) from error
+
+
+def _json_text(messages: list[dict[str, str]]) -> str:
+    """A chat as the JSON text the warehouse stores and the trainer reads as it is."""
+    return json.dumps(messages, ensure_ascii=False)
+
+
+def _sft_metadata(sft: pd.DataFrame, stages: pd.DataFrame, drops: pd.DataFrame, write: TableWrite) -> dict[str, object]:
+    """The funnel a user reads (in, kept and dropped per stage, drops by reason), the SFT set's make-up, an example."""
+    return {
+        "dagster/row_count": len(sft),
+        "funnel": dg.MetadataValue.md(stages.to_markdown(index=False)),
+        "drops_by_reason": dg.MetadataValue.md(drops.to_markdown(index=False) if len(drops) else "none"),
+        "by_source": dg.MetadataValue.json(sft["source"].value_counts().to_dict()),
+        "by_cot_mode": dg.MetadataValue.json(sft["cot_mode"].value_counts().to_dict()),
+        "parquet": dg.MetadataValue.path(str(write.parquet_path)),
+        "example": dg.MetadataValue.md(_render_example(sft.iloc[0])),
+    }
+
+
+def _rl_pool_metadata(rl: pd.DataFrame, write: TableWrite) -> dict[str, object]:
+    """Why each pair is in the RL pool and what kind of question it is."""
+    return {
+        "dagster/row_count": len(rl),
+        "by_reason": dg.MetadataValue.json(rl["rl_reason"].value_counts().to_dict() if len(rl) else {}),
+        "by_kind": dg.MetadataValue.json(rl["kind"].value_counts().to_dict() if len(rl) else {}),
+        "preview": dg.MetadataValue.md(
+            markdown_preview(rl[["kind", "rl_reason", "question", "answer"]]) if len(rl) else "empty"
+        ),
+        "parquet": dg.MetadataValue.path(str(write.parquet_path)),
+    }
 
 
 def _render_example(row: pd.Series) -> str:

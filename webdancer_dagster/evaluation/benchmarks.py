@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from webdancer_dagster.config_files import ConfigFileError, decode_utf8
-from webdancer_dagster.synthesis.qa import stable_id
+from webdancer_dagster.shared.hashing import stable_id
 
 BenchmarkFormat = Literal["musique", "question_set", "jsonl"]
 

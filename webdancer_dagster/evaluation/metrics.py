@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from webdancer_dagster.agent.trajectory import TERMINATIONS
-from webdancer_dagster.synthesis.qa import normalize_answer
+from webdancer_dagster.shared.answers import normalize_answer
 
 REQUIRED_COLUMNS = ("question_id", "run", "correct")
 

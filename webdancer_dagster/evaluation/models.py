@@ -16,7 +16,7 @@ import pandas as pd
 
 from webdancer_dagster.llm.gguf_export import OutType, export_gguf
 from webdancer_dagster.llm.server import ModelServerConfig
-from webdancer_dagster.training.base_model import folder_sha256
+from webdancer_dagster.shared.hashing import folder_sha256
 from webdancer_dagster.warehouse import WarehouseStore
 
 GGUF_CACHE_DIR = "gguf"

@@ -157,7 +157,7 @@ def registry_path(environ: Mapping[str, str] = os.environ) -> Path | None:
 
 
 def default_registry() -> Registry:
-    """The registry the definitions are built from (`assets.corpus.REGISTRY` holds the one read at import)."""
+    """The registry the definitions are built from (`assets.registries.REGISTRY` holds the one read at import)."""
     return load_registry(registry_path())
 
 

@@ -7,77 +7,26 @@ row the moment it is judged, to persist it before the next one starts.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any, Literal, cast
+from typing import Any
 
 from webdancer_dagster.agent.trajectory import Trajectory
 from webdancer_dagster.agent.validity import check_format
 from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion
 from webdancer_dagster.evaluation.metrics import token_f1
-from webdancer_dagster.llm.client import ChatResult, LLMEndpoint
-from webdancer_dagster.synthesis.judge import JudgeMethod, exact_match, judge_answer
+from webdancer_dagster.llm.client import LLMEndpoint
+from webdancer_dagster.shared.judge import Judgement, exact_match, judge_answer
 
 logger = logging.getLogger(__name__)
 
 RunAgent = Callable[[str, int], Trajectory]
 ResultCallback = Callable[[dict[str, Any]], None]
-JudgeFlag = Literal["", "unparsed", "rejected"]
-RETRY_SEPARATOR = "\n\n--- judge retry ---\n\n"
-RETRY_TEMPERATURE = 0.6  # the least temperature of a retry: a greedy judge would repeat its unclear reply
 
 
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-    """The judgement stored with a run: the rule or `llm` that decided (`none`: no answer). `flag` says why an
-    answer the LLM judge could not judge was counted incorrect."""
-
-    correct: bool
-    method: JudgeMethod | Literal["none"]
-    raw: str = ""
-    flag: JudgeFlag = ""
-    attempts: int = 0
-
-
-class _Resampled:
-    """The judge endpoint drawing another sample: a retry must neither come back from the response cache nor
-    repeat a greedy (temperature 0) reply."""
-
-    def __init__(self, endpoint: LLMEndpoint, sample_index: int) -> None:
-        self._endpoint, self._sample_index = endpoint, sample_index
-        sampling = endpoint.config.sampling
-        self._sampling = sampling.model_copy(update={"temperature": max(sampling.temperature, RETRY_TEMPERATURE)})
-
-    def chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> ChatResult:
-        return self._endpoint.chat(messages, sampling=self._sampling, sample_index=self._sample_index, **kwargs)
-
-
-def judge_with_retry(
-    question: str, predicted: str | None, gold_answers: Sequence[str], judge: LLMEndpoint | None
-) -> Verdict:
-    """`judge_answer` (rules, then `judge` if one is given); an LLM reply holding neither Correct nor Incorrect is
-    asked once more, and still none: incorrect, flagged `unparsed`. A rejected request (input the judge cannot
-    take) is not retried and is flagged `rejected`. No answer is incorrect without a judge call."""
-    if not predicted or not predicted.strip():
-        return Verdict(False, "none")
-    judgement = judge_answer(question, predicted, gold_answers, judge)
-    if judgement.method != "llm" or judge is None:
-        return Verdict(bool(judgement.correct), judgement.method)
-    if judgement.error:
-        return Verdict(False, "llm", judgement.error, "rejected", 1)
-    if judgement.correct is not None:
-        return Verdict(judgement.correct, "llm", judgement.raw, "", 1)
-    retry = judge_answer(question, predicted, gold_answers, cast(LLMEndpoint, _Resampled(judge, 1)))
-    raw = judgement.raw + RETRY_SEPARATOR + (retry.raw or retry.error)
-    if retry.correct is None:
-        return Verdict(False, "llm", raw, "rejected" if retry.error else "unparsed", 2)
-    return Verdict(retry.correct, "llm", raw, "", 2)
-
-
-def run_row(item: BenchmarkQuestion, run: int, trajectory: Trajectory, verdict: Verdict) -> dict[str, Any]:
+def run_row(item: BenchmarkQuestion, run: int, trajectory: Trajectory, judgement: Judgement) -> dict[str, Any]:
     """One `eval_runs` row: the answer, its judgement, EM/F1, whether the run was format-valid (the funnel's and the
     RL reward's `check_format`) and what the agent did to get there."""
     answer = trajectory.answer or ""
@@ -93,11 +42,11 @@ def run_row(item: BenchmarkQuestion, run: int, trajectory: Trajectory, verdict: 
         "answered": bool(answer.strip()),
         "format_valid": format_check.valid,
         "format_reason": format_check.reason,
-        "correct": verdict.correct,
-        "judge_method": verdict.method,
-        "judge_raw": verdict.raw,
-        "judge_flag": verdict.flag,
-        "judge_attempts": verdict.attempts,
+        "correct": judgement.correct,
+        "judge_method": judgement.method,
+        "judge_raw": judgement.raw,
+        "judge_flag": judgement.flag,
+        "judge_attempts": judgement.attempts,
         "em": bool(answer) and exact_match(answer, item.answers),
         "f1": token_f1(answer, item.answers) if answer else 0.0,
         "searches": actions["search"],
@@ -148,7 +97,7 @@ def evaluate(
     def one(job: tuple[BenchmarkQuestion, int]) -> dict[str, Any]:
         item, run = job
         trajectory = run_agent(item.question, run)
-        return run_row(item, run, trajectory, judge_with_retry(item.question, trajectory.answer, item.answers, judge))
+        return run_row(item, run, trajectory, judge_answer(item.question, trajectory.answer, item.answers, judge))
 
     rows: list[dict[str, Any]] = []
 

@@ -350,13 +350,6 @@ class LLMEndpoint:
         if self.cache is not None:
             self.cache.close()
 
-    def list_models(self) -> list[str]:
-        """Model ids the server reports; one try, for health checks."""
-        try:
-            return [model.id for model in self._client.models.list()]
-        except openai.OpenAIError as error:
-            raise LLMEndpointError(f"{self.config.describe()} did not list its models: {error}") from error
-
     def _request_body(
         self,
         messages: Sequence[Mapping[str, str]],

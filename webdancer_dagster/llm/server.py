@@ -28,8 +28,8 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from webdancer_dagster.files import file_sha256
 from webdancer_dagster.processes import spawn_dying_with_parent
+from webdancer_dagster.shared.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 

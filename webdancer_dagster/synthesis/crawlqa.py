@@ -24,18 +24,10 @@ import pandas as pd
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from webdancer_dagster.llm.client import LLMEndpoint
-from webdancer_dagster.synthesis.qa import (
-    Drop,
-    QAPair,
-    SynthesisResult,
-    contains_phrase,
-    deduplicate,
-    is_grounded,
-    normalize_answer,
-    normalize_words,
-    question_problem,
-    stable_id,
-)
+from webdancer_dagster.shared.answers import contains_phrase, normalize_answer, normalize_words
+from webdancer_dagster.shared.hashing import stable_id
+from webdancer_dagster.shared.qa import QAPair
+from webdancer_dagster.synthesis.qa import Drop, SynthesisResult, deduplicate, is_grounded, question_problem
 from webdancer_dagster.synthesis.replies import JSON_FORMAT_HELP, JsonFormat, JsonReply, NonEmpty, ask_json
 
 logger = logging.getLogger(__name__)

@@ -22,19 +22,15 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from webdancer_dagster.llm.client import LLMEndpoint
+from webdancer_dagster.shared.answers import contains_phrase, content_words, normalize_answer
+from webdancer_dagster.shared.qa import QAPair, RewriteStep, SearchRecord
 from webdancer_dagster.synthesis.crawlqa import ClusterPage, eligible_pages
 from webdancer_dagster.synthesis.fact_seeds import fact_seed
 from webdancer_dagster.synthesis.qa import (
     Drop,
-    QAPair,
-    RewriteStep,
-    SearchRecord,
     SynthesisResult,
-    contains_phrase,
-    content_words,
     deduplicate,
     is_grounded,
-    normalize_answer,
     question_problem,
     url_host,
 )

@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import re
 
+from webdancer_dagster.shared.qa import QAPair
 from webdancer_dagster.synthesis.crawlqa import ClusterPage
-from webdancer_dagster.synthesis.qa import Drop, QAPair
+from webdancer_dagster.synthesis.qa import Drop
 
 SEED_STAGE, STAGE = "e2hqa_seed", "e2hqa"  # E2HQA's names: these seeds' drops count with its seeds' drops
 FACT_TEACHER = "rules:first-sentence-facts"

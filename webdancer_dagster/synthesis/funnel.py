@@ -1,11 +1,11 @@
-"""Rejection sampling and WebDancer's three-stage funnel from sampled trajectories to SFT data and the RL pool.
+"""WebDancer's three-stage funnel from sampled trajectories to SFT data and the RL pool.
 
-Each QA pair gets up to k agent runs, stopping at the first that is (a) valid, i.e. every turn is in WebDancer's
-format, every tool call names a real tool with valid arguments and an answer ends it, and (b) correct per the
-judge. Every attempt is kept with its verdicts. Accepted attempts then face (c) quality: cheap rules first (too
-many or too few actions, the same call repeated, an answer no observation supports), then an LLM grade on four
-criteria. What survives is SFT data; QA pairs that no trajectory got through, plus a configurable held-out
-share, form the RL pool. Every stage is a pure function over plain data; a drop always keeps stage and reason.
+A trajectory must be (a) valid, i.e. every turn is in WebDancer's format, every tool call names a real tool with
+valid arguments and an answer ends it, and (b) correct per the judge; rejection sampling (`rejection.py`) draws
+attempts until one passes both. Accepted attempts then face (c) quality: cheap rules first (too many or too few
+actions, the same call repeated, an answer no observation supports), then an LLM grade on four criteria. What
+survives is SFT data; QA pairs that no trajectory got through, plus a configurable held-out share, form the RL
+pool. Every stage is a pure function over plain data; a drop always keeps stage and reason.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,15 +26,18 @@ from webdancer_dagster.agent.tools import WEBDANCER_TOOL_SCHEMAS, ToolSchemas
 from webdancer_dagster.agent.trajectory import CotMode, Trajectory
 from webdancer_dagster.agent.validity import check_format, parsed_turns
 from webdancer_dagster.llm.client import LLMEndpoint
-from webdancer_dagster.synthesis.judge import judge_answer
-from webdancer_dagster.synthesis.qa import QAPair, content_words, normalize_answer, stable_id
+from webdancer_dagster.shared.answers import content_words, normalize_answer
+from webdancer_dagster.shared.judge import judge_answer
+from webdancer_dagster.shared.qa import QAPair
 from webdancer_dagster.synthesis.replies import JSON_FORMAT_HELP, JsonFormat, ask_json
+
+if TYPE_CHECKING:  # rejection sampling builds attempts from the stages here; the funnel only reads them
+    from webdancer_dagster.synthesis.rejection import Attempt
 
 logger = logging.getLogger(__name__)
 
 Stage = Literal["validity", "correctness", "quality"]
 STAGES: tuple[Stage, ...] = ("validity", "correctness", "quality")
-RunAgent = Callable[[str, int], Trajectory]
 _YES_NO = frozenset({"yes", "no"})
 
 
@@ -57,8 +60,9 @@ class FunnelConfig(BaseModel):
 
 
 @dataclasses.dataclass(frozen=True)
-class Verdict:
-    """One stage's decision on one trajectory; `raw` is the judge's or grader's reply as received."""
+class StageVerdict:
+    """One stage's decision on one trajectory; `raw` is the judge's or grader's reply as received. Stored as JSON in
+    the `trajectories` table (`rejection.attempts_frame`), so its field names are part of that table."""
 
     stage: Stage
     passed: bool
@@ -69,35 +73,39 @@ class Verdict:
     scores: Mapping[str, float] | None = None
 
 
-def _passed(stage: Stage, detail: str = "", **extra: Any) -> Verdict:
-    return Verdict(stage, True, detail=detail, **extra)
+def _passed(stage: Stage, detail: str = "", **extra: Any) -> StageVerdict:
+    return StageVerdict(stage, True, detail=detail, **extra)
 
 
-def check_validity(trajectory: Trajectory, tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS) -> Verdict:
+def check_validity(trajectory: Trajectory, tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS) -> StageVerdict:
     """Stage (a): the conversation is exactly WebDancer's format (`agent.validity.check_format`, the one meaning
     of valid that the RL format reward and evaluation also use), so SFT teaches nothing malformed.
 
     Reasons: `forced_answer`, `bad_structure`, `format_error`, `unknown_tool`, `invalid_arguments`, `no_answer`.
     """
     check = check_format(trajectory, tool_schemas)
-    return Verdict("validity", check.valid, check.reason, check.detail)
+    return StageVerdict("validity", check.valid, check.reason, check.detail)
 
 
-def check_correctness(qa: QAPair, trajectory: Trajectory, judge: LLMEndpoint | None) -> Verdict:
+def check_correctness(qa: QAPair, trajectory: Trajectory, judge: LLMEndpoint | None) -> StageVerdict:
     """Stage (b): `judge_answer` finds the trajectory's answer equivalent to the gold answer (or one of its
     aliases): by rule, or by `judge` where the rules leave it open and a capable judge is given.
 
-    Reasons: `no_answer`, `incorrect`, `judge_unreadable` (the reply held no verdict), `judge_rejected`.
+    Reasons: `no_answer`, `incorrect`, `judge_unreadable` (no verdict in the reply nor in the retry's),
+    `judge_rejected` (the endpoint refused the request).
     """
     if not trajectory.answer:
-        return Verdict("correctness", False, "no_answer", f"termination {trajectory.termination}")
+        return StageVerdict("correctness", False, "no_answer", f"termination {trajectory.termination}")
     judgement = judge_answer(qa.question, trajectory.answer, qa.answers, judge)
     common = {"raw": judgement.raw, "method": judgement.method}
-    if judgement.correct is None:
-        reason = "judge_rejected" if judgement.error else "judge_unreadable"
-        return Verdict("correctness", False, reason, judgement.error or "no Correct/Incorrect in the reply", **common)
+    if judgement.flag == "rejected":
+        return StageVerdict("correctness", False, "judge_rejected", judgement.last_reply, **common)
+    if judgement.flag == "unparsed":
+        detail = f"no Correct/Incorrect in {judgement.attempts} replies"
+        return StageVerdict("correctness", False, "judge_unreadable", detail, **common)
     if not judgement.correct:
-        return Verdict("correctness", False, "incorrect", f"{trajectory.answer[:200]!r} vs {qa.answer!r}", **common)
+        detail = f"{trajectory.answer[:200]!r} vs {qa.answer!r}"
+        return StageVerdict("correctness", False, "incorrect", detail, **common)
     return _passed("correctness", **common)
 
 
@@ -135,14 +143,14 @@ def check_quality_rules(
     trajectory: Trajectory,
     config: FunnelConfig,
     tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS,
-) -> Verdict:
+) -> StageVerdict:
     """Stage (c), rules: `too_few_actions`, `too_many_actions`, `repeated_call`, `unsupported_answer`.
 
     Unknown tools never reach this stage: validity drops them as `unknown_tool`.
     """
 
-    def fail(reason: str, detail: str) -> Verdict:
-        return Verdict("quality", False, reason, detail, method="rules")
+    def fail(reason: str, detail: str) -> StageVerdict:
+        return StageVerdict("quality", False, reason, detail, method="rules")
 
     turns = parsed_turns(trajectory, tool_schemas)
     calls = [turn for turn, _ in turns if turn.kind == "tool_call"]
@@ -215,7 +223,7 @@ def grade_quality(
     grader: LLMEndpoint,
     config: FunnelConfig,
     tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS,
-) -> Verdict:
+) -> StageVerdict:
     """Stage (c), LLM grade: four 1-5 scores; `low_grade` below the mean or single-score threshold.
 
     Unusable grader replies drop as `grade_not_json`, `grade_empty`, `grade_wrong_schema` or
@@ -224,13 +232,13 @@ def grade_quality(
     prompt = GRADE_PROMPT.format(trajectory=render_for_grading(qa, trajectory, config, tool_schemas))
     reply = ask_json(grader, [{"role": "user", "content": prompt}], QualityGrade, json_format=config.json_format)
     if reply.value is None:
-        return Verdict("quality", False, f"grade_{reply.reason}", reply.detail, reply.raw, method="llm")
+        return StageVerdict("quality", False, f"grade_{reply.reason}", reply.detail, reply.raw, method="llm")
     scores = reply.value.model_dump()
     mean = sum(scores.values()) / len(scores)
     if mean < config.min_grade_mean or min(scores.values()) < config.min_grade_each:
         lowest = min(scores.values())
         detail = f"mean {mean:.2f} (min {config.min_grade_mean}), lowest {lowest} (min {config.min_grade_each})"
-        return Verdict("quality", False, "low_grade", detail, reply.raw, method="llm", scores=scores)
+        return StageVerdict("quality", False, "low_grade", detail, reply.raw, method="llm", scores=scores)
     return _passed("quality", f"mean {mean:.2f}", raw=reply.raw, method="llm", scores=scores)
 
 
@@ -240,7 +248,7 @@ def check_quality(
     grader: LLMEndpoint | None,
     config: FunnelConfig,
     tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS,
-) -> Verdict:
+) -> StageVerdict:
     """Stage (c): rules, then the LLM grade when a grader is configured (rules only without one)."""
     verdict = check_quality_rules(qa, trajectory, config, tool_schemas)
     if not verdict.passed or grader is None:
@@ -248,87 +256,15 @@ def check_quality(
     return grade_quality(qa, trajectory, grader, config, tool_schemas)
 
 
-def trajectory_id(qa_id: str, trajectory: Trajectory) -> str:
-    """Stable per (pair, model, CoT mode, sample): a resumed sampling run rewrites the same rows."""
-    return stable_id(qa_id, trajectory.model, trajectory.cot_mode, str(trajectory.sample_index), prefix="traj-")
-
-
-@dataclasses.dataclass(frozen=True)
-class Attempt:
-    """One sampled trajectory for one QA pair with its validity and (if valid) correctness verdicts."""
-
-    qa: QAPair
-    trajectory: Trajectory
-    validity: Verdict
-    correctness: Verdict | None = None
-
-    @property
-    def id(self) -> str:
-        return trajectory_id(self.qa.id, self.trajectory)
-
-    @property
-    def accepted(self) -> bool:
-        """Valid and correct: what rejection sampling stops at."""
-        return self.validity.passed and self.correctness is not None and self.correctness.passed
-
-
-def assess_attempt(
-    qa: QAPair,
-    trajectory: Trajectory,
-    judge: LLMEndpoint | None,
-    tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS,
-) -> Attempt:
-    """Stages (a) and (b); the judge is only asked about valid trajectories."""
-    validity = check_validity(trajectory, tool_schemas)
-    correctness = check_correctness(qa, trajectory, judge) if validity.passed else None
-    return Attempt(qa, trajectory, validity, correctness)
-
-
-def rejection_sample(
-    pairs: Sequence[QAPair],
-    run_agent: RunAgent,
-    judge: LLMEndpoint | None,
-    *,
-    k: int,
-    max_workers: int = 1,
-    tool_schemas: ToolSchemas = WEBDANCER_TOOL_SCHEMAS,
-) -> list[Attempt]:
-    """Up to `k` runs per pair (`run_agent(question, sample_index)`), stopping at the first accepted one.
-
-    Pairs run in parallel on `max_workers` threads, attempts of one pair in order. Every attempt is returned,
-    pair by pair in input order, so the caller stores rejected samples too.
-    """
-    if k < 1:
-        raise ValueError(f"rejection sampling needs k >= 1, got {k}")
-
-    def sample(qa: QAPair) -> list[Attempt]:
-        attempts = []
-        for sample_index in range(k):
-            attempt = assess_attempt(qa, run_agent(qa.question, sample_index), judge, tool_schemas)
-            attempts.append(attempt)
-            if attempt.accepted:
-                break
-        return attempts
-
-    if not pairs:
-        return []
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(pairs)), thread_name_prefix="rejection") as pool:
-        per_pair = list(pool.map(sample, pairs))
-    attempts = [attempt for group in per_pair for attempt in group]
-    solved = sum(any(a.accepted for a in group) for group in per_pair)
-    logger.info("rejection sampling: %d pairs, %d attempts, %d pairs solved", len(pairs), len(attempts), solved)
-    return attempts
-
-
 @dataclasses.dataclass(frozen=True)
 class FunnelRecord:
     """An attempt after the funnel: `quality` is None when stage (a) or (b) already dropped it."""
 
     attempt: Attempt
-    quality: Verdict | None = None
+    quality: StageVerdict | None = None
 
     @property
-    def verdicts(self) -> list[Verdict]:
+    def verdicts(self) -> list[StageVerdict]:
         return [v for v in (self.attempt.validity, self.attempt.correctness, self.quality) if v is not None]
 
     @property
@@ -336,7 +272,7 @@ class FunnelRecord:
         return self.quality is not None and self.quality.passed
 
     @property
-    def drop(self) -> Verdict | None:
+    def drop(self) -> StageVerdict | None:
         """The verdict that dropped it, None when kept."""
         return next((v for v in self.verdicts if not v.passed), None)
 
@@ -490,50 +426,3 @@ def sft_records(
             }
         )
     return records
-
-
-def attempts_frame(attempts: Sequence[Attempt]) -> pd.DataFrame:
-    """The `trajectories` table: every attempt with its verdicts; nested data as JSON text."""
-    rows = []
-    for attempt in attempts:
-        trajectory, correctness = attempt.trajectory, attempt.correctness
-        rows.append(
-            {
-                "trajectory_id": attempt.id,
-                "qa_id": attempt.qa.id,
-                "sample_index": trajectory.sample_index,
-                "cot_mode": trajectory.cot_mode,
-                "constrained": trajectory.constrained,
-                "model": trajectory.model,
-                "endpoint": trajectory.endpoint,
-                "termination": trajectory.termination,
-                "steps": len(trajectory.steps),
-                "tool_calls": trajectory.tool_calls,
-                "prompt_tokens": trajectory.prompt_tokens,
-                "completion_tokens": trajectory.completion_tokens,
-                "accepted": attempt.accepted,
-                "validity_reason": attempt.validity.reason,
-                "correctness_reason": correctness.reason if correctness else "",
-                "judge_raw": correctness.raw if correctness else "",
-                "validity": json.dumps(dataclasses.asdict(attempt.validity)),
-                "correctness": json.dumps(dataclasses.asdict(correctness)) if correctness else "",
-                "trajectory": trajectory.model_dump_json(),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def attempts_from_frame(frame: pd.DataFrame, pairs: Mapping[str, QAPair]) -> list[Attempt]:
-    """Read `attempts_frame` output back; `pairs` maps QA id to pair (a missing id raises KeyError)."""
-    attempts = []
-    for row in frame.to_dict("records"):
-        correctness = Verdict(**json.loads(row["correctness"])) if row["correctness"] else None
-        attempts.append(
-            Attempt(
-                qa=pairs[row["qa_id"]],
-                trajectory=Trajectory.model_validate_json(row["trajectory"]),
-                validity=Verdict(**json.loads(row["validity"])),
-                correctness=correctness,
-            )
-        )
-    return attempts

@@ -1,78 +1,22 @@
-"""The QA-pair contract every synthesis source produces, plus the text checks all of them share.
+"""The checks every synthesis source shares: near duplicates, leakage into benchmarks, grounding, counted drops.
 
-CRAWLQA, E2HQA and WebDancer's released samples all become `QAPair` rows of one `qa_pairs` table, so trajectory
-sampling, the funnel and the RL pool never care where a question came from. The helpers here are the ones more
-than one stage needs: SQuAD-style answer normalisation (grounding, exact-match judging), near-duplicate
-detection over word shingles, the leakage guard against benchmark questions and benchmark URLs, and the
-counted-drop record every stage returns instead of raising on bad model output.
+CRAWLQA and E2HQA both produce `shared.qa.QAPair` rows; the helpers here are what they have in common:
+near-duplicate detection over word shingles, the leakage guard against benchmark questions and benchmark URLs,
+the grounding check, and the counted-drop record every stage returns instead of raising on bad model output.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import re
-import string
-import unicodedata
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-QAKind = Literal["count", "multi_hop", "intersection", "e2hqa", "reference"]
-QASource = Literal["crawlqa", "e2hqa", "webdancer_sample"]
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = frozenset(string.punctuation) | {"‘", "’", "“", "”", "–", "—", "…", "«", "»"}
-_SPACES = re.compile(r"\s+")
-# Words too common to say anything about whether two texts share content.
-STOPWORDS = frozenset(
-    "a an the of in on at to for from by with and or but is are was were be been being that this these those "
-    "which who whom whose what when where why how it its as into than then there their they he she his her "
-    "him i you we our your not no do does did has have had can could would should will may might".split()
-)
-
-
-def _normalize(text: str, punctuation: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(punctuation if ch in _PUNCTUATION else ch for ch in text)
-    text = _ARTICLES.sub(" ", text)
-    return _SPACES.sub(" ", text).strip()
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD's normalisation (lowercase, punctuation removed, no articles, single spaces) after Unicode folding.
-
-    Used for exact-match judging, so `The U.S.A.` and `usa` compare equal.
-    """
-    return _normalize(text, "")
-
-
-def normalize_words(text: str) -> str:
-    """Like `normalize_answer` but punctuation separates words, so `Babbage's` still holds the word `babbage`."""
-    return _normalize(text, " ")
-
-
-def contains_phrase(haystack: str, needle: str) -> bool:
-    """True when `needle` occurs in `haystack` as whole words under either normalisation (`art` is not in `part`).
-
-    Grounding needs both: `U.S.A.` only matches `USA` with punctuation removed, `Babbage` only matches
-    `Babbage's` with punctuation as a word break.
-    """
-    for normalize in (normalize_answer, normalize_words):
-        phrase = normalize(needle)
-        if phrase and f" {phrase} " in f" {normalize(haystack)} ":
-            return True
-    return False
-
-
-def content_words(text: str) -> list[str]:
-    """Normalised words without stopwords: what two texts must share to say the same thing."""
-    return [word for word in normalize_words(text).split() if word not in STOPWORDS]
+from webdancer_dagster.shared.answers import contains_phrase, normalize_words
+from webdancer_dagster.shared.qa import QAPair
 
 
 def word_shingles(text: str, n: int) -> frozenset[tuple[str, ...]]:
@@ -91,72 +35,6 @@ def jaccard(a: Collection[Any], b: Collection[Any]) -> float:
         return 0.0
     union = len(set(a) | set(b))
     return len(set(a) & set(b)) / union
-
-
-def stable_id(*parts: str, prefix: str = "") -> str:
-    """A short content hash: the same inputs give the same id in every run, so reruns upsert, not duplicate."""
-    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
-    return f"{prefix}{digest}"
-
-
-class SearchRecord(BaseModel):
-    """One search hit an E2HQA rewrite read, kept so a reader can audit where a description came from."""
-
-    model_config = ConfigDict(frozen=True)
-
-    title: str
-    url: str
-    snippet: str
-
-
-class RewriteStep(BaseModel):
-    """One E2HQA rewrite: which entity of `question_before` was replaced by what, using which search results."""
-
-    model_config = ConfigDict(frozen=True)
-
-    question_before: str
-    entity: str
-    query: str
-    results: list[SearchRecord]
-    description: str
-    question_after: str
-    answer_check: str = Field("", description="the checker's raw reply saying the answer is unchanged; '' if off")
-
-
-class QAPair(BaseModel):
-    """One question with a short gold answer, where it came from and why we believe the answer.
-
-    `id` is derived from source, normalised question and normalised answer when not given, so the same pair
-    synthesized twice (a resumed run) gets the same id.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str = Field("", description="filled from source, question and answer when empty")
-    question: str = Field(min_length=1)
-    answer: str = Field(min_length=1)
-    answer_aliases: list[str] = Field(default_factory=list, description="other accepted spellings of the answer")
-    kind: QAKind
-    source: QASource
-    source_urls: list[str] = Field(default_factory=list, description="pages that support the answer")
-    difficulty: int = Field(1, ge=0, description="CRAWLQA: pages cited; E2HQA: rewrites applied")
-    rewrite_chain: list[RewriteStep] = Field(default_factory=list)
-    evidence: list[str] = Field(default_factory=list, description="quotes from the cited pages")
-    teacher: str = Field("", description="model that wrote the pair; empty for released data")
-    reference_tag: str | None = Field(None, description="WebDancer's own tag on released samples")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_id(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("id"):
-            parts = (str(data.get("source", "")), normalize_answer(str(data.get("question", ""))))
-            data = {**data, "id": stable_id(*parts, normalize_answer(str(data.get("answer", ""))), prefix="qa-")}
-        return data
-
-    @property
-    def answers(self) -> list[str]:
-        """The gold answer followed by its aliases: everything a judge may accept."""
-        return [self.answer, *(a for a in self.answer_aliases if a != self.answer)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,48 +56,6 @@ def drops_frame(drops: Iterable[Drop]) -> pd.DataFrame:
     """Drops as a table (one row each) for the warehouse and the "drops by reason" metadata."""
     rows = [dataclasses.asdict(drop) for drop in drops]
     return pd.DataFrame(rows, columns=DROP_COLUMNS)
-
-
-QA_COLUMNS = [
-    "id",
-    "question",
-    "answer",
-    "answer_aliases",
-    "kind",
-    "source",
-    "source_urls",
-    "difficulty",
-    "rewrite_chain",
-    "evidence",
-    "teacher",
-    "reference_tag",
-]
-_JSON_COLUMNS = ("answer_aliases", "source_urls", "rewrite_chain", "evidence")
-
-
-def qa_pairs_frame(pairs: Iterable[QAPair]) -> pd.DataFrame:
-    """The `qa_pairs` table: list and chain fields as JSON text, so any warehouse column type holds them."""
-    rows = []
-    for pair in pairs:
-        row = pair.model_dump(mode="json")
-        for column in _JSON_COLUMNS:
-            row[column] = json.dumps(row[column], ensure_ascii=False)
-        rows.append(row)
-    return pd.DataFrame(rows, columns=QA_COLUMNS)
-
-
-def qa_pairs_from_frame(frame: pd.DataFrame) -> list[QAPair]:
-    """Read `qa_pairs_frame` output back into validated pairs."""
-    pairs = []
-    for row in frame.to_dict("records"):
-        record = {key: row[key] for key in QA_COLUMNS if key in row}
-        for column in _JSON_COLUMNS:
-            if isinstance(record.get(column), str):
-                record[column] = json.loads(record[column])
-        if record.get("reference_tag") is not None and pd.isna(record["reference_tag"]):
-            record["reference_tag"] = None
-        pairs.append(QAPair.model_validate(record))
-    return pairs
 
 
 class NearDuplicateIndex:

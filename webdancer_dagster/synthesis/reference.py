@@ -22,7 +22,9 @@ from webdancer_dagster.agent.parser import parse_turn
 from webdancer_dagster.agent.prompts import USER_PROMPT
 from webdancer_dagster.agent.tools import WEBDANCER_TOOL_SCHEMAS, ToolSchemas
 from webdancer_dagster.agent.trajectory import ChatMessage, Step, Termination, Trajectory
-from webdancer_dagster.synthesis.qa import QAPair
+from webdancer_dagster.agent.validity import check_format
+from webdancer_dagster.shared.qa import QAPair
+from webdancer_dagster.synthesis.short_cot import derive_short_cot
 
 logger = logging.getLogger(__name__)
 
@@ -153,3 +155,19 @@ def load_reference_trajectories(
     loaded = [reference_trajectory(record, tool_schemas) for record in _read_jsonl(path)]
     logger.info("loaded %d reference trajectories from %s", len(loaded), path)
     return loaded
+
+
+def released_trajectories(
+    path: Path, limit: int | None = None, derive_short_cot_words: int | None = None
+) -> list[ReferenceTrajectory]:
+    """The first `limit` released trajectories, then, when `derive_short_cot_words` is set, a short-CoT copy of each
+    format-valid one (`short_cot.derive_short_cot`, thoughts cut to that many words), for an instruct model."""
+    released = load_reference_trajectories(path)[:limit]
+    if derive_short_cot_words is None:
+        return released
+    derived = [
+        ReferenceTrajectory(item.qa, derive_short_cot(item.trajectory, derive_short_cot_words))
+        for item in released
+        if check_format(item.trajectory).valid
+    ]
+    return released + derived

@@ -17,6 +17,7 @@ import json_repair
 from pydantic import BaseModel, StringConstraints, ValidationError
 
 from webdancer_dagster.llm.client import LLMEndpoint, LLMRequestRejected
+from webdancer_dagster.llm.reasoning import strip_reasoning
 
 Model = TypeVar("Model", bound=BaseModel)
 # A reply field that must hold text: whitespace alone fails validation (`wrong_schema`).
@@ -27,8 +28,6 @@ NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)
 # keys. `json_schema`: OpenAI structured outputs (OpenAI, vLLM). `none`: plain text (any server).
 JsonFormat = Literal["none", "object", "object_with_schema", "json_schema"]
 JSON_FORMAT_HELP = "response_format to send: none, object (JSON mode), object_with_schema (llama.cpp), json_schema"
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
-_OPEN_THINK = re.compile(r"^.*?</think>", re.DOTALL)  # reasoning templates often eat the opening tag
 _CODE_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
 
@@ -40,18 +39,6 @@ class JsonReply(Generic[Model]):
     value: Model | None = None
     reason: str | None = None
     detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.value is not None
-
-
-def strip_reasoning(text: str) -> str:
-    """The reply without reasoning blocks, which often contain draft JSON that is not the answer."""
-    text = _THINK_BLOCK.sub("", text)
-    if "</think>" in text:
-        text = _OPEN_THINK.sub("", text)
-    return text.strip()
 
 
 def _load(text: str) -> Any:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from webdancer_dagster.files import write_text_atomic
-from webdancer_dagster.training.base_model import BaseModel, folder_sha256
+from webdancer_dagster.shared.hashing import folder_sha256
+from webdancer_dagster.training.base_model import BaseModel
 
 TRAIN_FILE = "train.jsonl"
 RUN_RECORD_FILE = "run_record.json"
@@ -38,13 +39,13 @@ class RunInputs:
 def sft_jsonl(records: Sequence[Mapping[str, Any]]) -> str:
     """`sft_dataset` rows as the JSONL the SFT entry point reads, in id order so equal rows give equal bytes.
 
-    The warehouse stores `messages` as JSON text; the entry point wants a list, so text is decoded here.
-    """
+    Each chat goes in as the JSON text the funnel stored: decoded once, by the trainer, never re-encoded here."""
     lines = []
     for row in _by_id(records):
         messages = row["messages"]
-        decoded = json.loads(messages) if isinstance(messages, str) else list(messages)
-        lines.append(json.dumps({"id": row.get("id"), "messages": decoded}, ensure_ascii=False, sort_keys=True))
+        if not isinstance(messages, str):
+            raise TypeError(f"sft_dataset row {row.get('id')!r}: messages must be the stored JSON text")
+        lines.append(f'{{"id": {json.dumps(row.get("id"))}, "messages": {messages}}}')
     return "".join(line + "\n" for line in lines)
 
 

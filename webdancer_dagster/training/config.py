@@ -15,6 +15,8 @@ from transformers import SchedulerType
 
 from webdancer_dagster.llm.client import EndpointConfig
 from webdancer_dagster.training.masking import TruncationPolicy
+from webdancer_dagster.web.scope import WebScope
+from webdancer_dagster.web.visit import FetchPolicy
 
 ROLLOUT_BACKENDS = ("local", "llama_cpp")
 
@@ -237,6 +239,11 @@ class RolloutEnvironment(BaseModel):
     judge: EndpointConfig | None = None  # None: the judging rules alone (no capable judge declared)
     summarizer: EndpointConfig
     current_date: dt.date | None = None
+
+    def scope(self) -> WebScope:
+        """What the rollouts' tools may reach: the hosts and proxy the asset chose (`WebScope.synthesis`)."""
+        allowed = frozenset(self.allowed_hosts) if self.allowed_hosts is not None else None
+        return WebScope(FetchPolicy(allowed_hosts=allowed, proxy_url=self.proxy_url), frozenset(self.blocked_hosts))
 
 
 def to_cli_args(hparams: SFTHyperparameters | DAPOHyperparameters) -> list[str]:

@@ -53,7 +53,7 @@ from webdancer_dagster.agent.prompts import system_message, user_message
 from webdancer_dagster.agent.trajectory import Trajectory
 from webdancer_dagster.llm.client import ChatModel, LLMEndpoint, LLMEndpointError, SamplingParams
 from webdancer_dagster.llm.server import default_threads
-from webdancer_dagster.training.base_model import folder_sha256
+from webdancer_dagster.shared.hashing import folder_sha256
 from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment
 from webdancer_dagster.training.dynamic_sampling import FilledBatch, Group, PromptDrawer, fill_groups
 from webdancer_dagster.training.masking import IGNORE_INDEX
@@ -73,8 +73,7 @@ from webdancer_dagster.training.rollout import (
     score_rollout,
 )
 from webdancer_dagster.training.served_policy import ServedPolicy
-from webdancer_dagster.web.search import ExcludeHosts, LocalSearch
-from webdancer_dagster.web.visit import FetchPolicy
+from webdancer_dagster.web.search import LocalSearch
 
 logger = logging.getLogger(__name__)
 
@@ -406,11 +405,8 @@ class AgentRollout:
         self.hparams = hparams
         self.judge = LLMEndpoint(environment.judge) if environment.judge is not None else None
         self.summarizer = LLMEndpoint(environment.summarizer)
-        self.search = ExcludeHosts(LocalSearch(Path(environment.search_index)), environment.blocked_hosts)
-        self.fetch_policy = FetchPolicy(
-            allowed_hosts=frozenset(environment.allowed_hosts) if environment.allowed_hosts is not None else None,
-            proxy_url=environment.proxy_url,
-        )
+        self.search = LocalSearch(Path(environment.search_index))
+        self.scope = environment.scope()
         self.drawer = PromptDrawer(list(self.answers), seed)
         self.sampling = SamplingParams(
             temperature=hparams.temperature, top_p=hparams.top_p, max_tokens=hparams.max_turn_tokens, stop=AGENT_STOP
@@ -539,7 +535,7 @@ class AgentRollout:
             self.policy,
             self.summarizer,
             self.search,
-            self.fetch_policy,
+            self.scope,
             self.tokenizer,
             n_ctx=self._context_tokens(),
             max_llm_calls=self.hparams.max_llm_calls,

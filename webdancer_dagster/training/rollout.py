@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from webdancer_dagster.agent.trajectory import Trajectory
 from webdancer_dagster.agent.validity import check_format
 from webdancer_dagster.llm.client import ChatResult, EndpointConfig, LLMEndpoint, SamplingParams
-from webdancer_dagster.synthesis.judge import judge_answer
+from webdancer_dagster.shared.judge import JudgeFlag, judge_answer
 from webdancer_dagster.training.masking import IGNORE_INDEX, tokenize_chat
 
 logger = logging.getLogger(__name__)
@@ -238,11 +238,13 @@ def rl_sample(tokenizer: PreTrainedTokenizerBase, trajectory: Trajectory, max_co
 
 @dataclasses.dataclass(frozen=True)
 class RolloutReward:
-    """DAPO's reward: binary format and binary answer, weighted; the judge's method is kept for the record."""
+    """DAPO's reward: binary format and binary answer, weighted; the judge's method and flag are kept for the record
+    (`judge_flag` `unparsed` or `rejected`: the LLM judge gave no verdict, so the answer scored 0)."""
 
     format: float
     answer: float
     judge_method: str
+    judge_flag: JudgeFlag = ""
 
     def total(self, format_weight: float, answer_weight: float) -> float:
         return format_weight * self.format + answer_weight * self.answer
@@ -253,10 +255,8 @@ def score_rollout(
 ) -> RolloutReward:
     """Format = `check_format` passes (the funnel's and evaluation's meaning of valid: every turn parses, tools and
     arguments are real, an answer ends it); answer = `judge_answer` finds the answer equivalent to a gold answer (rules
-    first; `judge` only where they leave it open, when a capable one is given). An unreadable verdict scores 0."""
+    first; `judge` only where they leave it open, when a capable one is given, asked once more when its reply holds no
+    verdict). No answer, and a verdict still unreadable after the retry, score 0."""
     valid = check_format(trajectory).valid
-    if not trajectory.answer:
-        return RolloutReward(float(valid), 0.0, "no_answer")
     judgement = judge_answer(question, trajectory.answer, gold_answers, judge)
-    method = judgement.method if judgement.correct is not None else "unreadable"
-    return RolloutReward(float(valid), float(judgement.correct is True), method)
+    return RolloutReward(float(valid), float(judgement.correct), judgement.method, judgement.flag)

@@ -39,7 +39,7 @@ from transformers import (
 )
 from trl import SFTConfig, SFTTrainer
 
-from webdancer_dagster.training.base_model import folder_sha256
+from webdancer_dagster.shared.hashing import folder_sha256
 from webdancer_dagster.training.config import SFTHyperparameters
 from webdancer_dagster.training.masking import TokenizedDataset, TruncationPolicy, tokenize_chats
 from webdancer_dagster.training.reporting import (

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 
 from webdancer_dagster.warehouse import TableWrite, WarehouseStore
-from webdancer_dagster.web.crawl import CrawlResult
+from webdancer_dagster.web.crawl import CrawlLimits, CrawlResult, crawl_site, previous_validators
+from webdancer_dagster.web.site_registry import DeclaredSite
+from webdancer_dagster.web.sites_table import declared_site_row
 from webdancer_dagster.web.versioning import SnapshotDiff, diff_snapshot
 
 # How long a crawl waits for another crawl of the same site to finish writing before it gives up.
@@ -74,3 +77,27 @@ def store_crawl(
         )
     readable = {key: value.isoformat() if isinstance(value, datetime) else value for key, value in summary.items()}
     return diff, readable, writes
+
+
+def crawl_declared_site(
+    store: WarehouseStore, site: DeclaredSite, registry_source: Path | None, limits: CrawlLimits, crawl_id: str
+) -> CrawlResult:
+    """Crawl a declared live site straight from the web, conditionally against its stored snapshot.
+
+    Its `sites` row is written first, so a site added to the registry needs no `web_sites` run before its first
+    crawl (synthesis and the leakage checks read the `benchmark` flag from that table)."""
+    row = declared_site_row(site, registry_source)
+    store.write_tables(partition=("name", site.name), partition_replacements={"sites": row})
+    previous: dict = {}
+    if store.table_exists("pages"):
+        pages = store.read_table("pages", "site = ?", [site.name])
+        links = store.read_table("links", "site = ?", [site.name]) if store.table_exists("links") else None
+        previous = previous_validators(pages, links)
+    return crawl_site(
+        list(site.root_urls),
+        proxy_url=None,
+        limits=limits,
+        work_dir=store.artifact_dir("crawls", crawl_id),
+        live=site.live_crawl(),
+        previous=previous,
+    )

@@ -236,7 +236,7 @@ def site_registry_path(environ: Mapping[str, str] = os.environ) -> Path | None:
 
 
 def default_site_registry(taken: Iterable[str] = ()) -> SiteRegistry:
-    """The registry the definitions are built from (`assets.corpus.SITE_REGISTRY` holds the one read at import)."""
+    """The registry the definitions are built from (`assets.registries.SITE_REGISTRY` holds the one read at import)."""
     return load_site_registry(site_registry_path(), taken)
 
 

@@ -1,8 +1,8 @@
 """Is a predicted answer equivalent to the gold answer? Rules first; an LLM judge only where they cannot decide.
 
 The funnel's correctness stage, the RL answer reward and evaluation all ask this question through
-`judge_answer`. A weak judge must not make numbers up (SmolLM2-135M said "Correct" to "1973" for "James K.
-Polk"), so rules decide whatever they can, offline and reproducibly:
+`judge_answer`, so the three agree on what counts as correct. A weak judge must not make numbers up (SmolLM2-135M
+said "Correct" to "1973" for "James K. Polk"), so rules decide whatever they can, offline and reproducibly:
 
 - `exact`: the prediction equals the gold answer or one of its aliases after normalisation (SQuAD's, with number
   words 0-20 read as digits, so "three" = "3", and dates day first, so "May 24, 1900" = "24 May 1900");
@@ -15,8 +15,9 @@ A verbose reply is judged by the answer it states in bold in its first paragraph
 surname is **Adkins**.\n\nExplanation: ..."); a longer reply without one is left open.
 
 What the rules leave open goes to the LLM judge only when one is given, i.e. declared capable by whoever
-configures it; otherwise it is `unmatched` and counts as incorrect. Every verdict keeps its method and the judge's
-raw reply so a surprising one can be read later.
+configures it; otherwise it is `unmatched` and counts as incorrect. A judge reply without a verdict word is asked
+once more, sampled; an answer it still cannot judge counts as incorrect with a flag saying why. Every judgement
+keeps its method and the judge's raw replies so a surprising one can be read later.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 from webdancer_dagster.llm.client import LLMEndpoint, LLMRequestRejected
-from webdancer_dagster.synthesis.qa import contains_phrase, normalize_answer, normalize_words
-from webdancer_dagster.synthesis.replies import strip_reasoning
+from webdancer_dagster.llm.reasoning import strip_reasoning
+from webdancer_dagster.shared.answers import contains_phrase, normalize_answer, normalize_words
 
 JUDGE_PROMPT = """Judge whether the predicted answer to the question is equivalent to the labeled answer.
 
@@ -42,7 +43,15 @@ answer, several candidate answers, or no answer.
 
 Reply with exactly one word: Correct or Incorrect."""
 
-JudgeMethod = Literal["exact", "contains", "hedged", "unmatched", "llm"]
+RuleMethod = Literal["exact", "contains", "hedged", "unmatched"]
+# `llm`: the LLM judge decided; `none`: there was no answer to judge.
+JudgeMethod = RuleMethod | Literal["llm", "none"]
+# Why an answer the LLM judge was asked about counted as incorrect without a verdict: `unparsed`, no verdict word in
+# either reply; `rejected`, the endpoint refused the request (input it cannot take, e.g. too long).
+JudgeFlag = Literal["", "unparsed", "rejected"]
+JUDGE_ATTEMPTS = 2
+RETRY_SEPARATOR = "\n\n--- judge retry ---\n\n"
+RETRY_TEMPERATURE = 0.6  # the least temperature of a retry: a greedy judge would repeat its unclear reply
 # A prediction longer than this many words, and than this multiple of the gold answer's words, is an explanation
 # that merely mentions the answer; containment does not credit it.
 MAX_CONTAINS_EXTRA_WORDS = 8
@@ -67,12 +76,20 @@ _BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
 
 @dataclasses.dataclass(frozen=True)
 class Judgement:
-    """`correct` is None only for an LLM reply without a verdict word, or a rejected request (`error`)."""
+    """Whether an answer is correct, which rule or `llm` decided (`none`: no answer), the judge's replies joined by
+    `RETRY_SEPARATOR` (a rejected request's error in place of a reply), the `flag` saying why an answer the LLM
+    judge could not judge counted as incorrect, and how many judge calls it took."""
 
-    correct: bool | None
+    correct: bool
     method: JudgeMethod
     raw: str = ""
-    error: str = ""
+    flag: JudgeFlag = ""
+    attempts: int = 0
+
+    @property
+    def last_reply(self) -> str:
+        """The judge reply (or the rejection) that decided."""
+        return self.raw.rsplit(RETRY_SEPARATOR, 1)[-1]
 
 
 def _canonical(text: str) -> str:
@@ -134,7 +151,7 @@ def is_short_answer(predicted: str, gold_answers: Sequence[str]) -> bool:
     return False
 
 
-def judge_by_rules(predicted: str, gold_answers: Sequence[str]) -> JudgeMethod:
+def judge_by_rules(predicted: str, gold_answers: Sequence[str]) -> RuleMethod:
     """`exact` or `contains` (credited), `hedged` (not credited, final) or `unmatched` (left open). A verbose reply
     is judged by the answer it states in bold, when it states one."""
     predicted = stated_answer(predicted)
@@ -157,15 +174,37 @@ def parse_verdict(reply: str) -> bool | None:
     return match.group(1).lower() == "correct"
 
 
-def judge_answer(question: str, predicted: str, gold_answers: Sequence[str], judge: LLMEndpoint | None) -> Judgement:
-    """The rules' verdict; for what they leave open, one call to `judge` (gold answers joined by ' / ') when a
-    capable judge is given, else `unmatched` and incorrect."""
+def judge_answer(
+    question: str, predicted: str | None, gold_answers: Sequence[str], judge: LLMEndpoint | None
+) -> Judgement:
+    """The rules' judgement; for what they leave open, the LLM `judge` (gold answers joined by ' / ') when a capable
+    one is given, else `unmatched` and incorrect. No answer is incorrect without a judge call.
+
+    A judge reply holding neither Correct nor Incorrect is asked once more at `RETRY_TEMPERATURE` or above, as
+    another sample (so neither the response cache nor a greedy judge repeats it); still none: incorrect, flagged
+    `unparsed`. A rejected request is not retried: incorrect, flagged `rejected`. Other endpoint failures raise.
+    """
+    if not predicted or not predicted.strip():
+        return Judgement(False, "none")
     method = judge_by_rules(predicted, gold_answers)
     if method != "unmatched" or judge is None:
         return Judgement(method in ("exact", "contains"), method)
     prompt = JUDGE_PROMPT.format(question=question.strip(), gold=" / ".join(gold_answers), predicted=predicted.strip())
-    try:
-        result = judge.chat([{"role": "user", "content": prompt}])
-    except LLMRequestRejected as error:  # this input cannot be judged (e.g. too long); other failures raise
-        return Judgement(None, "llm", error=str(error)[:500])
-    return Judgement(parse_verdict(result.content), "llm", result.content)
+    sampling = judge.config.sampling
+    retry_sampling = sampling.model_copy(update={"temperature": max(sampling.temperature, RETRY_TEMPERATURE)})
+    replies: list[str] = []
+    for attempt in range(1, JUDGE_ATTEMPTS + 1):
+        try:
+            result = judge.chat(
+                [{"role": "user", "content": prompt}],
+                sampling=sampling if attempt == 1 else retry_sampling,
+                sample_index=attempt - 1,
+            )
+        except LLMRequestRejected as error:
+            replies.append(str(error)[:500])
+            return Judgement(False, "llm", RETRY_SEPARATOR.join(replies), "rejected", attempt)
+        replies.append(result.content)
+        verdict = parse_verdict(result.content)
+        if verdict is not None:
+            return Judgement(verdict, "llm", RETRY_SEPARATOR.join(replies), "", attempt)
+    return Judgement(False, "llm", RETRY_SEPARATOR.join(replies), "unparsed", JUDGE_ATTEMPTS)

@@ -1,4 +1,4 @@
-"""A real OpenAI-compatible HTTP server on 127.0.0.1 that replays scripted assistant turns.
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 that replays scripted assistant turns (tests and benchmarks only).
 
 Tests of the agent loop, trajectory sampling, the judge and RL rollouts need exact model output (to test format
 handling byte for byte) and failures on demand (HTTP 500, garbage bodies, slow replies, dropped connections,

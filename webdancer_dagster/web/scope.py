@@ -1,0 +1,78 @@
+"""Which part of the web an agent's tools may reach, decided in one place for every stage.
+
+Synthesis and RL rollouts see the non-benchmark local sites only (the leakage rule), evaluation and `webdancer ask`
+see every local site, a live-web benchmark sees the public web, a closed-book one nothing. The local sites come
+from the `sites` table (`host`, `benchmark`, and `name`), written by the `web_sites` and `crawl_pages` assets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from webdancer_dagster.warehouse import WarehouseStore
+from webdancer_dagster.web.search import ExcludeHosts, SearchBackend
+from webdancer_dagster.web.visit import FetchPolicy
+
+
+@dataclass(frozen=True)
+class LocalSites:
+    """The `sites` table split by its benchmark flag."""
+
+    names: tuple[str, ...]
+    hosts: frozenset[str]
+    benchmark_names: tuple[str, ...]
+    benchmark_hosts: frozenset[str]
+
+    @classmethod
+    def from_table(cls, sites: pd.DataFrame) -> LocalSites:
+        if sites.empty:
+            raise LookupError("the sites table is empty; materialize web_sites first")
+        benchmark = sites["benchmark"].astype(bool)
+        return cls(
+            names=tuple(sites.loc[~benchmark, "name"]),
+            hosts=frozenset(sites.loc[~benchmark, "host"]),
+            benchmark_names=tuple(sites.loc[benchmark, "name"]),
+            benchmark_hosts=frozenset(sites.loc[benchmark, "host"]),
+        )
+
+    @classmethod
+    def of_home(cls, store: WarehouseStore) -> LocalSites:
+        """The sites of this home's warehouse."""
+        if not store.table_exists("sites"):
+            raise LookupError("no sites table; materialize web_sites first")
+        return cls.from_table(store.read_table("sites"))
+
+
+@dataclass(frozen=True)
+class WebScope:
+    """What `search` may return and `visit` may fetch. `blocked_hosts` never appear in search results;
+    `fetch` holds the hosts `visit` may open (None: any public host) and the proxy that serves the local web."""
+
+    fetch: FetchPolicy
+    blocked_hosts: frozenset[str] = frozenset()
+
+    @classmethod
+    def synthesis(cls, sites: LocalSites, proxy_url: str | None) -> WebScope:
+        """The non-benchmark local sites: what QA synthesis, trajectories and RL rollouts may read."""
+        return cls(FetchPolicy(allowed_hosts=sites.hosts, proxy_url=proxy_url), sites.benchmark_hosts)
+
+    @classmethod
+    def every_local_site(cls, sites: LocalSites, proxy_url: str | None) -> WebScope:
+        """Every local site, benchmark sites included: what evaluation and `webdancer ask` may read."""
+        return cls(FetchPolicy(allowed_hosts=sites.hosts | sites.benchmark_hosts, proxy_url=proxy_url))
+
+    @classmethod
+    def live(cls, private_network_hosts: frozenset[str] = frozenset()) -> WebScope:
+        """Any public host, fetched directly; private addresses only for the named intranet hosts."""
+        return cls(FetchPolicy(private_network_hosts=private_network_hosts))
+
+    @classmethod
+    def closed_book(cls) -> WebScope:
+        """Nothing: `visit` refuses every host."""
+        return cls(FetchPolicy(allowed_hosts=frozenset()))
+
+    def search(self, backend: SearchBackend) -> SearchBackend:
+        """`backend` with the blocked hosts' pages removed from every result list."""
+        return ExcludeHosts(backend, sorted(self.blocked_hosts)) if self.blocked_hosts else backend
