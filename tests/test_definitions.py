@@ -20,6 +20,9 @@ def test_definitions_load_with_expected_assets_and_checks():
         "crawl_pages_are_consistent", "search_index_finds_pages",
         "crawlqa_pairs_do_not_leak_benchmarks", "e2hqa_pairs_do_not_leak_benchmarks", "sft_checkpoint_loads",
         "benchmark_scores_are_sound", "benchmark_judge_credits_are_supported", "benchmark_turn_budget_fits_training",
+        "crawlqa_pairs_are_not_empty", "e2hqa_pairs_are_not_empty", "trajectories_has_accepted_samples",
+        "sft_dataset_has_enough_chats", "sft_checkpoint_trained_on_its_chats", "rl_checkpoint_every_step_trained",
+        "benchmark_partitions_answered",
     } <= checks  # fmt: skip
     assert graph.get(dg.AssetKey("crawl_pages")).partitions_def.get_partition_keys() == [
         "python-docs",
@@ -42,3 +45,25 @@ def test_daily_recrawl_schedule_requests_every_site():
     requests = list(schedule.evaluate_tick(context).run_requests)
     assert sorted(r.partition_key for r in requests) == ["musique", "python-docs", "wiki"]
     assert len({r.run_key for r in requests}) == 3
+
+
+MAX_ASSET_FUNCTION_LINES = 40
+
+
+def test_every_asset_and_check_function_is_thin():
+    """An asset reads its inputs, calls domain functions, writes and reports (CONTRIBUTING): at most 40 lines from
+    `def` to its last line, signature and docstring included."""
+    import ast
+    from pathlib import Path
+
+    import webdancer_dagster.assets as assets_package
+
+    too_long = []
+    for path in sorted(Path(assets_package.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            decorated = isinstance(node, ast.FunctionDef) and any(
+                "asset" in ast.unparse(decorator) for decorator in node.decorator_list
+            )
+            if decorated and node.end_lineno - node.lineno + 1 > MAX_ASSET_FUNCTION_LINES:
+                too_long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert too_long == []

@@ -161,3 +161,26 @@ def test_webdancer_materialize_exits_with_the_problem_and_runs_nothing(tmp_path,
     assert f"{path}:2: ops.crawl_pagez: no op named 'crawl_pagez'" in finished.stderr
     assert "Traceback" not in finished.stderr
     assert not (home / "warehouse.duckdb").exists()
+
+
+def test_a_check_that_warns_is_logged_in_its_own_words_and_does_not_stop_the_run(instance, caplog):
+    @dg.asset
+    def empty_table() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"rows": 0})
+
+    @dg.asset(deps=[empty_table])
+    def downstream() -> None:
+        return None
+
+    @dg.asset_check(asset=empty_table, blocking=False)
+    def empty_table_is_not_empty() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.WARN, description="empty_table holds 0 rows: see its drops"
+        )
+
+    toy = dg.Definitions(assets=[empty_table, downstream], asset_checks=[empty_table_is_not_empty])
+    with caplog.at_level("WARNING", logger="webdancer_dagster.pipeline"):
+        results = materialize_all(toy, instance, benchmarks={})
+
+    assert [result.success for result in results] == [True, True]
+    assert "check empty_table_is_not_empty of empty_table: empty_table holds 0 rows: see its drops" in caplog.text

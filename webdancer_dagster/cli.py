@@ -459,6 +459,41 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f"… ({len(text) - limit} more chars)"
 
 
+@app.command()
+def lineage(
+    asset: Annotated[str, typer.Argument(help="Asset key, e.g. benchmark_scores or search_index.")],
+    partition: Annotated[
+        str | None, typer.Option(help="Partition of a partitioned asset, e.g. 'musique|sft' or a site.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the chain as JSON on stdout.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Print the chain that produced an asset's latest materialization, as the run history recorded it: every
+    upstream asset and partition with its data version, time, run and identifying metadata, and whether each
+    materialization read its inputs' current versions."""
+    _use_home(home)
+
+    import dagster as dg
+    from rich.markup import escape
+
+    from webdancer_dagster.definitions import defs
+    from webdancer_dagster.lineage import LineageError, describe
+    from webdancer_dagster.lineage import lineage as walk
+
+    # Read only: no run is started, and runs a killed process left unfinished are left for the next run to report.
+    with dg.DagsterInstance.get() as instance:
+        try:
+            chain = walk(instance, defs.resolve_asset_graph(), asset, partition)
+        except LineageError as error:
+            console.print(f"[red]{escape(str(error))}[/red]", highlight=False)
+            raise typer.Exit(2) from error
+    if json_output:
+        typer.echo(json.dumps(chain.to_dict(), indent=2))
+        return
+    for line in describe(chain):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     app()
 

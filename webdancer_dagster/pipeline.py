@@ -195,8 +195,22 @@ def materialize_all(
                 run_config=_config_for(run_config, op_names),
                 raise_on_error=True,
             )
+            _log_failed_checks(result)
             results.append(result)
     return results
+
+
+def _log_failed_checks(result: dg.ExecuteInProcessResult) -> None:
+    """A warning in the terminal for each check that did not pass, in its own words: a non-blocking check (a stage
+    that produced nothing) does not stop the run, so this is where a CLI user reads it."""
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed:
+            log.warning(
+                "check %s of %s: %s",
+                evaluation.check_name,
+                evaluation.asset_key.to_user_string(),
+                evaluation.description or "failed (see its metadata in the UI)",
+            )
 
 
 def _section_problems(run_config: Mapping[str, Any]) -> list[tuple[Location, str]]:

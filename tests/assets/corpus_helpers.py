@@ -17,7 +17,8 @@ def run_config(data, docs):
     }
 
 
-def materialize(selection, config, home, partition_key=None):
+def materialize(selection, config, home, partition_key=None, instance=None):
+    """`instance`: a run history to record the run in (default: a throwaway one)."""
     warehouse = Warehouse(home=str(home))
     result = dg.materialize(
         [
@@ -31,7 +32,7 @@ def materialize(selection, config, home, partition_key=None):
         partition_key=partition_key,
         run_config={"ops": {k: v for k, v in config["ops"].items() if k in selection}},
         resources={"warehouse": warehouse, "web": WebEnvironment(warehouse=warehouse)},
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance or dg.DagsterInstance.ephemeral(),
     )
     assert result.success
     return result

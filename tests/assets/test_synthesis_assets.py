@@ -11,7 +11,9 @@ from scripted_roles import scripted_resources
 from webdancer_dagster.agent.prompts import SYSTEM_PROMPT
 from webdancer_dagster.assets import corpus, qa, registries, trajectories
 from webdancer_dagster.paths import DATA_DIR
-from webdancer_dagster.synthesis.reference import load_reference_trajectories
+from webdancer_dagster.shared.qa import qa_pairs_frame
+from webdancer_dagster.synthesis.reference import load_reference_trajectories, released_trajectories
+from webdancer_dagster.synthesis.rejection import assess_attempt, attempts_frame
 from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer
 from webdancer_dagster.warehouse import WarehouseStore
 
@@ -75,7 +77,7 @@ def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, script
     )
     assets = [
         *dg.load_assets_from_modules([corpus, qa, trajectories]),
-        *dg.load_asset_checks_from_modules([corpus, qa]),
+        *dg.load_asset_checks_from_modules([corpus, qa, trajectories]),
     ]
     res = resources(isolated_home, scripted.base_url)
     instance = dg.DagsterInstance.ephemeral()
@@ -93,12 +95,21 @@ def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, script
         run(["crawl_pages"], partition_key=site)
     run(["search_index"])
     qa_run = run(["crawlqa_pairs", "e2hqa_pairs", "reference_qa_pairs"])
-    checks = qa_run.get_asset_check_evaluations()
-    assert {c.check_name for c in checks} == {
+    checks = {c.check_name: c for c in qa_run.get_asset_check_evaluations()}
+    assert set(checks) == {
         "crawlqa_pairs_do_not_leak_benchmarks",
         "e2hqa_pairs_do_not_leak_benchmarks",
+        "crawlqa_pairs_are_not_empty",
+        "e2hqa_pairs_are_not_empty",
     }
-    assert all(c.passed for c in checks)
+    # E2HQA kept nothing: a warning that says why; its leakage check passes, saying there was nothing to check.
+    empty = checks.pop("e2hqa_pairs_are_not_empty")
+    assert not empty.passed and empty.severity == dg.AssetCheckSeverity.WARN
+    assert "e2hqa_pairs holds 0 pairs: the teacher wrote no usable question (2 drops, top reasons: not_json 2)" in (
+        empty.description
+    )
+    assert checks["e2hqa_pairs_do_not_leak_benchmarks"].description.startswith("checked 0 pairs: nothing to leak")
+    assert all(c.passed for c in checks.values())
 
     store = WarehouseStore(isolated_home)
     crawlqa = store.read_table("crawlqa_pairs")
@@ -126,6 +137,8 @@ def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, script
     assert traj_run.success
     [traj_event] = traj_run.asset_materializations_for_node("trajectories")
     assert traj_event.metadata["constrained_attempts"].value == len(sampled)
+    [traj_check] = traj_run.get_asset_check_evaluations()
+    assert traj_check.check_name == "trajectories_has_accepted_samples" and traj_check.passed
     assert traj_event.metadata["derived_short_cot"].value == 30
     assert traj_event.metadata["judge"].value == f"rules + scripted @ {scripted.base_url}"
     assert all(json.loads(t)["constrained"] for t in sampled["trajectory"])
@@ -145,3 +158,23 @@ def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, script
     assert len(stages) == 3
     events = {e.asset_key.to_user_string(): e for e in funnel_run.get_asset_materialization_events()}
     assert set(events) == {"sft_dataset", "rl_pool"}
+    [sft_check] = funnel_run.get_asset_check_evaluations()
+    assert sft_check.check_name == "sft_dataset_has_enough_chats" and sft_check.passed, sft_check.description
+    assert sft_check.metadata["teacher_sampled"].value == (sft["model"] == "scripted").sum() >= 1
+
+
+def test_the_funnel_finds_each_attempts_pair_by_id_and_names_a_stale_one(tmp_path):
+    """A sampled pair lives only in its QA table, a released trajectory's in `trajectory_pairs`; an attempt whose
+    pair was re-synthesized away is a clear error, not a KeyError."""
+    [released] = released_trajectories(DATA_DIR / "webdancer_samples" / "sample_traj.jsonl", 1)
+    attempt = assess_attempt(released.qa, released.trajectory, None)
+    store = WarehouseStore(tmp_path)
+    store.replace_table("trajectories", attempts_frame([attempt]))
+    store.replace_table(trajectories.RELEASED_PAIRS_TABLE, qa_pairs_frame([released.qa]))
+
+    [read] = trajectories._read_attempts(store, [])
+    assert read.qa == released.qa and read.id == attempt.id
+
+    store.replace_table(trajectories.RELEASED_PAIRS_TABLE, qa_pairs_frame([]))
+    with pytest.raises(LookupError, match=f"QA pair {released.qa.id}, .*materialize trajectories again"):
+        trajectories._read_attempts(store, [])

@@ -13,6 +13,7 @@ from scripted_roles import scripted_resources
 from webdancer_dagster.assets.training import (
     base_model,
     rl_checkpoint,
+    rl_checkpoint_every_step_trained,
     rl_checkpoint_loads,
     sft_checkpoint,
     sft_checkpoint_loads,
@@ -124,7 +125,7 @@ def test_sft_checkpoint_trains_through_torchrun_passes_its_check_and_is_reused(
     assert metadata["seconds_per_step"].value > 0
     checkpoint = Path(metadata["checkpoint_path"].value)
     assert metadata["checkpoint_sha256"].value == folder_sha256(checkpoint)
-    assert metadata["upstream_data_versions"].value["base_model"] == tiny_model.sha256
+    assert metadata["upstream_content_hashes"].value["base_model"] == tiny_model.sha256
     assert _check_passed(first)
     run_dir = checkpoint.parent
     launches = sorted((run_dir / "logs").glob("torchrun-*"))
@@ -261,7 +262,7 @@ def test_rl_checkpoint_runs_dapo_on_the_rl_pool_and_records_its_dynamic_sampling
                 },
             }
         }
-        assets = [base_model, rl_checkpoint, rl_checkpoint_loads]
+        assets = [base_model, rl_checkpoint, rl_checkpoint_loads, rl_checkpoint_every_step_trained]
         result = dg.materialize(assets, resources=resources, run_config=run_config)
         again = dg.materialize(assets, resources=resources, run_config=run_config)
 
@@ -272,12 +273,16 @@ def test_rl_checkpoint_runs_dapo_on_the_rl_pool_and_records_its_dynamic_sampling
     assert metadata["groups_sampled"].value == 2, "the sampled group, then the other prompt in the refill round"
     assert metadata["reward_curve"].value.startswith("![DAPO reward curve](data:image/png;base64,")
     assert metadata["train_history"].value[0]["dynamic_sampling/dropped_group_share"] == 1.0
-    assert metadata["upstream_data_versions"].value["base_model"] == tiny_model.sha256
+    assert metadata["upstream_content_hashes"].value["base_model"] == tiny_model.sha256
     assert metadata["judge"].value == "rules"  # the judge role is not declared capable: rules alone reward answers
     recorded = WarehouseStore(isolated_home).read_table("rl_checkpoint").iloc[0]
     assert recorded["sha256"] == metadata["checkpoint_sha256"].value == folder_sha256(Path(recorded["path"]))
-    [check] = result.get_asset_check_evaluations()
-    assert check.check_name == "rl_checkpoint_loads" and check.passed
+    checks = {check.check_name: check for check in result.get_asset_check_evaluations()}
+    assert set(checks) == {"rl_checkpoint_loads", "rl_checkpoint_every_step_trained"}
+    assert checks["rl_checkpoint_loads"].passed
+    idle = checks["rl_checkpoint_every_step_trained"]  # a warning: the run still succeeded
+    assert not idle.passed and idle.severity == dg.AssetCheckSeverity.WARN
+    assert "dynamic sampling dropped every group in 1 of 1 steps" in idle.description
     reused = again.asset_materializations_for_node("rl_checkpoint")[0].metadata
     assert reused["reused"].value is True and reused["checkpoint_sha256"].value == metadata["checkpoint_sha256"].value
     launches = list((Path(recorded["path"]).parent / "logs").glob("torchrun-*"))

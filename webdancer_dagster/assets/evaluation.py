@@ -18,6 +18,7 @@ import pandas as pd
 from pydantic import Field
 
 from webdancer_dagster.agent.factory import build_web_agent
+from webdancer_dagster.assets.check_results import warn_unless
 from webdancer_dagster.assets.corpus import search_index
 from webdancer_dagster.assets.registries import REGISTRY
 from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion, load_benchmark
@@ -25,6 +26,7 @@ from webdancer_dagster.evaluation.metrics import (
     audit_scores,
     credits_without_overlap,
     turn_budget_shortfalls,
+    unanswered_partitions,
 )
 from webdancer_dagster.evaluation.models import (
     GGUF_CACHE_DIR,
@@ -39,7 +41,7 @@ from webdancer_dagster.evaluation.partition import (
     PartitionScores,
     run_fingerprint,
 )
-from webdancer_dagster.evaluation.plots import comparison_chart, comparison_table
+from webdancer_dagster.evaluation.plots import NO_SCORES, comparison_chart, comparison_table
 from webdancer_dagster.evaluation.registry import ModelSpec
 from webdancer_dagster.evaluation.run import evaluate
 from webdancer_dagster.evaluation.settings import ClosedBookSearch, Setting, benchmark_setting
@@ -398,5 +400,33 @@ def benchmark_turn_budget_fits_training(warehouse: Warehouse) -> dg.AssetCheckRe
             "partitions_checked": len(scores),
             "partitions_below_trained_p95": sorted(short["partition"]),
             "shortfalls": dg.MetadataValue.md(markdown_preview(short, rows=20) if len(short) else "none"),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=benchmark_scores,
+    description="A warning when, in a scored partition, no run ended with an answer (answered_rate 0): its zero "
+    "scores say the policy never answered, not what it knows. One line per such partition, with how its runs ended.",
+    blocking=False,
+)
+def benchmark_partitions_answered(warehouse: Warehouse) -> dg.AssetCheckResult:
+    store = warehouse.store()
+    if not store.table_exists(SCORES_TABLE):
+        return warn_unless([f"{NO_SCORES}: materialize a benchmark_scores partition."], "")
+    scores = store.read_table(SCORES_TABLE)
+    silent = unanswered_partitions(scores)
+    problems = [
+        f"no run answered in {row.partition}: all {row.runs} runs ended without an answer ({row.endings}); see "
+        "terminations and preview in that partition's materialization metadata."
+        for row in silent.itertuples(index=False)
+    ]
+    return warn_unless(
+        problems,
+        f"every one of the {len(scores)} scored partitions has answered runs",
+        {
+            "partitions_checked": len(scores),
+            "unanswered_partitions": dg.MetadataValue.json(sorted(silent["partition"])),
+            "unanswered": dg.MetadataValue.md(markdown_preview(silent, rows=20) if len(silent) else "none"),
         },
     )

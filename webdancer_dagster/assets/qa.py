@@ -1,7 +1,8 @@
 """Stage 2, QA pairs: CRAWLQA from page clusters, E2HQA by rewriting simple questions, WebDancer's own samples.
 
 Synthesis reads only non-benchmark sites (the `benchmark` column of `sites`); a blocking check proves that no
-pair cites a benchmark page and that no question overlaps a benchmark question.
+pair cites a benchmark page and that no question overlaps a benchmark question. A non-blocking check warns when
+a synthesized table holds no pair, naming why the teacher's attempts were dropped.
 """
 
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from webdancer_dagster.assets.check_results import counts_text, never_materialized, warn_unless
 from webdancer_dagster.assets.corpus import crawl_pages, search_index
 from webdancer_dagster.assets.registries import REGISTRY
 from webdancer_dagster.evaluation.benchmarks import all_benchmark_questions
@@ -201,12 +203,16 @@ def _leakage_check(table: str) -> dg.AssetChecksDefinition:
         store = warehouse.store()
         blocked = sorted(LocalSites.of_home(store).benchmark_hosts)
         pairs = qa_pairs_from_frame(store.read_table(table))
-        guard = LeakageGuard(all_benchmark_questions(DATA_DIR, REGISTRY.benchmarks))
+        questions = all_benchmark_questions(DATA_DIR, REGISTRY.benchmarks)
+        guard = LeakageGuard(questions)
         hits = guard.check(pairs, blocked)
         examples = pd.DataFrame([{"item": h.item, "reason": h.reason, "detail": h.detail} for h in hits[:10]])
+        summary = leakage_summary(table, len(pairs), len(questions), len(blocked), len(hits))
         return dg.AssetCheckResult(
             passed=not hits,
+            description=summary,
             metadata={
+                "summary": dg.MetadataValue.text(summary),
                 "pairs": len(pairs),
                 "benchmark_hosts": dg.MetadataValue.json(blocked),
                 "overlap_threshold": guard.threshold,
@@ -219,5 +225,68 @@ def _leakage_check(table: str) -> dg.AssetChecksDefinition:
     return check
 
 
+def leakage_summary(table: str, pairs: int, questions: int, hosts: int, leaks: int) -> str:
+    """What a leakage check checked, in words: on an empty table it passes because there was nothing to leak."""
+    if not pairs:
+        return f"checked 0 pairs: nothing to leak ({table} is empty; see the {table}_are_not_empty check)"
+    return (
+        f"checked {pairs} pair{'' if pairs == 1 else 's'} against {questions} benchmark questions and {hosts} "
+        f"benchmark hosts: {leaks} leak{'' if leaks == 1 else 's'}"
+    )
+
+
 crawlqa_leakage = _leakage_check("crawlqa_pairs")
 e2hqa_leakage = _leakage_check("e2hqa_pairs")
+
+
+def empty_pairs_problems(table: str, pairs: int, drop_reasons: pd.Series) -> list[str]:
+    """Words for a QA asset that holds no pair: what the teacher's attempts were dropped for (`drop_reasons`, one
+    reason per drop), or that no attempt was made at all."""
+    if pairs:
+        return []
+    if drop_reasons.empty:
+        return [
+            f"{table} holds 0 pairs and nothing was dropped: no attempt was made (too few crawled pages of at least "
+            "min_page_chars characters?); see `attempted` in the materialization metadata."
+        ]
+    reasons = counts_text(drop_reasons.value_counts().to_dict())
+    return [
+        f"{table} holds 0 pairs: the teacher wrote no usable question ({len(drop_reasons)} drops, top reasons: "
+        f"{reasons}). See drops_by_reason in the materialization metadata, or the {DROPS_TABLE} table "
+        f"(asset = '{table}')."
+    ]
+
+
+def _not_empty_check(table: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=table,
+        name=f"{table}_are_not_empty",
+        blocking=False,
+        description=f"A warning (the pipeline goes on) when {table} holds no pair: the teacher wrote no usable "
+        f"question. It names the top drop reasons of the {DROPS_TABLE} table.",
+    )
+    def check(warehouse: Warehouse) -> dg.AssetCheckResult:
+        store = warehouse.store()
+        if not store.table_exists(table):
+            return never_materialized(table)
+        pairs = int(store.query(f'SELECT count(*) AS n FROM "{table}"')["n"].iloc[0])
+        drops = pd.DataFrame(columns=["reason", "detail"])
+        if store.table_exists(DROPS_TABLE):
+            drops = store.query(f'SELECT reason, detail FROM "{DROPS_TABLE}" WHERE asset = ?', [table])
+        examples = drops.drop_duplicates("reason").head(10)
+        return warn_unless(
+            empty_pairs_problems(table, pairs, drops["reason"]),
+            f"{table} holds {pairs} pairs ({len(drops)} drops)",
+            {
+                "pairs": pairs,
+                "drops": len(drops),
+                "drops_by_reason": dg.MetadataValue.json(drops["reason"].value_counts().to_dict()),
+                "drop_examples": dg.MetadataValue.md(markdown_preview(examples) if len(examples) else "none"),
+            },
+        )
+
+    return check
+
+
+crawlqa_not_empty = _not_empty_check("crawlqa_pairs")
+e2hqa_not_empty = _not_empty_check("e2hqa_pairs")

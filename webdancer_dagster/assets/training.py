@@ -3,11 +3,12 @@
 `base_model`, `sft_checkpoint` and `rl_checkpoint` each record their folder (path, sha256) in a one-row warehouse
 table, so the next step, the checks and evaluation find it there. Training runs go through the torchrun launcher
 to a folder named by a hash of their inputs: a rerun with the same data, start model and settings reuses the
-finished run (or resumes a killed one) instead of training again.
+finished run (or resumes a killed one) instead of training again. Non-blocking checks warn when SFT dropped or
+shortened most chats (or learned from no token) and when DAPO steps trained on nothing.
 """
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from functools import partial
 from pathlib import Path
@@ -17,6 +18,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from webdancer_dagster.assets.check_results import counts_text, latest_metadata, never_materialized, warn_unless
 from webdancer_dagster.evaluation.models import TRAINED_TURN_COLUMN, trained_turn_tokens_p95
 from webdancer_dagster.files import write_text_atomic
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
@@ -196,7 +198,7 @@ def sft_checkpoint(
         metadata={
             **_sft_metadata(record, run),
             "reused": reused,
-            "upstream_data_versions": dg.MetadataValue.json(
+            "upstream_content_hashes": dg.MetadataValue.json(
                 {"sft_dataset": run.dataset_sha256, "base_model": base["sha256"]}
             ),
             "hyperparameters": dg.MetadataValue.json(hparams.to_dict()),
@@ -331,7 +333,7 @@ def rl_checkpoint(
         "max_turn_tokens": hparams.max_turn_tokens,
         "trained_turn_tokens_p95": trained_p95 if trained_p95 is not None else dg.MetadataValue.null(),
         "hyperparameters": dg.MetadataValue.json(hparams.to_dict()),
-        "upstream_data_versions": dg.MetadataValue.json(upstream),
+        "upstream_content_hashes": dg.MetadataValue.json(upstream),
     }
     metadata = {**_rl_metadata(record, run), **settings_metadata, "reused": reused}
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(record["checkpoint_sha256"]))
@@ -433,3 +435,96 @@ def _rl_metadata(record: dict[str, Any], run: RunInputs) -> dict[str, object]:
 def rl_checkpoint_loads(warehouse: Warehouse) -> dg.AssetCheckResult:
     """The RL checkpoint loads with `from_pretrained`, is the one recorded, and gives finite logits."""
     return _checkpoint_check(warehouse.store().read_table(RL_CHECKPOINT_TABLE).iloc[0])
+
+
+def sft_training_problems(record: Mapping[str, Any], max_length: int | None = None) -> list[str]:
+    """Words for an SFT run that trained on 0 labelled tokens, or that dropped or shortened most chats to fit them;
+    `record` is the run record or the asset's metadata (examples, dropped, shortened, labelled_tokens)."""
+    dropped, shortened = dict(record["dropped"]), dict(record["shortened"])
+    chats = int(record["examples"]) + sum(dropped.values())
+    changed = sum(dropped.values()) + sum(shortened.values())
+    problems = []
+    if int(record["labelled_tokens"]) == 0:
+        problems.append("SFT trained on 0 labelled (assistant) tokens: no chat left a token to learn from.")
+    if chats and 2 * changed > chats:
+        fit = f" into max_length={max_length} tokens" if max_length else ""
+        problems.append(
+            f"the trainer dropped {sum(dropped.values())} and shortened {sum(shortened.values())} of {chats} chats to "
+            f"fit them{fit} (dropped: {counts_text(dropped) or 'none'}; shortened: {counts_text(shortened) or 'none'})"
+            ": most of the SFT set was not trained on as it is. See chat_tokens, dropped and shortened in the "
+            "materialization metadata; raise max_length or keep shorter trajectories."
+        )
+    return problems
+
+
+@dg.asset_check(
+    asset=sft_checkpoint,
+    blocking=False,
+    description="A warning (the pipeline goes on) when SFT trained on 0 labelled tokens, or dropped or shortened most "
+    "chats to fit max_length (read from the latest materialization's metadata).",
+)
+def sft_checkpoint_trained_on_its_chats(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    record = latest_metadata(context, "sft_checkpoint")
+    if record is None:
+        return never_materialized("sft_checkpoint")
+    max_length = (record.get("hyperparameters") or {}).get("max_length")
+    return warn_unless(
+        sft_training_problems(record, max_length),
+        f"trained on {record['examples']} chats ({record['labelled_tokens']} labelled tokens)",
+        {
+            "examples": int(record["examples"]),
+            "labelled_tokens": int(record["labelled_tokens"]),
+            "dropped": dg.MetadataValue.json(dict(record["dropped"])),
+            "shortened": dg.MetadataValue.json(dict(record["shortened"])),
+        },
+    )
+
+
+def idle_steps(history: Sequence[Mapping[str, float]]) -> list[int]:
+    """The DAPO steps in which dynamic sampling dropped every group (dropped share 1): they trained on nothing."""
+    return sorted(
+        {
+            int(entry.get("step", index + 1))
+            for index, entry in enumerate(history)
+            if entry.get("dynamic_sampling/dropped_group_share", 0.0) >= 1.0
+        }
+    )
+
+
+def rl_training_problems(record: Mapping[str, Any]) -> list[str]:
+    """Words for a DAPO run with steps that trained on nothing; `record` is the run record or the asset's metadata
+    (train_history, steps)."""
+    history = record["train_history"]
+    idle = idle_steps(history)
+    if not idle:
+        return []
+    steps = max(len({entry.get("step") for entry in history}), int(record["steps"]))
+    shown = ", ".join(map(str, idle[:10])) + (" …" if len(idle) > 10 else "")
+    return [
+        f"dynamic sampling dropped every group in {len(idle)} of {steps} steps (step {shown}): all rollouts of each "
+        "group got the same reward, so those steps trained on nothing (loss 0). The start model never (or always) "
+        "answers the RL pool's questions on this web, or the judge never credits an answer; see train_history and "
+        "reward_curve in the materialization metadata."
+    ]
+
+
+@dg.asset_check(
+    asset=rl_checkpoint,
+    blocking=False,
+    description="A warning (the pipeline goes on) when dynamic sampling dropped every group in a DAPO step, so the "
+    "step trained on nothing; says how many (read from the latest materialization's metadata).",
+)
+def rl_checkpoint_every_step_trained(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    record = latest_metadata(context, "rl_checkpoint")
+    if record is None:
+        return never_materialized("rl_checkpoint")
+    idle = idle_steps(record["train_history"])
+    return warn_unless(
+        rl_training_problems(record),
+        f"every one of {record['steps']} steps trained on at least one group",
+        {
+            "steps": int(record["steps"]),
+            "steps_trained_on_nothing": len(idle),
+            "idle_steps": dg.MetadataValue.json(idle),
+        },
+    )

@@ -2,7 +2,8 @@
 
 `trajectories` stores every attempt (accepted or not) with its validity and correctness verdicts; WebDancer's
 released trajectories join as tagged attempts so SFT has real long trajectories even when the offline teacher
-is weak. `sft_dataset` and `rl_pool` come out of one funnel run, so they always agree.
+is weak. `sft_dataset` and `rl_pool` come out of one funnel run, so they always agree. Non-blocking checks warn
+when no pair was sampled or no sample accepted, and when the SFT set is tiny or holds no teacher-sampled chat.
 """
 
 import json
@@ -14,6 +15,7 @@ from pydantic import Field
 
 from webdancer_dagster.agent.factory import build_web_agent
 from webdancer_dagster.agent.grammar import TurnLimits
+from webdancer_dagster.assets.check_results import counts_text, never_materialized, warn_unless
 from webdancer_dagster.assets.corpus import search_index
 from webdancer_dagster.assets.qa import crawlqa_pairs, e2hqa_pairs, reference_qa_pairs
 from webdancer_dagster.llm.client import LLMEndpoint
@@ -25,7 +27,7 @@ from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
 from webdancer_dagster.shared.qa import QAPair, qa_pairs_frame, qa_pairs_from_frame
 from webdancer_dagster.synthesis.funnel import FunnelConfig, run_funnel, select_rl_pool, sft_records
-from webdancer_dagster.synthesis.reference import released_trajectories
+from webdancer_dagster.synthesis.reference import REFERENCE_MODEL, released_trajectories
 from webdancer_dagster.synthesis.rejection import (
     Attempt,
     assess_attempt,
@@ -308,3 +310,100 @@ def _render_example(row: pd.Series) -> str:
     messages = json.loads(row["messages"])
     turns = [f"**{m['role']}**\n\n```\n{m['content'][:600]}\n```" for m in messages[2:6]]
     return f"`{row['id']}` ({row['source']}, {row['cot_mode']} CoT)\n\n" + "\n\n".join(turns)
+
+
+MIN_SFT_CHATS = 10
+# The columns the checks read: the trajectories themselves would be most of the bytes.
+ATTEMPT_COLUMNS = '"qa_id", "model", "accepted", "validity_reason", "termination"'
+
+
+def released_rows(models: pd.Series) -> pd.Series:
+    """Which rows hold WebDancer's released trajectories (or their derived short-CoT copies), not teacher samples."""
+    return (models == REFERENCE_MODEL) | models.str.endswith(DERIVED_SUFFIX, na=False)
+
+
+def trajectories_problems(frame: pd.DataFrame) -> list[str]:
+    """Words for a `trajectories` table (qa_id, model, accepted, validity_reason, termination) in which no QA pair
+    was sampled, or no sampled attempt was accepted."""
+    sampled = frame[~released_rows(frame["model"])]
+    if sampled.empty:
+        return [
+            f"0 QA pairs were sampled: trajectories holds only the {len(frame)} released reference trajectories. "
+            "crawlqa_pairs and e2hqa_pairs hold no pair (see their _are_not_empty checks), or max_pairs is 0."
+        ]
+    if sampled["accepted"].any():
+        return []
+    invalid = sampled.loc[sampled["validity_reason"] != "", "validity_reason"].value_counts().to_dict()
+    return [
+        f"no sampled attempt was accepted: {len(sampled)} attempts on {sampled['qa_id'].nunique()} QA pairs, none "
+        f"both format-valid and judged correct (invalid: {counts_text(invalid) or 'none'}; endings: "
+        f"{counts_text(sampled['termination'].value_counts().to_dict())}). See validity_drops and termination in "
+        "the materialization metadata."
+    ]
+
+
+@dg.asset_check(
+    asset=trajectories,
+    blocking=False,
+    description="A warning (the pipeline goes on) when no QA pair was sampled, so trajectories holds only WebDancer's "
+    "released ones, or when no sampled attempt was accepted.",
+)
+def trajectories_has_accepted_samples(warehouse: Warehouse) -> dg.AssetCheckResult:
+    store = warehouse.store()
+    if not store.table_exists("trajectories"):
+        return never_materialized("trajectories")
+    frame = store.query(f'SELECT {ATTEMPT_COLUMNS} FROM "trajectories"')
+    sampled = frame[~released_rows(frame["model"])]
+    accepted, pairs = int(sampled["accepted"].sum()), int(sampled["qa_id"].nunique())
+    return warn_unless(
+        trajectories_problems(frame),
+        f"{accepted} of {len(sampled)} sampled attempts accepted, on {pairs} QA pairs",
+        {
+            "sampled_attempts": len(sampled),
+            "sampled_pairs": pairs,
+            "accepted_samples": accepted,
+            "reference_trajectories": len(frame) - len(sampled),
+        },
+    )
+
+
+def sft_dataset_problems(sft: pd.DataFrame, min_chats: int = MIN_SFT_CHATS) -> list[str]:
+    """Words for an SFT set (source, model columns) too small to teach much, or made only of WebDancer's released
+    trajectories and their derived copies, with no chat the teacher sampled in this run."""
+    problems = []
+    if len(sft) < min_chats:
+        problems.append(
+            f"sft_dataset holds {len(sft)} chats, fewer than {min_chats}: SFT on so few teaches little. See funnel "
+            "and drops_by_reason in the materialization metadata."
+        )
+    if len(sft) and released_rows(sft["model"]).all():
+        problems.append(
+            f"none of the {len(sft)} chats was sampled from the teacher: all are WebDancer's released trajectories "
+            f"or their derived short-CoT copies ({counts_text(sft['model'].value_counts().to_dict())}), so SFT "
+            "learns nothing from this run's QA pairs. See the trajectories_has_accepted_samples check."
+        )
+    return problems
+
+
+@dg.asset_check(
+    asset="sft_dataset",
+    blocking=False,
+    description=f"A warning (the pipeline goes on) when the SFT set holds fewer than {MIN_SFT_CHATS} chats, or only "
+    "WebDancer's released trajectories and their derived copies (no teacher-sampled one); counts by source and model.",
+)
+def sft_dataset_has_enough_chats(warehouse: Warehouse) -> dg.AssetCheckResult:
+    store = warehouse.store()
+    if not store.table_exists("sft_dataset"):
+        return never_materialized("sft_dataset")
+    sft = store.query('SELECT "source", "model" FROM "sft_dataset"')
+    sampled = int((~released_rows(sft["model"])).sum())
+    return warn_unless(
+        sft_dataset_problems(sft),
+        f"sft_dataset holds {len(sft)} chats, {sampled} of them sampled from the teacher",
+        {
+            "chats": len(sft),
+            "teacher_sampled": sampled,
+            "by_source": dg.MetadataValue.json(sft["source"].value_counts().to_dict()),
+            "by_model": dg.MetadataValue.json(sft["model"].value_counts().to_dict()),
+        },
+    )

@@ -199,3 +199,25 @@ def turn_budget_shortfalls(scores: pd.DataFrame) -> pd.DataFrame:
     compared = scores.reindex(columns=columns).dropna(subset=["max_turn_tokens", "trained_turn_tokens_p95"])
     short = compared[compared["max_turn_tokens"] < compared["trained_turn_tokens_p95"]]
     return short.astype({"max_turn_tokens": int, "trained_turn_tokens_p95": int}).reset_index(drop=True)
+
+
+def unanswered_partitions(scores: pd.DataFrame) -> pd.DataFrame:
+    """Scored partitions in which no run ended with an answer (`answered_rate` 0), with their run count and how the
+    runs ended (`endings`, from the `termination_*` columns): their zero scores say the policy never answered, not
+    what it knows. Rows scored before `answered_rate` existed are not judged."""
+    rows = []
+    for score in scores.to_dict("records"):
+        answered = score.get("answered_rate")
+        if answered is None or pd.isna(answered) or answered > 0:
+            continue
+        endings = {
+            column.removeprefix("termination_"): int(count)
+            for column, count in score.items()
+            if column.startswith("termination_") and not pd.isna(count) and count > 0
+        }
+        rows.append({
+            "partition": score["partition"],
+            "runs": int(score["questions"]) * int(score["runs_per_question"]),
+            "endings": ", ".join(f"{name} {count}" for name, count in endings.items()) or "unknown",
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=["partition", "runs", "endings"])
