@@ -131,6 +131,7 @@ def test_declared_models_and_benchmarks_are_partitions_and_score(small_web, isol
         "benchmark_scores_are_sound",
         "benchmark_judge_credits_are_supported",
         "benchmark_turn_budget_fits_training",
+        "benchmark_partitions_answered",
     }
     assert all(check.passed and check.metadata["partitions_checked"].value == 1 for check in evaluations.values())
 
