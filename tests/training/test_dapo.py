@@ -122,14 +122,16 @@ def test_a_killed_run_resumes_its_rollout_state_with_the_weights(
 def test_a_run_killed_after_a_checkpoint_resumes_from_it_with_its_optimizer_and_rollout_state(
     tmp_path: Path, answering_model: Path, rl_index: Path, scripted
 ) -> None:
-    """A real kill (SIGKILL once checkpoint-1 is complete), then a rerun. Not compared with an unbroken run's
-    weights: two unbroken runs with the same seed already differ, as rollouts depend on thread timing."""
+    """A real kill (SIGKILL once checkpoint-1 is complete), then a rerun, which ends with the weights of a run that
+    was never stopped: every rollout request samples from its own seeded stream, whatever thread timing does."""
     judge = scripted(lambda request: "Incorrect")
     pool = _pool_file(tmp_path, _pool_lines(QUESTIONS))
     environment = _environment_file(tmp_path, rl_index, judge.base_url)
     output_dir = tmp_path / "rl"
     settings = {"temperature": 0.5, "oversample_factor": 1.0, "max_refill_rounds": 0, "save_steps": 1, "max_steps": 2}
     args = _args(pool, environment, answering_model, output_dir, **settings)
+    unbroken = main(_args(pool, environment, answering_model, tmp_path / "unbroken", **settings))
+    assert isinstance(unbroken, DAPOResult) and unbroken.resumed_from_step == 0
     checkpoint = output_dir / "checkpoint-1"
     process = subprocess.Popen([sys.executable, "-m", DAPO_MODULE, *args], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -157,6 +159,12 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it_with_its_optimizer_and_
     last = load_file(output_dir / "checkpoint-2" / "model.safetensors")
     final = load_file(resumed.checkpoint_dir / "model.safetensors")
     assert all(torch.equal(final[name], last[name]) for name in last), "the final model is not the last step's"
+    expected = load_file(unbroken.checkpoint_dir / "model.safetensors")
+    initial = load_file(answering_model / "model.safetensors")
+    assert any(not torch.equal(expected[name], initial[name]) for name in initial), "the unbroken run did not train"
+    for name, weight in expected.items():
+        torch.testing.assert_close(final[name], weight, rtol=0, atol=1e-6, msg=f"{name}: not the unbroken run's")
+    assert resumed.groups_sampled == unbroken.groups_sampled
 
 
 class TinyDAPOConfig(dg.Config):

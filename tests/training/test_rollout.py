@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 from rl_helpers import RL_DATE, RL_QUESTION, rl_chat
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -13,7 +15,13 @@ from webdancer_dagster.agent.loop import run_agents
 from webdancer_dagster.agent.trajectory import ChatMessage, Step, Trajectory
 from webdancer_dagster.llm.client import EndpointConfig, LLMEndpoint, LLMEndpointError, SamplingParams
 from webdancer_dagster.training.dapo import AGENT_STOP
-from webdancer_dagster.training.rollout import LocalPolicy, chat_prompt_ids, rl_sample, score_rollout
+from webdancer_dagster.training.rollout import (
+    LocalPolicy,
+    SeededRowSampler,
+    chat_prompt_ids,
+    rl_sample,
+    score_rollout,
+)
 from webdancer_dagster.web.scope import WebScope
 from webdancer_dagster.web.search import LocalSearch
 
@@ -131,3 +139,49 @@ def test_local_policy_drives_the_real_agent_and_masks_the_real_search_results(
         assert trajectory.steps[0].observation in environment_text
         agent_text = "".join(_decode_by_mask(tokenizer, sample.completion_ids, sample.env_mask, keep=1))
         assert "<tool_response>" not in agent_text and trajectory.messages[2].content in agent_text
+
+
+def test_a_seeded_request_samples_the_same_turn_alone_or_batched_with_any_others(tiny_model) -> None:
+    """Each request has its own random stream: what shares its batch changes nothing, and a resumed DAPO run
+    repeats its rollouts. Another sample index or seed draws another turn."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model.path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model.path, local_files_only=True)
+    seeded = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=24, seed=7)
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    others = [[{"role": "user", "content": f"Name a river in country number {n}."}] for n in range(3)]
+    alone_policy = LocalPolicy(model, tokenizer, seeded, max_batch=1)
+    batched_policy = LocalPolicy(model, tokenizer, seeded, max_batch=4, gather_s=2.0)
+    try:
+        alone = alone_policy.chat(question, sample_index=1).content
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = [pool.submit(batched_policy.chat, question, sample_index=1)]
+            futures += [pool.submit(batched_policy.chat, other, sample_index=n) for n, other in enumerate(others)]
+            batched = [future.result().content for future in futures]
+        other_sample = alone_policy.chat(question, sample_index=2).content
+        other_seed = alone_policy.chat(question, sampling=seeded.model_copy(update={"seed": 8}), sample_index=1)
+        unseeded = [alone_policy.chat(question, sampling=seeded.model_copy(update={"seed": None})) for _ in range(2)]
+    finally:
+        alone_policy.close()
+        batched_policy.close()
+
+    assert batched_policy.generate_calls < 4, "the four requests were not batched together"
+    assert batched[0] == alone, "the batch changed what a seeded request sampled"
+    assert other_sample != alone and other_seed.content != alone, "another sample or seed drew the same turn"
+    assert unseeded[0].content != unseeded[1].content, "without a seed every call should be a fresh sample"
+
+
+def test_the_seeded_sampler_draws_from_the_tempered_nucleus_distribution() -> None:
+    """Gumbel noise plus argmax samples the same distribution as softmax(logits / T) cut to the top-p nucleus."""
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0, -3.0])
+    sampling = SamplingParams(temperature=0.7, top_p=0.9)
+    draws = 20_000
+    sampler = SeededRowSampler(range(draws), sampling)
+
+    chosen = sampler(torch.zeros(draws, 1, dtype=torch.long), logits.repeat(draws, 1)).argmax(dim=-1)
+
+    probabilities = torch.softmax(logits / 0.7, dim=-1)
+    kept = torch.cumsum(probabilities, dim=-1) - probabilities < 0.9  # the smallest prefix holding 0.9
+    expected = torch.where(kept, probabilities, 0.0) / probabilities[kept].sum()
+    observed = torch.bincount(chosen, minlength=len(logits)).float() / draws
+    assert observed[~kept].sum() == 0, "a token outside the nucleus was drawn"
+    torch.testing.assert_close(observed, expected, atol=0.015, rtol=0)

@@ -588,3 +588,23 @@ def test_make_client_uses_policy_proxy_and_no_auto_redirects():
         assert client.follow_redirects is False
         assert client.timeout == httpx.Timeout(3.0)
         assert client.headers["User-Agent"] == USER_AGENT
+
+
+def test_a_live_sites_host_is_fetched_directly_beside_the_proxied_local_web(site_server, hostile):
+    """A declared live site is not on the site proxy: its host goes straight to the site, vetted like any direct
+    fetch, while the local sites still go through the proxy, in one client."""
+    direct = FetchPolicy(
+        allowed_hosts=frozenset({"wiki.webdancer.test", "127.0.0.1"}),
+        proxy_url=site_server.proxy_url,
+        direct_hosts=frozenset({"127.0.0.1"}),
+        private_network_hosts=LOOPBACK,
+    )
+    with make_client(direct) as client:
+        live = fetch_page(hostile.url("/page"), direct, client)
+        local = fetch_page("http://wiki.webdancer.test/wiki/Marie_Curie.html", direct, client)
+    assert live.title == "Hostile test page" and local.title == "Marie Curie"
+    proxied = FetchPolicy(allowed_hosts=direct.allowed_hosts, proxy_url=site_server.proxy_url)
+    assert reason_of(hostile.url("/page"), proxied).reason == "http_error", "the proxy serves no live site"
+    unvetted = FetchPolicy(allowed_hosts=direct.allowed_hosts, proxy_url=site_server.proxy_url,
+                           direct_hosts=frozenset({"127.0.0.1"}))  # fmt: skip
+    assert reason_of(hostile.url("/page"), unvetted).reason == "private_address"

@@ -34,11 +34,13 @@ def build_web_agent(
     current_date: dt.date | None = None,
     constrained: bool = False,
     turn_limits: TurnLimits | None = None,
+    seed: int | None = None,
 ) -> ReactAgent:
     """A ReAct agent with WebDancer's `search` (over `search`, less the scope's blocked hosts) and `visit` (the
     scope's hosts) tools whose prompts always fit in `n_ctx` tokens.
 
-    `constrained` samples every turn under the turn grammar (a short-CoT teacher on llama.cpp or vLLM)."""
+    `constrained` samples every turn under the turn grammar (a short-CoT teacher on llama.cpp or vLLM); `seed` makes
+    every request's sample reproducible (DAPO rollouts)."""
     max_tokens = policy.config.sampling.max_tokens
     return ReactAgent(
         policy,
@@ -51,5 +53,6 @@ def build_web_agent(
             constrained=constrained,
             **({"current_date": current_date} if current_date is not None else {}),
             **({"turn_limits": turn_limits} if turn_limits is not None else {}),
+            seed=seed,
         ),
     )

@@ -59,6 +59,9 @@ class AgentConfig(BaseModel):
         "the teacher in rejection sampling, never evaluation",
     )
     turn_limits: TurnLimits = Field(default_factory=TurnLimits, description="length bounds of constrained turns")
+    seed: int | None = Field(
+        None, description="sampling seed of every request (request seed = seed + sample_index); None: the endpoint's"
+    )
 
     @model_validator(mode="after")
     def _check_constrained(self) -> AgentConfig:
@@ -88,7 +91,10 @@ class ReactAgent:
         self.config = config or AgentConfig()
         self._tool_schemas = {name: tool.parameters for name, tool in self.tools.items()}
         self._sampling = llm.config.sampling.model_copy(
-            update={"stop": tuple(dict.fromkeys((*llm.config.sampling.stop, *self.config.stop)))}
+            update={
+                "stop": tuple(dict.fromkeys((*llm.config.sampling.stop, *self.config.stop))),
+                **({"seed": self.config.seed} if self.config.seed is not None else {}),
+            }
         )
         self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not safe for concurrent calls
         self._grammar: str | None = None

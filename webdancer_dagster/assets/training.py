@@ -379,11 +379,9 @@ def _launch_dapo(
     The rules judge every answer; the judge model only what they leave open, and only when declared capable."""
     with web.serve() as proxy_url:
         scope = WebScope.synthesis(LocalSites.of_home(store), proxy_url)
-        environment = RolloutEnvironment(
+        environment = RolloutEnvironment.of_scope(
+            scope,
             search_index=str(web.local_index_dir()),
-            blocked_hosts=sorted(scope.blocked_hosts),
-            allowed_hosts=sorted(scope.fetch.allowed_hosts or ()),
-            proxy_url=proxy_url,
             judge=judge.endpoint_config() if judge.capable_judge else None,
             summarizer=summarizer.endpoint_config(),
         )

@@ -236,6 +236,8 @@ class RolloutEnvironment(BaseModel):
     blocked_hosts: list[str] = []
     allowed_hosts: list[str] | None = None
     proxy_url: str | None = None
+    direct_hosts: list[str] = []  # declared live sites: fetched directly, not through the proxy
+    private_network_hosts: list[str] = []
     judge: EndpointConfig | None = None  # None: the judging rules alone (no capable judge declared)
     summarizer: EndpointConfig
     current_date: dt.date | None = None
@@ -243,7 +245,25 @@ class RolloutEnvironment(BaseModel):
     def scope(self) -> WebScope:
         """What the rollouts' tools may reach: the hosts and proxy the asset chose (`WebScope.synthesis`)."""
         allowed = frozenset(self.allowed_hosts) if self.allowed_hosts is not None else None
-        return WebScope(FetchPolicy(allowed_hosts=allowed, proxy_url=self.proxy_url), frozenset(self.blocked_hosts))
+        fetch = FetchPolicy(
+            allowed_hosts=allowed,
+            proxy_url=self.proxy_url,
+            direct_hosts=frozenset(self.direct_hosts),
+            private_network_hosts=frozenset(self.private_network_hosts),
+        )
+        return WebScope(fetch, frozenset(self.blocked_hosts))
+
+    @classmethod
+    def of_scope(cls, scope: WebScope, **fields: Any) -> RolloutEnvironment:
+        """The environment file's view of `scope` (what every rank rebuilds with `scope()`), with the other fields."""
+        return cls(
+            blocked_hosts=sorted(scope.blocked_hosts),
+            allowed_hosts=sorted(scope.fetch.allowed_hosts) if scope.fetch.allowed_hosts is not None else None,
+            proxy_url=scope.fetch.proxy_url,
+            direct_hosts=sorted(scope.fetch.direct_hosts),
+            private_network_hosts=sorted(scope.fetch.private_network_hosts),
+            **fields,
+        )
 
 
 def to_cli_args(hparams: SFTHyperparameters | DAPOHyperparameters) -> list[str]:

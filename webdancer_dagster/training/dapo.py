@@ -53,7 +53,7 @@ from webdancer_dagster.agent.prompts import system_message, user_message
 from webdancer_dagster.agent.trajectory import Trajectory
 from webdancer_dagster.llm.client import ChatModel, LLMEndpoint, LLMEndpointError, SamplingParams
 from webdancer_dagster.llm.server import default_threads
-from webdancer_dagster.shared.hashing import folder_sha256
+from webdancer_dagster.shared.hashing import folder_sha256, stable_id
 from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment
 from webdancer_dagster.training.dynamic_sampling import FilledBatch, Group, PromptDrawer, fill_groups
 from webdancer_dagster.training.masking import IGNORE_INDEX
@@ -407,6 +407,7 @@ class AgentRollout:
         self.summarizer = LLMEndpoint(environment.summarizer)
         self.search = LocalSearch(Path(environment.search_index))
         self.scope = environment.scope()
+        self.seed = seed
         self.drawer = PromptDrawer(list(self.answers), seed)
         self.sampling = SamplingParams(
             temperature=hparams.temperature, top_p=hparams.top_p, max_tokens=hparams.max_turn_tokens, stop=AGENT_STOP
@@ -423,6 +424,7 @@ class AgentRollout:
         self.tokens_generated = self.tokens_trained = 0
         self.groups_sampled = self.groups_dropped = 0
         self._step_rewards: list[RolloutReward] = []  # every rollout sampled for the current step, kept or not
+        self._step = self._step_rounds = 0  # the current step, and how many rounds of groups it has sampled
         self._completion_tokens = self._masked_tokens = 0
 
     @property
@@ -442,6 +444,7 @@ class AgentRollout:
         self.policy_staleness.append(step - self.policy_version)
         started = time.perf_counter()  # after the weight sync, which is reported on its own
         self._step_rewards = []
+        self._step, self._step_rounds = step, 0
         batch = fill_groups(
             questions,
             self._sample_groups,
@@ -531,6 +534,9 @@ class AgentRollout:
 
     def _sample_groups(self, questions: Sequence[str]) -> list[Group[ScoredRollout]]:
         assert self.policy is not None
+        # Every round of every step samples from its own seed, so a resumed run draws what the unbroken one drew.
+        round_seed = int(stable_id(str(self.seed), str(self._step), str(self._step_rounds)), 16) % 2**31
+        self._step_rounds += 1
         agent = build_web_agent(
             self.policy,
             self.summarizer,
@@ -540,6 +546,7 @@ class AgentRollout:
             n_ctx=self._context_tokens(),
             max_llm_calls=self.hparams.max_llm_calls,
             current_date=self.environment.current_date,
+            seed=round_seed,
         )
         size = self.hparams.num_generations
         trajectories = self._run_with_retries(agent, questions)

@@ -16,6 +16,7 @@ update is exact for the sequence trained on.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import queue
 import threading
@@ -24,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase, TopPLogitsWarper
 
 from webdancer_dagster.agent.trajectory import Trajectory
 from webdancer_dagster.agent.validity import check_format
@@ -52,6 +53,10 @@ class LocalPolicy:
     `generate` call, so a group of rollouts costs about as many forward passes as one. Stop strings end a turn
     the way an OpenAI-compatible server does: the text is cut before them. Nothing is cached: RL needs fresh
     samples from the current weights on every call.
+
+    Each request samples from its own random stream, seeded by its sampling seed, `sample_index` and prompt (a
+    fresh draw when the seed is None): which requests happen to share a batch does not change what any of them
+    samples, so a run, and a run resumed from a checkpoint, repeats its rollouts.
     """
 
     def __init__(
@@ -72,7 +77,7 @@ class LocalPolicy:
         self.generate_calls = 0
         self._max_batch = max_batch
         self._gather_s = gather_s
-        self._requests: queue.Queue[tuple[list[int], SamplingParams, Future[ChatResult]] | None] = queue.Queue()
+        self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -83,12 +88,13 @@ class LocalPolicy:
     def chat(
         self, messages: Sequence[Mapping[str, str]], *, sampling: SamplingParams | None = None, sample_index: int = 0
     ) -> ChatResult:
-        """One sampled assistant turn for `messages` (`sample_index` is ignored: every call is a fresh sample)."""
+        """One sampled assistant turn for `messages`, reproducible when `sampling.seed` is set."""
+        sampling = sampling or self.config.sampling
         prompt_ids = chat_prompt_ids(self.tokenizer, messages)
-        future: Future[ChatResult] = Future()
+        request = _Request(prompt_ids, sampling, request_seed(sampling.seed, sample_index, prompt_ids), Future())
         self._ensure_worker()
-        self._requests.put((prompt_ids, sampling or self.config.sampling, future))
-        return future.result()
+        self._requests.put(request)
+        return request.future.result()
 
     def close(self) -> None:
         """Stop the generation thread; pending requests fail rather than hang."""
@@ -121,22 +127,23 @@ class LocalPolicy:
                     break
                 batch.append(item)
             # Requests with other sampling settings wait for a batch of their own.
-            same = [item for item in batch if item[1] == batch[0][1]]
+            same = [item for item in batch if item.sampling == batch[0].sampling]
             for item in batch:
-                if item[1] != batch[0][1]:
+                if item.sampling != batch[0].sampling:
                     self._requests.put(item)
             try:
-                results = self._generate([ids for ids, _, _ in same], same[0][1])
+                results = self._generate(same, same[0].sampling)
             except BaseException as error:  # the agents must see the failure, not wait forever
-                for _, _, future in same:
-                    future.set_exception(error)
+                for item in same:
+                    item.future.set_exception(error)
                 continue
-            for (_, _, future), result in zip(same, results, strict=True):
-                future.set_result(result)
+            for item, result in zip(same, results, strict=True):
+                item.future.set_result(result)
 
     @torch.no_grad()
-    def _generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[ChatResult]:
+    def _generate(self, requests: list[_Request], sampling: SamplingParams) -> list[ChatResult]:
         started = time.perf_counter()
+        prompts = [request.prompt_ids for request in requests]
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         width = max(len(ids) for ids in prompts)
         device = next(self.model.parameters()).device
@@ -148,9 +155,13 @@ class LocalPolicy:
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
-                do_sample=sampling.temperature > 0,
-                temperature=sampling.temperature if sampling.temperature > 0 else None,
-                top_p=sampling.top_p if sampling.temperature > 0 else None,
+                # Greedy over scores that carry each row's own Gumbel noise: a sample per row from its own stream.
+                do_sample=False,
+                logits_processor=[SeededRowSampler([request.seed for request in requests], sampling)]
+                if sampling.temperature > 0
+                else None,
+                temperature=None,
+                top_p=None,
                 top_k=None,
                 max_new_tokens=sampling.max_tokens,
                 stop_strings=list(sampling.stop) or None,
@@ -189,6 +200,43 @@ class LocalPolicy:
             latency_s=latency,
             model=self.config.model,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    seed: int
+    future: Future[ChatResult]
+
+
+def request_seed(seed: int | None, sample_index: int, prompt_ids: Sequence[int]) -> int:
+    """The seed of one request's random stream: a hash of seed, sample and prompt (every turn of a rollout has its
+    own); without a seed, a fresh one from torch's global generator."""
+    if seed is None:
+        return int(torch.randint(0, 2**62, ()).item())
+    digest = hashlib.sha256(f"{seed}/{sample_index}/{','.join(map(str, prompt_ids))}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 2
+
+
+class SeededRowSampler(LogitsProcessor):
+    """Temperature and top-p, then Gumbel noise drawn from each row's own generator: the argmax of the result is a
+    sample from the row's tempered, nucleus-filtered distribution (the Gumbel-max trick), and the noise a row gets
+    does not depend on the other rows of the batch."""
+
+    def __init__(self, seeds: Sequence[int], sampling: SamplingParams) -> None:
+        self._generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self._temperature = sampling.temperature
+        self._top_p = TopPLogitsWarper(sampling.top_p) if sampling.top_p < 1.0 else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.float() / self._temperature
+        if self._top_p is not None:
+            scores = self._top_p(input_ids, scores)
+        tiny = torch.finfo(torch.float32).tiny
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self._generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp(tiny, 1.0 - 1e-7)))
+        return scores + gumbel.to(scores.device)
 
 
 @dataclasses.dataclass(frozen=True)

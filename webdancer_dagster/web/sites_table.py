@@ -12,7 +12,17 @@ from webdancer_dagster.warehouse import WarehouseStore
 from webdancer_dagster.web.site_registry import DeclaredSite
 from webdancer_dagster.web.sites import BuiltSite, SiteSpec, site_root_url
 
-SITE_COLUMNS = ["name", "host", "root_url", "directory", "pages", "benchmark", "source", "kind"]
+SITE_COLUMNS = [
+    "name",
+    "host",
+    "root_url",
+    "directory",
+    "pages",
+    "benchmark",
+    "source",
+    "kind",
+    "allow_private_network",
+]
 OVERVIEW_CRAWL_COLUMNS = ["site", "finished_at", "pages", "new", "changed", "removed", "not_modified", "skipped"]
 
 
@@ -20,7 +30,8 @@ def sites_table(
     built: Sequence[BuiltSite], declared: Sequence[DeclaredSite], registry_source: Path | None, store: WarehouseStore
 ) -> pd.DataFrame:
     """Every local site (its folder stored relative to the home, so a copied or moved home serves its own) and every
-    declared live site (no folder: the proxy does not serve it)."""
+    declared live site (no folder: the proxy does not serve it; `visit` fetches it directly, on a private address
+    only when its entry allows it)."""
     local = pd.DataFrame(
         {
             "name": [site.name for site in built],
@@ -31,6 +42,7 @@ def sites_table(
             "benchmark": [site.benchmark for site in built],
             "source": [site.source for site in built],
             "kind": "local",
+            "allow_private_network": False,
         }
     )
     live = [declared_site_row(site, registry_source) for site in declared]
@@ -48,6 +60,7 @@ def declared_site_row(site: DeclaredSite, registry_source: Path | None) -> pd.Da
         "benchmark": site.benchmark,
         "source": str(registry_source),
         "kind": "live",
+        "allow_private_network": site.allow_private_network,
     }
     return pd.DataFrame([row], columns=SITE_COLUMNS).astype({"directory": "string", "pages": "int64"})
 

@@ -45,13 +45,15 @@ class FetchPolicy:
 
     Without ``proxy_url`` pages are fetched directly and must resolve to public addresses only, except for the hosts
     named in ``private_network_hosts`` (an operator's own service; the tests' server on 127.0.0.1). Through
-    ``proxy_url`` (the local site proxy on 127.0.0.1) the allow-list is the protection and addresses are not vetted.
+    ``proxy_url`` (the local site proxy on 127.0.0.1) the allow-list is the protection and addresses are not vetted;
+    ``direct_hosts`` (declared live sites) bypass the proxy and are fetched directly, vetted like any direct fetch.
     ``timeout_s`` bounds each wait for the network; ``deadline_s`` bounds the whole fetch, every redirect and the body,
     so a server that drips a byte a second is cut off too.
     """
 
     allowed_hosts: frozenset[str] | None = None  # None = any host
     proxy_url: str | None = None  # the local web's site proxy: it serves plain http, so https URLs reach it as http
+    direct_hosts: frozenset[str] = frozenset()  # fetched straight from the site even when there is a proxy
     timeout_s: float = 15.0
     deadline_s: float = 30.0
     max_bytes: int = 2_000_000
@@ -198,11 +200,14 @@ def make_client(policy: FetchPolicy) -> httpx.Client:
 
     Without a site proxy, connections go through ``_PublicOnlyTransport``: vetted addresses and the fetch deadline.
     A proxy from the environment (``HTTPS_PROXY``) still applies to live fetches; then only the check before each hop
-    vets the address, and the proxy connects by name.
+    vets the address, and the proxy connects by name. With a site proxy, only the ``direct_hosts`` are mounted on
+    ``_PublicOnlyTransport``.
     """
+    direct = {f"all://{host}": _PublicOnlyTransport(policy) for host in sorted(policy.direct_hosts)}
     return httpx.Client(
         proxy=policy.proxy_url,
         transport=_PublicOnlyTransport(policy) if policy.proxy_url is None else None,
+        mounts=direct if policy.proxy_url is not None else None,
         trust_env=policy.proxy_url is None,
         timeout=policy.timeout_s,
         follow_redirects=False,
@@ -232,10 +237,11 @@ def _follow(url: str, policy: FetchPolicy, client: httpx.Client, deadline: float
     visited: set[str] = set()
     for _hop in range(policy.max_redirects + 1):
         check_url(current, policy)
-        if policy.proxy_url is None:
+        proxied = _through_proxy(current, policy)
+        if not proxied:
             _check_address(current, policy)
         visited.add(current)
-        request_url = _plain_http(current) if policy.proxy_url else current
+        request_url = _plain_http(current) if proxied else current
         # Clients not from make_client cannot cut a wait short at the deadline: each wait is at most the time left.
         timeout = min(policy.timeout_s, deadline - time.monotonic())
         try:
@@ -257,6 +263,11 @@ def _follow(url: str, policy: FetchPolicy, client: httpx.Client, deadline: float
         except httpx.HTTPError as error:
             raise FetchError(current, "connect_error", f"{type(error).__name__}: {error}") from error
     raise FetchError(url, "too_many_redirects", f"more than {policy.max_redirects} redirects")
+
+
+def _through_proxy(url: str, policy: FetchPolicy) -> bool:
+    """Whether ``url`` goes through the site proxy: every host but the direct ones, when there is a proxy."""
+    return policy.proxy_url is not None and (urlsplit(url).hostname or "").lower() not in policy.direct_hosts
 
 
 def _check_address(url: str, policy: FetchPolicy) -> None:
