@@ -5,6 +5,7 @@ data version, searchable, and listed by `webdancer sites`."""
 import datetime
 import importlib
 import io
+import socket
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -18,10 +19,14 @@ from webdancer_dagster import cli
 from webdancer_dagster.assets import corpus, evaluation, qa, registries, training, trajectories
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment, site_roots
+from webdancer_dagster.shared.qa import QAPair, qa_pairs_frame
 from webdancer_dagster.warehouse import WarehouseStore
+from webdancer_dagster.web.errors import FetchError
+from webdancer_dagster.web.scope import LocalSites, WebScope
 from webdancer_dagster.web.search import LocalSearch
 from webdancer_dagster.web.site_registry import SITES_ENV
 from webdancer_dagster.web.sites_table import site_overview
+from webdancer_dagster.web.visit import fetch_page
 
 PAGES = {
     "index.html": ("Glimmerfold Conference", ["program.html", "venue.html"]),
@@ -40,7 +45,9 @@ class LoggingHandler(SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def declared_site(tmp_path, monkeypatch):
+def declared_site(tmp_path, monkeypatch, request):
+    """The site's entry has `benchmark: true` when the test is parametrized indirectly with True."""
+    benchmark = bool(getattr(request, "param", False))
     root = tmp_path / "www"
     root.mkdir()
     for name, (title, links) in PAGES.items():
@@ -62,6 +69,7 @@ def declared_site(tmp_path, monkeypatch):
         f"    root_urls: ['http://127.0.0.1:{port}/']\n"
         "    schedule: '30 5 * * 2'\n"
         "    allow_private_network: true\n"
+        f"    benchmark: {str(benchmark).lower()}\n"
         "    politeness: {delay_s: 0, start_delay_s: 0, concurrency_per_domain: 4}\n"
     )
     monkeypatch.setenv(SITES_ENV, str(registry))
@@ -155,3 +163,45 @@ def test_a_declared_live_site_recrawls_through_304s_and_is_searchable(declared_s
     ).set_index("site")
     assert overview.loc["glimmerfold", "pages"] == 3 and overview.loc["glimmerfold", "not_modified"] == 3
     assert overview.loc["wiki", "kind"] == "local" and bool(overview.loc["musique", "benchmark"])
+
+    # The agent visits it straight from the site: a dead site proxy does not matter for a declared site's host.
+    scope = WebScope.synthesis(LocalSites.of_home(store), proxy_url=f"http://127.0.0.1:{_closed_port()}")
+    page = fetch_page(f"{root_url}venue.html", scope.fetch)
+    assert page.title == "Glimmerfold Venue in Tromso"
+
+
+@pytest.mark.parametrize("declared_site", [True], indirect=True)
+def test_a_benchmark_flagged_live_site_is_blocked_from_synthesis_and_guarded_by_the_leakage_check(
+    declared_site, isolated_home
+):
+    root_url, _, _ = declared_site
+    materialize(isolated_home, ["crawl_pages"], "glimmerfold")
+    store = WarehouseStore(isolated_home)
+    sites = LocalSites.of_home(store)
+    assert "127.0.0.1" in sites.benchmark_hosts
+
+    synthesis = WebScope.synthesis(sites, proxy_url=None)
+    with pytest.raises(FetchError, match="not one of the sites"):
+        fetch_page(f"{root_url}venue.html", synthesis.fetch)
+    assert "127.0.0.1" in synthesis.blocked_hosts, "search results from it are removed for synthesis"
+    assert fetch_page(f"{root_url}venue.html", WebScope.every_local_site(sites, None).fetch).title.startswith("Glim")
+
+    pair = QAPair(
+        id="qa-leak",
+        question="Which town hosts the Glimmerfold Conference, according to its venue page?",
+        answer="Tromso",
+        kind="multi_hop",
+        source="crawlqa",
+        source_urls=[f"{root_url}venue.html"],
+    )
+    store.replace_table("crawlqa_pairs", qa_pairs_frame([pair]))
+    evaluation = qa.crawlqa_leakage(warehouse=Warehouse(home=str(isolated_home)))
+    assert not evaluation.passed
+    leaks = {key: value.value for key, value in evaluation.metadata.items()}
+    assert leaks["actual_leaks"] == 1 and "127.0.0.1" in leaks["benchmark_hosts"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
