@@ -1,6 +1,7 @@
 """The live crawl path against plain HTTP servers on 127.0.0.1 declared as live sites (`allow_private_network`):
 what the server's request log shows the crawler did and did not do."""
 
+import gzip
 from dataclasses import replace
 
 import pytest
@@ -181,3 +182,65 @@ def _now():
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
+
+
+def _urlset(*locations: str) -> str:
+    entries = "".join(f"<url><loc>{location}</loc></url>" for location in locations)
+    return f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{entries}</urlset>'
+
+
+def test_sitemap_seeds_reach_unlinked_pages_in_scope_and_only_those(tmp_path):
+    """A sitemap index names a plain and a gzipped sitemap; their in-scope pages are crawled although no page links
+    to them, out-of-scope entries are counted and never requested, and a broken sitemap is a recorded skip."""
+    with LiveSite() as site:
+        site.pages.update(
+            {
+                "/docs/": page("Home", ["a.html"]),
+                "/docs/a.html": page("A"),
+                "/docs/orphan.html": page("Orphan"),
+                "/docs/zipped.html": page("Zipped"),
+                "/blog/post.html": page("Blog"),
+            }
+        )
+        plain = _urlset(f"{site.url}docs/orphan.html", f"{site.url}blog/post.html", "http://elsewhere.test/docs/x.html")
+        zipped = gzip.compress(_urlset(f"{site.url}docs/zipped.html", f"{site.url}docs/a.html").encode())
+        index = (
+            '<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+            "<sitemap><loc>/plain.xml</loc></sitemap><sitemap><loc>/zipped.xml.gz</loc></sitemap>"
+            "<sitemap><loc>http://elsewhere.test/sitemap.xml</loc></sitemap></sitemapindex>"
+        )
+        site.routes["/sitemap.xml"] = lambda s, h: (200, {"Content-Type": "application/xml"}, index.encode())
+        site.routes["/plain.xml"] = lambda s, h: (200, {"Content-Type": "application/xml"}, plain.encode())
+        site.routes["/zipped.xml.gz"] = lambda s, h: (200, {"Content-Type": "application/gzip"}, zipped)
+        site.routes["/broken.xml"] = lambda s, h: (200, {"Content-Type": "application/xml"}, b"")
+        result = crawl_site(
+            f"{site.url}docs/",
+            None,
+            CrawlLimits(timeout_s=5),
+            tmp_path / "work",
+            live=live(
+                site,
+                path_prefixes=("/docs/",),
+                sitemap_urls=(f"{site.url}sitemap.xml", f"{site.url}broken.xml"),
+            ),
+        )
+        requested = site.paths()
+
+    assert set(result.pages["url"]) == {
+        f"{site.url}docs/{name}" for name in ("", "a.html", "orphan.html", "zipped.html")
+    }
+    assert "/blog/post.html" not in requested, "a sitemap entry outside the path prefixes was fetched"
+    assert requested.count("/docs/a.html") == 1, "a page both linked and in a sitemap is fetched once"
+    assert (result.stats["sitemaps"], result.stats["sitemap_pages"], result.stats["sitemap_out_of_scope"]) == (4, 3, 2)
+    assert reasons(result)[f"{site.url}broken.xml"] == "bad_sitemap"
+
+
+def test_no_sitemap_is_read_at_depth_zero(tmp_path):
+    with LiveSite() as site:
+        site.pages.update({"/": page("Home"), "/orphan.html": page("Orphan")})
+        site.routes["/sitemap.xml"] = lambda s, h: (200, {}, _urlset(f"{site.url}orphan.html").encode())
+        result = crawl(
+            site, tmp_path, limits=CrawlLimits(timeout_s=5, max_depth=0), sitemap_urls=(f"{site.url}sitemap.xml",)
+        )
+        assert "/sitemap.xml" not in site.paths()
+    assert list(result.pages["url"]) == [site.url]

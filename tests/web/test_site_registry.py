@@ -32,6 +32,7 @@ def test_declared_sites_get_defaults_and_their_own_settings(tmp_path):
         "    schedule: '15 4 * * 1'\n"
         "    benchmark: true\n"
         "    politeness: {delay_s: 3, concurrency_per_domain: 1}\n"
+        "    sitemap_urls: [https://docs.example.org/sitemap.xml]\n"
         "  - {name: local-test, root_urls: ['http://127.0.0.1:8080/'], allow_private_network: true}\n",
     )
     registry = load_site_registry(path, BUILTIN)
@@ -47,6 +48,7 @@ def test_declared_sites_get_defaults_and_their_own_settings(tmp_path):
         True,
     )
     assert crawl.user_agent == "webdancer-crawler/0.1 (+https://example.org/crawler)"
+    assert crawl.sitemap_urls == ("https://docs.example.org/sitemap.xml",) and local.sitemap_urls == ()
     assert not crawl.allow_private_network
     assert local.allowed_hosts == ("127.0.0.1:8080",) and local.schedule == "0 3 * * *"
     assert local.live_crawl().allow_private_network
@@ -100,6 +102,14 @@ def test_the_shipped_file_declares_nothing_and_its_example_loads_once_uncommente
             ":5: sites[0].politeness.robots (a): Extra inputs are not permitted",
         ),
         (HEAD + "  - name: a\n    root_urls: ['https://a.org/']\n    max_pages: 0\n", ":5: sites[0].max_pages (a)"),
+        (
+            HEAD + "  - name: a\n    root_urls: ['https://a.org/']\n    sitemap_urls: ['https://b.org/sitemap.xml']\n",
+            ":3: sites[0] (a): sitemap URL https://b.org/sitemap.xml is not on allowed_hosts",
+        ),
+        (
+            HEAD + "  - name: a\n    root_urls: ['https://a.org/']\n    sitemap_urls: ['file:///etc/passwd']\n",
+            ":5: sites[0].sitemap_urls (a): sitemap URL 'file:///etc/passwd' must be an http:// or https:// URL",
+        ),
         (HEAD + "  - name: a\n    root_url: 'https://a.org/'\n", ":4: sites[0].root_url (a): Extra inputs"),
         ("sites:\n  - {name: a, root_urls: 'https://a.org/'}\n", ":1: contact_url: a live crawl must say who runs it"),
         ("contact_url: nobody\nsites: []\n", ":1: contact_url: contact_url 'nobody' must be an http(s) URL"),

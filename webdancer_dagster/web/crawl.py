@@ -103,10 +103,12 @@ class LiveCrawl:
     concurrency_per_domain: int = 2
     max_retries: int = 3
     max_retry_after_s: float = 120.0
+    sitemap_urls: tuple[str, ...] = ()  # sitemaps whose in-scope pages join the first level after the roots
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed_hosts", tuple(host.lower() for host in self.allowed_hosts))
         object.__setattr__(self, "path_prefixes", tuple(self.path_prefixes))
+        object.__setattr__(self, "sitemap_urls", tuple(self.sitemap_urls))
         if not self.allowed_hosts:
             raise ValueError("a live crawl needs at least one allowed host")
         if self.delay_s < 0 or self.max_retries < 0 or self.concurrency_per_domain < 1:

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from webdancer_dagster.config_files import ConfigFileError, dotted, read_entries_file
 from webdancer_dagster.paths import REPO_ROOT
-from webdancer_dagster.web.crawl import LiveCrawl, canonical_url
+from webdancer_dagster.web.crawl import LiveCrawl, canonical_url, host_allowed
 
 SITES_ENV = "WEBDANCER_SITES"
 DEFAULT_SITES_PATH = REPO_ROOT / "sites.yaml"
@@ -69,25 +69,31 @@ class _SiteEntry(BaseModel):
     allow_private_network: bool = Field(default=False, description="May reach loopback and private addresses.")
     description: str = ""
     politeness: _Politeness = Field(default_factory=_Politeness)
+    sitemap_urls: list[str] = Field(
+        default_factory=list,
+        description="Sitemaps (or sitemap indexes) on the allowed hosts: their pages under the path prefixes are "
+        "crawled at depth 1, after the roots' own links.",
+    )
 
     @field_validator("root_urls", mode="before")
     @classmethod
     def _one_or_more(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
-    @field_validator("root_urls")
+    @field_validator("root_urls", "sitemap_urls")
     @classmethod
-    def _urls(cls, value: list[str]) -> list[str]:
+    def _urls(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        kind = "root URL" if info.field_name == "root_urls" else "sitemap URL"
         for url in value:
             try:
                 parts = urlsplit(url)
                 parts.port  # noqa: B018 (raises on a bad port)
             except ValueError as error:
-                raise ValueError(f"root URL {url!r} is not a URL ({error})") from None
+                raise ValueError(f"{kind} {url!r} is not a URL ({error})") from None
             if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"root URL {url!r} must be an http:// or https:// URL with a host")
+                raise ValueError(f"{kind} {url!r} must be an http:// or https:// URL with a host")
             if parts.username or parts.password:
-                raise ValueError(f"root URL {url!r} carries credentials; they are never stored")
+                raise ValueError(f"{kind} {url!r} carries credentials; they are never stored")
         return [canonical_url(url) for url in value]
 
     @field_validator("allowed_hosts")
@@ -125,6 +131,9 @@ class _SiteEntry(BaseModel):
         for url in self.root_urls:
             if not live.in_scope(url):
                 raise ValueError(f"root URL {url} is outside allowed_hosts {self.allowed_hosts} / path_prefixes")
+        for url in self.sitemap_urls:
+            if not host_allowed(url, live.allowed_hosts):
+                raise ValueError(f"sitemap URL {url} is not on allowed_hosts {self.allowed_hosts}")
         return self
 
 
@@ -158,6 +167,7 @@ class DeclaredSite:
     description: str
     politeness: Mapping[str, Any]
     contact_url: str
+    sitemap_urls: tuple[str, ...] = ()
 
     @property
     def root_url(self) -> str:
@@ -174,6 +184,7 @@ class DeclaredSite:
             path_prefixes=self.path_prefixes,
             contact_url=self.contact_url,
             allow_private_network=self.allow_private_network,
+            sitemap_urls=self.sitemap_urls,
             **self.politeness,
         )
 
@@ -224,6 +235,7 @@ def load_site_registry(path: Path | None, taken: Iterable[str] = ()) -> SiteRegi
             description=entry.description or f"live site {entry.root_urls[0]}",
             politeness=entry.politeness.model_dump(),
             contact_url=str(parsed.contact_url),
+            sitemap_urls=tuple(entry.sitemap_urls),
         )
     return SiteRegistry(sites=sites, contact_url=parsed.contact_url, source=document.path)
 

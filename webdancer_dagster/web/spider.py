@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import lxml.etree
 import scrapy
 from scrapy import signals
 from scrapy.exceptions import (
@@ -33,6 +34,8 @@ from scrapy.exceptions import (
     IgnoreRequest,
 )
 from scrapy.linkextractors import IGNORED_EXTENSIONS
+from scrapy.utils.gz import gunzip
+from scrapy.utils.sitemap import Sitemap
 
 from webdancer_dagster.web.crawl import (
     CRAWLER_NAME,
@@ -56,6 +59,7 @@ IGNORED = frozenset(f".{ext}" for ext in (*IGNORED_EXTENSIONS, *_EXTRA_IGNORED_E
 # Error pages reach the callback to be recorded as skips; redirects stay with Scrapy's redirect middleware.
 ERROR_STATUSES = list(range(400, 600))
 NOT_MODIFIED = 304
+MAX_SITEMAPS = 20  # sitemaps fetched in one crawl, those named by sitemap indexes included
 RETRY_LATER_STATUSES = frozenset({429, 503})
 LIVE_SETTING = "WEBDANCER_LIVE"
 
@@ -100,6 +104,9 @@ class SiteSpider(scrapy.Spider):
             "retries": 0,
             "not_modified": 0,
             "body_bytes": 0,
+            "sitemaps": 0,
+            "sitemap_pages": 0,
+            "sitemap_out_of_scope": 0,
         }
 
     @classmethod
@@ -117,6 +124,44 @@ class SiteSpider(scrapy.Spider):
     async def start(self) -> AsyncIterator[scrapy.Request]:
         for position, root in enumerate(self.roots):
             yield self._request(root, depth=0, rank=(position,))
+        if self.live is not None and self.limits.max_depth >= 1:
+            for position, sitemap in enumerate(self.live.sitemap_urls, start=len(self.roots)):
+                yield self._sitemap_request(sitemap, rank=(position,))
+
+    def _sitemap_request(self, url: str, rank: tuple[int, ...]) -> scrapy.Request:
+        """A sitemap (not a page: outside the page budget); its pages are ranked after the roots' own links."""
+        self.counts["sitemaps"] += 1
+        meta = {
+            "sitemap": True,
+            "page_depth": 0,
+            "rank": rank,
+            "requested_url": url,
+            "handle_httpstatus_list": ERROR_STATUSES,
+        }
+        return scrapy.Request(url, callback=self.parse_sitemap, errback=self.failed, dont_filter=True, meta=meta)
+
+    def parse_sitemap(self, response: scrapy.http.Response) -> Iterator[scrapy.Request]:
+        """Queue a sitemap's pages that are in scope for the next level; a sitemap index's sitemaps on the allowed
+        hosts are fetched in turn, at most `MAX_SITEMAPS` in all."""
+        url, rank = canonical_url(response.url), response.meta["rank"]
+        if response.status >= 400:
+            self._skip(url, 0, f"http_{response.status}", "sitemap")
+            return
+        try:
+            entries, index = _sitemap_entries(response.body, self.limits.max_bytes)
+        except (OSError, ValueError, lxml.etree.LxmlError) as error:  # not gzip, over max_bytes, or not XML
+            self._skip(url, 0, "bad_sitemap", f"{type(error).__name__}: {error}"[:300])
+            return
+        for position, entry in enumerate(entries):
+            location = canonical_url(urljoin(url, entry))
+            if index:
+                if host_allowed(location, self.live.allowed_hosts) and self.counts["sitemaps"] < MAX_SITEMAPS:
+                    yield self._sitemap_request(location, rank=(*rank, position))
+            elif self.in_scope(location):
+                self.counts["sitemap_pages"] += 1
+                self._discover(location, (*rank, position))
+            else:
+                self.counts["sitemap_out_of_scope"] += 1
 
     def _request(self, url: str, depth: int, rank: tuple[int, ...]) -> scrapy.Request:
         meta: dict[str, Any] = {
@@ -317,7 +362,7 @@ class LiveGuardMiddleware:
         scheme = urlsplit(url).scheme.lower()
         if scheme not in ("http", "https"):
             raise Refused("bad_scheme", f"only http and https are crawled, not {scheme or 'no scheme'}")
-        if request.meta.get("dont_obey_robotstxt"):  # the robots.txt of an allowed host
+        if request.meta.get("dont_obey_robotstxt") or request.meta.get("sitemap"):  # robots.txt or a sitemap
             if not host_allowed(url, self.live.allowed_hosts):
                 raise Refused("out_of_scope", f"{url} is not on an allowed host")
         elif not self.live.in_scope(canonical_url(url)):
@@ -399,6 +444,17 @@ def retry_after_seconds(value: bytes | None, now: float | None = None) -> float 
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _sitemap_entries(body: bytes, max_bytes: int) -> tuple[list[str], bool]:
+    """The `<loc>`s of a sitemap (gzipped or not), and whether it is a sitemap index."""
+    if body[:2] == b"\x1f\x8b":  # a .xml.gz served as a file, not as Content-Encoding
+        body = gunzip(body, max_size=max_bytes)
+    try:
+        sitemap = Sitemap(body)
+    except StopIteration:
+        raise ValueError("the sitemap is empty") from None
+    return [str(entry.get("loc", "")).strip() for entry in sitemap], sitemap.type == "sitemapindex"
 
 
 def _header(response: scrapy.http.Response, name: bytes) -> str | None:
