@@ -113,3 +113,22 @@ def test_a_restored_drawer_draws_what_the_saved_one_would_have_drawn() -> None:
     expected = [running(2, exclude=["q0"]) for _ in range(5)]
     assert [restored(2, exclude=["q0"]) for _ in range(5)] == expected
     assert [unrestored(2, exclude=["q0"]) for _ in range(5)] != expected
+
+
+def test_refills_come_first_from_prompts_the_policy_sometimes_answers_then_untried_then_the_rest() -> None:
+    pool = [f"q{i}" for i in range(6)]
+    drawer = PromptDrawer(pool, seed=1)
+    drawer.record("q0", [0.0, 0.0, 0.0, 0.0])  # never right
+    drawer.record("q1", [1.0, 1.0, 1.0, 1.0])  # always right
+    drawer.record("q2", [0.0, 1.0, 0.0, 0.0])  # sometimes: the only kind whose groups dynamic sampling keeps
+    drawer.record("q3", [0.0, 0.0, 0.0, 0.0])
+    drawer.record("q3", [1.0, 1.0, 1.0, 1.0])  # all wrong once and all right once is sometimes, too
+
+    first = drawer(4, exclude=[])
+
+    assert set(first[:2]) == {"q2", "q3"} and set(first[2:]) == {"q4", "q5"}
+    for prompt in ("q4", "q5"):  # what sampling their groups would record
+        drawer.record(prompt, [0.0, 0.0, 0.0, 0.0])
+    assert set(drawer(2, exclude=["q2", "q3"])) == {"q0", "q1"}, "among the rest, the least recently drawn first"
+    assert drawer(1, exclude=[])[0] in {"q2", "q3"}
+    assert drawer.pass_rates() == {"pool": 6, "measured": 6, "sometimes_right": 2, "never_right": 3, "always_right": 1}

@@ -423,6 +423,7 @@ def _rl_metadata(record: dict[str, Any], run: RunInputs) -> dict[str, object]:
         "weight_syncs": dg.MetadataValue.json(record.get("weight_syncs", [])),
         "policy_staleness": dg.MetadataValue.json(record.get("policy_staleness", [])),
         "rollout_retries": record.get("rollout_retries", 0),
+        "pool_pass_rates": dg.MetadataValue.json(record.get("pool_pass_rates", {})),
         "checkpoint_path": dg.MetadataValue.path(record["checkpoint_path"]),
         "checkpoint_sha256": record["checkpoint_sha256"],
         "run_key": run.run_key,

@@ -130,6 +130,7 @@ class DAPOResult:
     weight_syncs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     policy_staleness: list[int] = dataclasses.field(default_factory=list)
     rollout_retries: int = 0
+    pool_pass_rates: dict[str, int] = dataclasses.field(default_factory=dict)  # PromptDrawer.pass_rates
 
     @property
     def seconds_per_step(self) -> float:
@@ -183,6 +184,7 @@ class DAPOResult:
                 "weight_syncs": (self.weight_syncs, "json"),
                 "policy_staleness": (self.policy_staleness, "json"),
                 "rollout_retries": (self.rollout_retries, "int"),
+                "pool_pass_rates": (self.pool_pass_rates, "json"),
             }
         )
 
@@ -278,6 +280,7 @@ def train_dapo(
         weight_syncs=[sync.record() for sync in rollout.served.syncs] if rollout.served is not None else [],
         policy_staleness=rollout.policy_staleness,
         rollout_retries=rollout.rollout_retries,
+        pool_pass_rates=rollout.drawer.pass_rates(),
     )
     logger.info(
         "DAPO done: %d steps, %.2f s/step, %.0f%% of step time in rollouts, %.0f%% of generated tokens trained",
@@ -563,7 +566,9 @@ class AgentRollout:
             ]
             self._step_rewards.extend(rollout.reward for rollout in rollouts)
             generated = sum(trajectory.completion_tokens for trajectory in group)
-            groups.append(Group(question, rollouts, [rollout.reward.answer for rollout in rollouts], generated))
+            answers = [rollout.reward.answer for rollout in rollouts]
+            self.drawer.record(question, answers)  # refills prefer the prompts the policy sometimes answers
+            groups.append(Group(question, rollouts, answers, generated))
         return groups
 
     def _run_with_retries(self, agent: ReactAgent, questions: Sequence[str]) -> list[Trajectory]:

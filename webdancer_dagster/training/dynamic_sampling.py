@@ -104,32 +104,71 @@ def fill_groups(
 
 
 class PromptDrawer:
-    """Draws refill prompts from the pool in a seeded order, cycling, never repeating one the batch already has."""
+    """Draws refill prompts from the pool by measured pass rate, never repeating one the batch already has.
+
+    Every sampled group is `record`ed, so the drawer knows how often the policy answered each prompt right. Refills
+    come first from prompts it sometimes answers (pass rate strictly between 0 and 1: their groups are the ones
+    dynamic sampling keeps), then from prompts not yet tried, last from those it always or never answered. Within a
+    tier the least recently drawn comes first, ties broken by a seeded order, so draws are reproducible and every
+    prompt of a tier gets its turn.
+    """
 
     def __init__(self, prompts: Sequence[str], seed: int) -> None:
         self._prompts = list(dict.fromkeys(prompts))
-        self._rng = random.Random(seed)
-        self._order: list[str] = []
+        self._order = {
+            prompt: rank for rank, prompt in enumerate(random.Random(seed).sample(self._prompts, len(self._prompts)))
+        }
+        self._last_drawn: dict[str, int] = {}
+        self._draws = 0
+        self._outcomes: dict[str, tuple[int, int]] = {}  # prompt -> (rollouts, rollouts answered right)
 
     def __call__(self, count: int, exclude: Sequence[str]) -> list[str]:
         excluded = set(exclude)
         available = [prompt for prompt in self._prompts if prompt not in excluded]
-        drawn: list[str] = []
-        while len(drawn) < min(count, len(available)):
-            if not self._order:
-                self._order = self._rng.sample(self._prompts, len(self._prompts))
-            prompt = self._order.pop()
-            if prompt not in excluded and prompt not in drawn:
-                drawn.append(prompt)
+        drawn = sorted(available, key=lambda p: (self.tier(p), self._last_drawn.get(p, -1), self._order[p]))[:count]
+        for prompt in drawn:
+            self._draws += 1
+            self._last_drawn[prompt] = self._draws
         return drawn
 
+    def record(self, prompt: str, answer_rewards: Sequence[float]) -> None:
+        """One sampled group's answer rewards (1 right, 0 not) for `prompt`."""
+        rollouts, right = self._outcomes.get(prompt, (0, 0))
+        self._outcomes[prompt] = (rollouts + len(answer_rewards), right + sum(r >= 1.0 for r in answer_rewards))
+
+    def tier(self, prompt: str) -> int:
+        """0: sometimes answered right; 1: not tried yet; 2: always or never answered right so far."""
+        rollouts, right = self._outcomes.get(prompt, (0, 0))
+        if rollouts == 0:
+            return 1
+        return 0 if 0 < right < rollouts else 2
+
+    def pass_rates(self) -> dict[str, int]:
+        """How many pool prompts were measured, and how many of them the policy sometimes, never or always answered."""
+        measured = [self._outcomes[p] for p in self._prompts if p in self._outcomes]
+        return {
+            "pool": len(self._prompts),
+            "measured": len(measured),
+            "sometimes_right": sum(1 for rollouts, right in measured if 0 < right < rollouts),
+            "never_right": sum(1 for _, right in measured if right == 0),
+            "always_right": sum(1 for rollouts, right in measured if right == rollouts),
+        }
+
     def state(self) -> dict[str, Any]:
-        """Where the drawer is in its seeded order (JSON-ready), so a resumed run draws what this one would."""
-        version, internal, gauss = self._rng.getstate()
-        return {"rng": [version, list(internal), gauss], "order": list(self._order)}
+        """The seeded order, the draw history and the measured outcomes (JSON-ready), so a resumed run draws what
+        this one would."""
+        return {
+            "order": sorted(self._order, key=self._order.__getitem__),
+            "last_drawn": dict(self._last_drawn),
+            "draws": self._draws,
+            "outcomes": {prompt: list(counts) for prompt, counts in self._outcomes.items()},
+        }
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        version, internal, gauss = state["rng"]
-        self._rng.setstate((version, tuple(internal), gauss))
         known = set(self._prompts)
-        self._order = [prompt for prompt in state["order"] if prompt in known]
+        saved = [prompt for prompt in state.get("order", []) if prompt in known]
+        unsaved = [prompt for prompt in self._prompts if prompt not in set(saved)]
+        self._order = {prompt: rank for rank, prompt in enumerate([*saved, *unsaved])}
+        self._last_drawn = {p: int(tick) for p, tick in state.get("last_drawn", {}).items() if p in known}
+        self._draws = int(state.get("draws", 0))
+        self._outcomes = {p: (int(n), int(right)) for p, (n, right) in state.get("outcomes", {}).items() if p in known}
