@@ -10,6 +10,7 @@ PY="${PYTHON:-python3.11}"
 need_apt=()
 [ -d /usr/share/doc/python3.11/html ] || need_apt+=(python3.11-doc)
 command -v wget >/dev/null || need_apt+=(wget)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)  # the browser test drives it; Playwright never downloads one
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[bootstrap] apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

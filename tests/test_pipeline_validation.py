@@ -9,9 +9,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from webdancer_dagster.assets.jobs import PHASES, profile_config, profile_job_name
 from webdancer_dagster.definitions import defs
 from webdancer_dagster.evaluation.benchmarks import BenchmarkFileError, BenchmarkSource
-from webdancer_dagster.pipeline import ProfileError, load_profile, materialize_all, validate_profile
+from webdancer_dagster.pipeline import PROFILES_DIR, ProfileError, load_profile, materialize_all, validate_profile
 
 
 @pytest.fixture
@@ -134,9 +135,22 @@ def test_a_bad_benchmark_file_is_named_before_anything_runs(tmp_path, instance, 
     assert_nothing_ran(instance, isolated_home)
 
 
-@pytest.mark.parametrize("name", ["smoke", "full", "learn"])
-def test_the_shipped_profiles_are_valid(name):
-    validate_profile(defs, load_profile(name))
+SHIPPED_PROFILES = sorted(PROFILES_DIR.glob("*.yaml"))
+
+
+def test_the_documented_profiles_are_shipped():
+    assert {"smoke", "full", "learn"} <= {path.stem for path in SHIPPED_PROFILES}
+
+
+@pytest.mark.parametrize("path", SHIPPED_PROFILES, ids=lambda path: path.stem)
+def test_the_shipped_profiles_are_valid(path):
+    """Every file in profiles/, against the definitions and against each of its phase jobs (the launchpad's
+    default config), so config drift fails here rather than in a manual run."""
+    profile = load_profile(path.stem)
+    validate_profile(defs, profile)
+    for phase in PHASES:
+        job = defs.resolve_job_def(profile_job_name(phase, path.stem))
+        dg.validate_run_config(job, profile_config(profile, job.graph.node_names()))
 
 
 def test_webdancer_materialize_exits_with_the_problem_and_runs_nothing(tmp_path, monkeypatch):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,7 +98,8 @@ def materialize(
 
     with _run_history() as instance:
         results = materialize_all(defs, instance, run_config=load_profile(profile), selection=select)
-    console.print(f"[green]materialized {len(results)} runs[/green] into {home}")
+    jobs = ", ".join(dict.fromkeys(result.dagster_run.job_name for result in results))
+    console.print(f"[green]materialized {len(results)} runs[/green] (jobs {jobs}) into {home}")
     console.print(
         f"Open the UI:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} WEBDANCER_HOME={home} "
         ".venv/bin/dagster dev -h 127.0.0.1 -p 3000   (or: make ui)"
@@ -111,16 +111,16 @@ def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 3000,
     home: HomeOption = None,
 ) -> None:
-    """Start the Dagster UI on 127.0.0.1 over the same run history the CLI writes."""
-    from webdancer_dagster.processes import die_with_parent
+    """Start the Dagster UI on 127.0.0.1 over the same run history the CLI writes; Ctrl-C (SIGINT) or SIGTERM stops
+    it with everything it started."""
+    from webdancer_dagster.processes import run_until_signalled
 
     _use_home(home)
     with _run_history():
         pass  # runs a killed process left unfinished show as failed, not as running forever
-    env = dict(os.environ)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
     command = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)]
-    raise typer.Exit(subprocess.call(command, env=env, preexec_fn=die_with_parent))
+    raise typer.Exit(run_until_signalled(command, env=dict(os.environ)))
 
 
 @app.command()
@@ -228,6 +228,7 @@ def evaluate(
     import dagster as dg
 
     from webdancer_dagster.assets.evaluation import BENCHMARK_NAMES, MODELS
+    from webdancer_dagster.assets.jobs import profile_job_name
     from webdancer_dagster.definitions import defs
     from webdancer_dagster.pipeline import load_profile, validate_profile
 
@@ -241,14 +242,14 @@ def evaluate(
     validate_profile(defs, chosen)
     ops = chosen.get("ops") or {}
     run_config = {"ops": {k: v for k, v in ops.items() if k == "benchmark_scores"}}
+    # The evaluate job the UI launches (the profile's own for a profile in profiles/): the asset's checks run with
+    # it, and the run shows under that job's name.
+    job = defs.resolve_job_def(profile_job_name("evaluate", chosen.name) if chosen.name else "evaluate")
     with _run_history() as instance:
-        result = dg.materialize(
-            [*defs.assets, *defs.asset_checks],  # the asset's checks run with it, as in the UI
-            selection=["benchmark_scores"],
-            partition_key=dg.MultiPartitionKey({"model": model, "benchmark": benchmark}),
-            instance=instance,
-            resources=defs.resources,
+        result = job.execute_in_process(
             run_config=run_config,
+            instance=instance,
+            partition_key=dg.MultiPartitionKey({"model": model, "benchmark": benchmark}),
         )
     _print_scores(WarehouseStore(home))
     for check in result.get_asset_check_evaluations():

@@ -7,16 +7,21 @@ their metadata and lineage because they go to the same DAGSTER_HOME the UI reads
 from __future__ import annotations
 
 import difflib
+import itertools
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from webdancer_dagster.assets.jobs import PHASES, PROFILE_TAG, phase_of_group, profile_job_name
+from webdancer_dagster.concurrency import DAGSTER_YAML, EARLIER_DAGSTER_YAMLS
 from webdancer_dagster.config_files import ConfigFileError, Location, YamlDocument, dotted, read_yaml
 from webdancer_dagster.evaluation.benchmarks import BenchmarkSource, check_benchmark_files
+from webdancer_dagster.files import write_text_atomic
 from webdancer_dagster.paths import DATA_DIR
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,21 @@ class Profile(dict[str, Any]):
         super().__init__(data or {})
         self.document = document
 
+    @property
+    def name(self) -> str | None:
+        """The name of a profile in `profiles/`, whose jobs are `<phase>_<name>`; None for any other file."""
+        path = self.document.path if self.document else None
+        return path.stem if path is not None and path.resolve().parent == PROFILES_DIR.resolve() else None
+
+    @property
+    def about(self) -> str:
+        """The comment lines the profile's file opens with: what the profile is for."""
+        if self.document is None:
+            return ""
+        lines = self.document.path.read_text(encoding="utf-8").splitlines()
+        opening = itertools.takewhile(lambda line: line.startswith("#"), lines)
+        return " ".join(text for text in (line.lstrip("#").strip() for line in opening) if text)
+
 
 def load_profile(name_or_path: str) -> Profile:
     """Run config of a profile: `smoke`, `full`, or a path to a YAML file of the same shape.
@@ -65,6 +85,11 @@ def load_profile(name_or_path: str) -> Profile:
     if problems:
         raise ProfileError(_report(profile, problems))
     return profile
+
+
+def load_profiles(directory: Path = PROFILES_DIR) -> dict[str, Profile]:
+    """Every profile in `profiles/` by name (each becomes one job per phase, selectable in the launchpad)."""
+    return {path.stem: load_profile(str(path)) for path in sorted(directory.glob("*.yaml"))}
 
 
 def validate_profile(
@@ -110,11 +135,13 @@ def validate_profile(
 
 
 def ensure_dagster_home(dagster_home: Path) -> Path:
-    """A DAGSTER_HOME with telemetry off, so the CLI's runs and `dagster dev` share one run history."""
+    """A DAGSTER_HOME the CLI's runs and `dagster dev` share: its `dagster.yaml` (telemetry off, the run queue, the
+    pools' limit: `concurrency.DAGSTER_YAML`) is written when missing, or when it still holds exactly what an
+    earlier version wrote; a file the user edited is never touched."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    if not config.exists() or config.read_text() in EARLIER_DAGSTER_YAMLS:
+        write_text_atomic(config, DAGSTER_YAML)
     return dagster_home
 
 
@@ -151,8 +178,12 @@ def materialize_all(
     benchmarks: Mapping[str, BenchmarkSource] | None = None,
     data_dir: Path = DATA_DIR,
 ) -> list[dg.ExecuteInProcessResult]:
-    """Run every asset (or `selection`) level by level: partitioned assets once per partition key, or per key of
-    the run config's `partitions:` section (not Dagster run config: it picks which partitions a profile runs).
+    """Run every asset (or `selection`) through the phase jobs (`assets/jobs.py`), phase by phase: each run is
+    as large as its job and the dependencies allow, a partitioned asset once per partition key, or per key of the
+    run config's `partitions:` section (not Dagster run config: it picks which partitions a profile runs). A
+    profile from `profiles/` runs its own jobs (`train_smoke`), any other run config the plain ones (`train`), so
+    the runs carry the names the UI launches and show on its Overview timeline. Assets in no phase job (a test's
+    toy definitions) run level by level as ephemeral runs.
 
     Before the first run: `validate_profile`, then every benchmark file (and declared corpus) of `benchmarks`
     (default: the registry the definitions were built from) is read as a run would, so a config mistake stops
@@ -166,38 +197,99 @@ def materialize_all(
 
         benchmarks = REGISTRY.benchmarks
     check_benchmark_files(benchmarks, data_dir)
-    graph = defs.resolve_asset_graph()
-    all_assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
-    checks = list(defs.asset_checks or [])
-    resources = defs.resources or {}
-    wanted = {dg.AssetKey.from_user_string(s) for s in selection} if selection else None
     results = []
-    for level in graph.toposorted_asset_keys_by_level:
-        keys = [key for key in level if (wanted is None or key in wanted) and graph.get(key).is_materializable]
-        if not keys:
-            continue
-        partitioned = [key for key in keys if graph.get(key).partitions_def is not None]
-        plain = [key for key in keys if key not in partitioned]
-        batches: list[tuple[list[dg.AssetKey], str | None]] = [(plain, None)] if plain else []
-        for key in partitioned:
-            wanted_partitions = (run_config.get("partitions") or {}).get(key.to_user_string())
-            batches += [([key], pk) for pk in partition_keys(graph.get(key).partitions_def, wanted_partitions)]
-        for keys_in_run, partition_key in batches:
-            names = {key.to_user_string() for key in keys_in_run}
-            op_names = {defs.get_assets_def(key).node_def.name for key in keys_in_run}
-            log.info("materializing %s%s", sorted(names), f" [{partition_key}]" if partition_key else "")
-            result = dg.materialize(
-                assets=all_assets + checks,
-                selection=keys_in_run,
-                instance=instance,
-                resources=resources,
-                partition_key=partition_key,
-                run_config=_config_for(run_config, op_names),
-                raise_on_error=True,
-            )
-            _log_failed_checks(result)
-            results.append(result)
+    for planned in plan_runs(defs, run_config, selection):
+        names = sorted(key.to_user_string() for key in planned.keys)
+        where = f" [{planned.partition_key}]" if planned.partition_key else ""
+        log.info("materializing %s%s (job %s)", names, where, planned.job or "__ephemeral_asset_job__")
+        result = _execute(defs, instance, planned, run_config)
+        _log_failed_checks(result)
+        results.append(result)
     return results
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    job: str | None  # None: no phase job holds these assets
+    keys: list[dg.AssetKey]
+    partition_key: str | None = None
+
+
+def plan_runs(
+    defs: dg.Definitions, run_config: Mapping[str, Any] | None = None, selection: Sequence[str] | None = None
+) -> list[PlannedRun]:
+    """The runs `materialize_all` makes, in order: the phases in turn; in a phase, every unpartitioned asset whose
+    upstream is done or in the same run goes into one run of the phase's job, a partitioned one gets a run per key."""
+    run_config = run_config or {}
+    graph = defs.resolve_asset_graph()
+    job_names = {job.name for job in defs.jobs or []}
+    profile = run_config.name if isinstance(run_config, Profile) else None
+    wanted = {dg.AssetKey.from_user_string(s) for s in selection} if selection else None
+    topo = [key for level in graph.toposorted_asset_keys_by_level for key in level]
+    pending = [key for key in topo if (wanted is None or key in wanted) and graph.get(key).is_materializable]
+
+    def job_of(key: dg.AssetKey) -> str | None:
+        phase = phase_of_group(graph.get(key).group_name)
+        names = [profile_job_name(phase, profile)] if phase and profile else []
+        return next((name for name in [*names, phase] if name in job_names), None)
+
+    def phase_rank(key: dg.AssetKey) -> int:
+        phase = phase_of_group(graph.get(key).group_name)
+        return list(PHASES).index(phase) if phase else len(PHASES)
+
+    by_phase = sorted(pending, key=lambda key: (phase_rank(key), topo.index(key)))
+    if all(_upstream_first(graph, by_phase, key) for key in by_phase):
+        pending = by_phase
+    runs: list[PlannedRun] = []
+    done: set[dg.AssetKey] = {key for key in topo if key not in pending}
+    while pending:
+        first, job = pending[0], job_of(pending[0])
+        partitions_def = graph.get(first).partitions_def
+        batch = [first]
+        if partitions_def is not None:
+            chosen = (run_config.get("partitions") or {}).get(first.to_user_string())
+            runs += [PlannedRun(job, [first], key) for key in partition_keys(partitions_def, chosen)]
+        else:
+            for key in pending[1:]:
+                ready = done | set(batch) if job else done  # an ephemeral run holds one level, as before
+                if graph.get(key).partitions_def is None and job_of(key) == job and graph.get(key).parent_keys <= ready:
+                    batch.append(key)
+            runs.append(PlannedRun(job, batch))
+        done.update(batch)
+        pending = [key for key in pending if key not in batch]
+    return runs
+
+
+def _upstream_first(graph: Any, order: list[dg.AssetKey], key: dg.AssetKey) -> bool:
+    position = order.index(key)
+    return all(parent not in order or order.index(parent) < position for parent in graph.get(key).parent_keys)
+
+
+def _execute(
+    defs: dg.Definitions, instance: dg.DagsterInstance, planned: PlannedRun, run_config: Mapping[str, Any]
+) -> dg.ExecuteInProcessResult:
+    op_names = {defs.get_assets_def(key).node_def.name for key in planned.keys}
+    config = _config_for(run_config, op_names)
+    if planned.job is None:
+        return dg.materialize(
+            assets=[a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)] + list(defs.asset_checks or []),
+            selection=planned.keys,
+            instance=instance,
+            resources=defs.resources or {},
+            partition_key=planned.partition_key,
+            run_config=config,
+            raise_on_error=True,
+        )
+    document = run_config.document if isinstance(run_config, Profile) else None
+    tags = {PROFILE_TAG: str(document.path)} if document and not run_config.name else {}  # type: ignore[attr-defined]
+    return defs.resolve_job_def(planned.job).execute_in_process(
+        run_config=config,
+        instance=instance,
+        partition_key=planned.partition_key,
+        asset_selection=planned.keys,
+        tags=tags,
+        raise_on_error=True,
+    )
 
 
 def _log_failed_checks(result: dg.ExecuteInProcessResult) -> None:

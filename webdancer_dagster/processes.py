@@ -8,7 +8,10 @@ thread) are forked by `spawn_dying_with_parent` from one thread that lives as lo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import logging
+import os
 import queue
 import signal
 import subprocess
@@ -19,6 +22,7 @@ from concurrent.futures import Future
 from typing import Any
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
+logger = logging.getLogger(__name__)
 
 
 def die_with_parent() -> None:
@@ -52,3 +56,39 @@ def _spawn_forever() -> None:
             result.set_result(subprocess.Popen(command, preexec_fn=die_with_parent, **popen_kwargs))
         except BaseException as error:  # handed to the caller, which raises it in its own thread
             result.set_exception(error)
+
+
+def run_until_signalled(command: Sequence[str], env: dict[str, str], grace_s: float = 30.0) -> int:
+    """Run a long-lived service (`dagster dev`) in its own process group until it exits or this process gets SIGINT
+    or SIGTERM; then SIGINT to the service (which stops its own children), and after `grace_s` SIGKILL to its whole
+    group. Returns the service's exit code.
+
+    The service's SIGINT is reset to the default: a program started in the background of a non-interactive shell
+    inherits SIGINT ignored, and `dagster dev` would then outlive Ctrl-C. It dies with this process too."""
+
+    def preexec() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        die_with_parent()
+
+    child = subprocess.Popen(list(command), env=env, preexec_fn=preexec, start_new_session=True)
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.set()
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                return child.wait(timeout=grace_s if stopping.is_set() else None)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop %gs after SIGINT: killing its process group", command[0], grace_s)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)  # whatever of its group is left once it has exited

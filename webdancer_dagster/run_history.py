@@ -1,6 +1,6 @@
 """Runs whose process was killed (kill -9, OOM, a closed laptop) stay STARTED in Dagster's run history forever:
 nothing is left to report their end. The next run started from the CLI reports them failed, so the UI shows what
-happened instead of a run that never ends.
+happened instead of a run that never ends, and the pool slots the killed run held are given back.
 
 A run's processes are the pids its engine events name ("Executing steps in process (pid: ...)" and the like).
 A run counts as orphaned when every one of them is gone, or was reused by a process that started after the run
@@ -18,10 +18,12 @@ import dagster as dg
 logger = logging.getLogger(__name__)
 
 _UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+_ENDED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
 def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Report every unfinished run whose processes are all gone as failed; return their run ids."""
+    """Report every unfinished run whose processes are all gone as failed, then give back the pool slots of every
+    ended run (these included); return the ids of the runs reported failed."""
     failed = []
     for record in instance.get_run_records(filters=dg.RunsFilter(statuses=_UNFINISHED)):
         run = record.dagster_run
@@ -35,7 +37,29 @@ def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
         )
         logger.warning("run %s had no living process (pid %s): reported it failed", run.run_id, named)
         failed.append(run.run_id)
+    free_slots_of_ended_runs(instance)
     return failed
+
+
+def free_slots_of_ended_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Give back the pool slots (`concurrency.py`) still held by runs that ended; return those runs' ids.
+
+    A step frees its slot when it finishes; a killed process never does, and Dagster frees the slots of an ended
+    run only from the daemon's run monitoring (`webdancer ui`), so without it the pool would stay full and every
+    later training or LLM step would wait forever."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return []
+    holders = storage.get_concurrency_run_ids()
+    if not holders:
+        return []
+    ended = instance.get_run_records(filters=dg.RunsFilter(run_ids=sorted(holders), statuses=_ENDED))
+    freed = []
+    for record in ended:
+        storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
+        logger.warning("run %s ended holding pool slots: gave them back", record.dagster_run.run_id)
+        freed.append(record.dagster_run.run_id)
+    return freed
 
 
 def run_process_ids(instance: dg.DagsterInstance, run_id: str) -> set[int]:

@@ -6,6 +6,7 @@ resource in `resources/warehouse.py` only says where the warehouse lives.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
@@ -37,6 +38,14 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
 def _is_lock_conflict(error: BaseException) -> bool:
     # Dagster runs steps in separate processes; DuckDB lets one process hold the file at a time.
     return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
+
+
+# Why DuckDB cannot open a file for writing that it could still read: a read-only mount, no write permission.
+_UNWRITABLE = (os.strerror(errno.EROFS), os.strerror(errno.EACCES))
+
+
+def _is_unwritable(error: BaseException) -> bool:
+    return isinstance(error, duckdb.IOException) and any(reason in str(error) for reason in _UNWRITABLE)
 
 
 @dataclass(frozen=True)
@@ -135,15 +144,31 @@ class WarehouseStore:
             raise FileNotFoundError(f"no warehouse at {self.database_path}; materialize the pipeline first")
         return duckdb.connect(str(self.database_path), read_only=read_only)
 
+    @contextmanager
+    def _reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for reads. In a home this process may not write (a read-only mount, no permission) DuckDB
+        refuses to open the file for writing; the last good tables are then read through a read-only connection."""
+        try:
+            connection = self._open(False)
+        except duckdb.IOException as error:
+            if not _is_unwritable(error):
+                raise
+            log.info("%s cannot be written (%s): reading it read-only", self.database_path, error)
+            connection = self._open(True)
+        try:
+            yield connection
+        finally:
+            connection.close()
+
     def table_exists(self, table: str) -> bool:
         if not self.database_path.exists():
             return False
-        with self.connect() as con:
+        with self._reading() as con:
             return _table_exists(con, table)
 
     def read_table(self, table: str, where: str = "", params: Sequence | None = None) -> pd.DataFrame:
         """The whole table (or the rows matching `where`); a clear error names a table not yet written."""
-        with self.connect() as con:
+        with self._reading() as con:
             if not _table_exists(con, table):
                 raise LookupError(
                     f"table {table!r} does not exist in {self.database_path}; materialize its asset first"
@@ -152,7 +177,7 @@ class WarehouseStore:
             return con.execute(sql, params or []).df()
 
     def query(self, sql: str, params: Sequence | None = None) -> pd.DataFrame:
-        with self.connect() as con:
+        with self._reading() as con:
             return con.execute(sql, params or []).df()
 
     def replace_table(self, table: str, frame: pd.DataFrame) -> TableWrite:
@@ -176,6 +201,7 @@ class WarehouseStore:
         appends = dict(appends or {})
         if partition_replacements and partition is None:
             raise ValueError("partition_replacements needs partition=(column, key)")
+        touched = [*replacements, *partition_replacements, *appends]
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -192,20 +218,44 @@ class WarehouseStore:
                     _ensure_table(con, table, frame)
                     _insert(con, table, frame)
                 con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
+            except BaseException as error:
+                _rollback(con)
+                if isinstance(error, duckdb.Error):
+                    error.add_note(
+                        f"Nothing of this write reached {self.database_path}: {', '.join(touched)} keep their "
+                        "previous version."
+                    )
                 raise
-            touched = [*replacements, *partition_replacements, *appends]
-            return {table: self._export(con, table) for table in touched}
+            try:
+                return {table: self._export(con, table) for table in touched}
+            except (duckdb.Error, OSError) as error:
+                error.add_note(
+                    f"{', '.join(touched)} were written to {self.database_path}, but not exported: the Parquet files "
+                    f"in {self.exports_dir} keep their previous version."
+                )
+                raise
 
     def _export(self, con: duckdb.DuckDBPyConnection, table: str) -> TableWrite:
         self.exports_dir.mkdir(parents=True, exist_ok=True)
         target = self.exports_dir / f"{table}.parquet"
         staging = target.with_suffix(".parquet.tmp")
-        con.execute(f"COPY \"{table}\" TO '{staging}' (FORMAT PARQUET)")
+        try:
+            con.execute(f"COPY \"{table}\" TO '{staging}' (FORMAT PARQUET)")
+        except BaseException:
+            staging.unlink(missing_ok=True)  # what a full disk cut off is no export; the previous one stays
+            raise
         os.replace(staging, target)
         rows = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
         return TableWrite(table=table, rows=int(rows), parquet_path=target)
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """End a failed transaction. A COMMIT that failed (on a full disk) has already ended it, and DuckDB then refuses a
+    ROLLBACK: that refusal must not replace the error worth reading, the commit's, which the caller raises."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error as error:
+        log.debug("rollback after a failed write: %s", error)
 
 
 def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:

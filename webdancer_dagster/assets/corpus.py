@@ -11,6 +11,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from webdancer_dagster.assets.automation import when_inputs_change
 from webdancer_dagster.assets.registries import (
     LOCAL_SITE_NAMES,
     REGISTRY,
@@ -30,18 +31,10 @@ from webdancer_dagster.web.sites import LISTING_PAGE_SIZE, build_site
 from webdancer_dagster.web.sites_table import sites_table
 from webdancer_dagster.web.versioning import SnapshotDiff
 
-# Like AutomationCondition.eager(), but keyed on upstream *data versions*: a daily re-crawl that changed no page
-# leaves the index alone instead of rebuilding it.
-REBUILD_WHEN_CONTENT_CHANGES = (
-    dg.AutomationCondition.in_latest_time_window()
-    & (
-        dg.AutomationCondition.newly_missing()
-        | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
-    ).since_last_handled()
-    & ~dg.AutomationCondition.any_deps_missing()
-    & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~dg.AutomationCondition.in_progress()
-).with_label("rebuild_when_content_changes")
+# Keyed on upstream *data versions*: a daily re-crawl that changed no page leaves the index alone.
+REBUILD_WHEN_CONTENT_CHANGES = when_inputs_change("rebuild_when_content_changes")
+SITE_PREVIEW_COLUMNS = ["name", "kind", "benchmark", "pages", "root_url"]
+SITEMAP_COUNTS = ("sitemaps", "sitemap_pages", "sitemap_out_of_scope")  # what a live crawl's sitemap seeds gave
 
 
 class WebSitesConfig(dg.Config):
@@ -62,7 +55,8 @@ def web_sites(context: dg.AssetExecutionContext, config: WebSitesConfig, warehou
     context.log.info("built %d sites: %s", len(built), ", ".join(f"{s.name}={s.pages}" for s in built))
     return dg.MaterializeResult(
         metadata={
-            "sites": dg.MetadataValue.md(markdown_preview(frame.drop(columns=["directory"]), rows=20)),
+            # Few, short columns: Dagster lays all metadata out as one table, which a wide entry stretches.
+            "sites": dg.MetadataValue.md(markdown_preview(frame[SITE_PREVIEW_COLUMNS], rows=20, max_chars=40)),
             "pages_total": int(frame["pages"].sum()),
             "live_sites": len(SITE_REGISTRY.sites),
             "root_urls": dg.MetadataValue.json(dict(zip(frame["name"], frame["root_url"], strict=True))),
@@ -179,7 +173,10 @@ def _crawl_metadata(diff: SnapshotDiff, result: CrawlResult, pages_write: TableW
         "skipped": len(result.skipped),
         "skipped_by_reason": dg.MetadataValue.json(result.stats.get("skipped_by_reason", {})),
         "pages_per_s": round(float(result.stats["pages_per_s"]), 1),
-        "preview": dg.MetadataValue.md(markdown_preview(diff.pages[["url", "title", "depth", "version", "text"]])),
+        "sitemaps": dg.MetadataValue.json({key: int(result.stats.get(key, 0)) for key in SITEMAP_COUNTS}),
+        "preview": dg.MetadataValue.md(
+            markdown_preview(diff.pages[["url", "title", "depth", "version", "text"]], max_chars=40)
+        ),
         "pages_parquet": dg.MetadataValue.path(str(pages_write.parquet_path)),
     }
 
@@ -275,7 +272,14 @@ recrawl_job = dg.define_asset_job(
 )
 
 
-@dg.schedule(job=recrawl_job, cron_schedule="0 3 * * *", execution_timezone="UTC")
+# Running by default, as are the live sites' schedules and the automation sensor: the README's "re-crawled daily,
+# search_index follows" holds once the daemon runs (`webdancer ui`); turn any of them off on the Automation page.
+@dg.schedule(
+    job=recrawl_job,
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
 def daily_recrawl(context: dg.ScheduleEvaluationContext):
     """Re-crawl every local site daily (each declared live site has its own schedule); search_index follows only
     when some page's content changed."""
@@ -301,6 +305,7 @@ def _site_schedule(site: DeclaredSite) -> dg.ScheduleDefinition:
         job=recrawl_job,
         cron_schedule=site.schedule,
         execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,  # declaring a site with a schedule asks for it
         description=f"Re-crawl the live site {site.name} ({site.root_url}); search_index follows only on change.",
     )
     def recrawl_site(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:

@@ -18,9 +18,11 @@ import pandas as pd
 from pydantic import Field
 
 from webdancer_dagster.agent.factory import build_web_agent
+from webdancer_dagster.assets.automation import score_new_checkpoints
 from webdancer_dagster.assets.check_results import warn_unless
 from webdancer_dagster.assets.corpus import search_index
 from webdancer_dagster.assets.registries import REGISTRY
+from webdancer_dagster.concurrency import LLM_POOL
 from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion, load_benchmark
 from webdancer_dagster.evaluation.metrics import (
     audit_scores,
@@ -60,6 +62,20 @@ from webdancer_dagster.web.search import SearchBackend
 MODELS = list(REGISTRY.models)
 BENCHMARK_NAMES = list(REGISTRY.benchmarks)
 OFFLINE_BENCHMARKS = [name for name, source in REGISTRY.benchmarks.items() if source.offline]
+QUESTION_ONLY_BENCHMARKS = [name for name in BENCHMARK_NAMES if name not in OFFLINE_BENCHMARKS]
+BENCHMARK_SCORES_DESCRIPTION = (
+    "Each question answered `runs` times by the model's agent (local web, live web or closed-book), every answer "
+    "judged and stored with the raw judge reply; Pass@1 / Pass@k / Cons@k and the comparison with every partition."
+    + (
+        f"\n\nMissing partitions of {', '.join(QUESTION_ONLY_BENCHMARKS)} are expected: the profiles score "
+        f"{', '.join(OFFLINE_BENCHMARKS)} (answers on the local web), and these question-only sets run on the live "
+        "web when `SERPER_API_KEY` holds a key, closed-book otherwise. Fill one with "
+        f"`webdancer eval --model base --benchmark {QUESTION_ONLY_BENCHMARKS[0]}`, or select its partitions here and "
+        "Materialize."
+        if QUESTION_ONLY_BENCHMARKS
+        else ""
+    )
+)
 
 benchmark_partitions = dg.MultiPartitionsDefinition(
     {
@@ -230,6 +246,14 @@ def _answer_pending(
     partitions_def=benchmark_partitions,
     group_name="evaluation",
     kinds={"python", "duckdb"},
+    description=BENCHMARK_SCORES_DESCRIPTION,
+    metadata={
+        "scored_offline": dg.MetadataValue.json(OFFLINE_BENCHMARKS),
+        "question_only": dg.MetadataValue.json(QUESTION_ONLY_BENCHMARKS),
+    },
+    # A new checkpoint is scored on the local-web benchmarks by itself; the question-only sets only when asked.
+    automation_condition=score_new_checkpoints({"sft": "sft_checkpoint", "rl": "rl_checkpoint"}, OFFLINE_BENCHMARKS),
+    pool=LLM_POOL,
 )
 def benchmark_scores(
     context: dg.AssetExecutionContext,
@@ -240,8 +264,7 @@ def benchmark_scores(
     summarizer: LLMEndpointResource,
     judge: LLMEndpointResource,
 ) -> dg.MaterializeResult:
-    """Each question answered `runs` times by the model's agent (local web, live web or closed-book), every answer
-    judged and stored with the raw judge reply; Pass@1 / Pass@k / Cons@k and the comparison with every partition."""
+    """See BENCHMARK_SCORES_DESCRIPTION."""
     keys = context.partition_key.keys_by_dimension
     model, benchmark = keys["model"], keys["benchmark"]
     if config.cot_mode not in ("short", "long"):
@@ -255,19 +278,19 @@ def benchmark_scores(
     judge_config = judge_endpoint.config if judge_endpoint is not None else None
     fingerprint = run_fingerprint(_agent_settings(config), model_policy.config, judge_config, setting)
     labels = {"model": model, "benchmark": benchmark, "setting": setting, "policy": model_policy.name}
-    evaluation = PartitionEvaluation(
+    with PartitionEvaluation.locked(
         store, context.partition_key, fingerprint, questions, config.runs, {**labels, "judge": judge.judge_name()}
-    )
-    if evaluation.pending:
-        context.log.info("%s: %s setting, %d runs to go", context.partition_key, setting, evaluation.pending)
-        tools = _web_tools(setting, web, live, store)
-        _answer_pending(evaluation, questions, model_policy, tools, summarizer.endpoint(), judge_endpoint, config)
-    search_backend = {"local_web": "local", "live_web": getattr(live, "name", "live"), "closed_book": "none"}[setting]
-    result = evaluation.finish(
-        search_backend=search_backend,
-        max_turn_tokens=model_policy.max_turn_tokens,
-        trained_turn_tokens_p95=model_policy.trained_turn_tokens_p95,
-    )
+    ) as evaluation:
+        if evaluation.pending:
+            context.log.info("%s: %s setting, %d runs to go", context.partition_key, setting, evaluation.pending)
+            tools = _web_tools(setting, web, live, store)
+            _answer_pending(evaluation, questions, model_policy, tools, summarizer.endpoint(), judge_endpoint, config)
+        search_backend = {"local_web": "local", "live_web": getattr(live, "name", "live"), "closed_book": "none"}
+        result = evaluation.finish(
+            search_backend=search_backend[setting],
+            max_turn_tokens=model_policy.max_turn_tokens,
+            trained_turn_tokens_p95=model_policy.trained_turn_tokens_p95,
+        )
     context.log.info("%s: %s", context.partition_key, evaluation.summary(result.scores))
     return dg.MaterializeResult(metadata=_scores_metadata(result, evaluation, model_policy, judge, store, config))
 

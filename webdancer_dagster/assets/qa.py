@@ -12,9 +12,11 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from webdancer_dagster.assets.automation import when_inputs_change
 from webdancer_dagster.assets.check_results import counts_text, never_materialized, warn_unless
 from webdancer_dagster.assets.corpus import crawl_pages, search_index
 from webdancer_dagster.assets.registries import REGISTRY
+from webdancer_dagster.concurrency import LLM_POOL
 from webdancer_dagster.evaluation.benchmarks import all_benchmark_questions
 from webdancer_dagster.paths import DATA_DIR
 from webdancer_dagster.resources.llm import LLMEndpointResource
@@ -30,6 +32,8 @@ from webdancer_dagster.web.scope import LocalSites
 
 QA_TABLES = {"crawlqa_pairs": "crawlqa", "e2hqa_pairs": "e2hqa", "reference_qa_pairs": "webdancer_sample"}
 DROPS_TABLE = "qa_drops"
+# A crawl with a new data version (some page new, changed or removed) refreshes the synthesized pairs.
+REFRESH_WHEN_CRAWL_CHANGES = when_inputs_change("refresh_when_crawl_changes")
 # The offline default (llama.cpp) constrains JSON to the reply schema; hosted endpoints take "object".
 JSON_FORMAT_DESCRIPTION = "response_format: none, object, object_with_schema (llama.cpp), json_schema (OpenAI, vLLM)."
 
@@ -84,7 +88,13 @@ class CrawlQAAssetConfig(dg.Config):
     json_format: str = Field(default="object_with_schema", description=JSON_FORMAT_DESCRIPTION)
 
 
-@dg.asset(deps=[crawl_pages], group_name="qa", kinds={"python", "duckdb"})
+@dg.asset(
+    deps=[crawl_pages],
+    group_name="qa",
+    kinds={"python", "duckdb"},
+    automation_condition=REFRESH_WHEN_CRAWL_CHANGES,
+    pool=LLM_POOL,
+)
 def crawlqa_pairs(
     context: dg.AssetExecutionContext,
     config: CrawlQAAssetConfig,
@@ -130,7 +140,13 @@ class E2HQAAssetConfig(dg.Config):
     )
 
 
-@dg.asset(deps=[crawl_pages, search_index], group_name="qa", kinds={"python", "duckdb"})
+@dg.asset(
+    deps=[crawl_pages, search_index],
+    group_name="qa",
+    kinds={"python", "duckdb"},
+    automation_condition=REFRESH_WHEN_CRAWL_CHANGES,
+    pool=LLM_POOL,
+)
 def e2hqa_pairs(
     context: dg.AssetExecutionContext,
     config: E2HQAAssetConfig,

@@ -18,7 +18,9 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from webdancer_dagster.assets.automation import automate_training, training_condition
 from webdancer_dagster.assets.check_results import counts_text, latest_metadata, never_materialized, warn_unless
+from webdancer_dagster.concurrency import TRAINING_POOL
 from webdancer_dagster.evaluation.models import TRAINED_TURN_COLUMN, trained_turn_tokens_p95
 from webdancer_dagster.files import write_text_atomic
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
@@ -51,6 +53,8 @@ BASE_MODEL_TABLE = "base_model"
 SFT_CHECKPOINT_TABLE = "sft_checkpoint"
 RL_CHECKPOINT_TABLE = "rl_checkpoint"
 ENVIRONMENT_FILE = "rollout_environment.json"
+# Training follows a new sft_dataset / rl_pool / checkpoint data version only with $WEBDANCER_AUTOMATE_TRAINING=1.
+TRAINING_AUTOMATION = training_condition(automate_training())
 REWARD_SERIES = {
     "reward": "reward of the trained batch (0.1 format + 0.9 answer)",
     "rewards/format_reward/mean": "format, trained batch",
@@ -172,7 +176,13 @@ def _read_rows(store: WarehouseStore, table: str, hint: str) -> pd.DataFrame:
     return rows
 
 
-@dg.asset(deps=["sft_dataset", base_model], group_name="training", kinds={"pytorch", "huggingface"})
+@dg.asset(
+    deps=["sft_dataset", base_model],
+    group_name="training",
+    kinds={"pytorch", "huggingface"},
+    automation_condition=TRAINING_AUTOMATION,
+    pool=TRAINING_POOL,
+)
 def sft_checkpoint(
     context: dg.AssetExecutionContext, config: SFTCheckpointConfig, warehouse: Warehouse, torchrun: TorchrunLauncher
 ) -> dg.MaterializeResult:
@@ -216,7 +226,10 @@ def _sft_metadata(record: dict[str, Any], run: RunInputs) -> dict[str, object]:
     return {
         "loss_curve": dg.MetadataValue.md(png_markdown(plot, "SFT loss curve")),
         "loss_curve_png": dg.MetadataValue.path(str(plot)),
-        "loss_history": dg.MetadataValue.json(record["loss_curve"]),
+        # The step-by-step history is a file, not JSON metadata: hundreds of steps would make the asset page endless.
+        "loss_history_file": dg.MetadataValue.path(record["loss_history_file"]),
+        "first_loss": dg.MetadataValue.float(float(record["loss_curve"][0]["loss"]) if record["loss_curve"] else 0.0),
+        "lowest_loss": dg.MetadataValue.float(min((float(e["loss"]) for e in record["loss_curve"]), default=0.0)),
         "final_loss": dg.MetadataValue.float(float(record["final_loss"])),
         "steps": record["steps"],
         "resumed_from_step": record["resumed_from_step"],
@@ -298,6 +311,8 @@ class RLCheckpointConfig(dg.Config):
 @dg.asset(
     deps=["rl_pool", sft_checkpoint, base_model, "search_index"],
     group_name="training",
+    automation_condition=TRAINING_AUTOMATION,
+    pool=TRAINING_POOL,
     kinds={"pytorch", "huggingface"},
 )
 def rl_checkpoint(

@@ -15,9 +15,11 @@ from pydantic import Field
 
 from webdancer_dagster.agent.factory import build_web_agent
 from webdancer_dagster.agent.grammar import TurnLimits
+from webdancer_dagster.assets.automation import when_inputs_change
 from webdancer_dagster.assets.check_results import counts_text, never_materialized, warn_unless
 from webdancer_dagster.assets.corpus import search_index
 from webdancer_dagster.assets.qa import crawlqa_pairs, e2hqa_pairs, reference_qa_pairs
+from webdancer_dagster.concurrency import LLM_POOL
 from webdancer_dagster.llm.client import LLMEndpoint
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.llm.tokenizer import load_tokenizer
@@ -42,6 +44,8 @@ from webdancer_dagster.web.scope import LocalSites, WebScope
 SYNTHESIZED_TABLES = ["crawlqa_pairs", "e2hqa_pairs"]
 # The questions of WebDancer's released trajectories: the only attempted pairs no QA asset holds.
 RELEASED_PAIRS_TABLE = "trajectory_pairs"
+# sft_dataset and rl_pool come out of one funnel run: both follow a new trajectories data version.
+FOLLOW_TRAJECTORIES = when_inputs_change("follow_trajectories")
 
 
 def read_pairs(store: WarehouseStore, tables: list[str]) -> list[QAPair]:
@@ -86,6 +90,8 @@ class TrajectoriesConfig(dg.Config):
 @dg.asset(
     deps=[crawlqa_pairs, e2hqa_pairs, reference_qa_pairs, search_index],
     group_name="trajectories",
+    automation_condition=when_inputs_change("follow_qa_pairs"),
+    pool=LLM_POOL,
     kinds={"python", "duckdb"},
 )
 def trajectories(
@@ -123,6 +129,7 @@ def trajectories(
             "teacher": f"{teacher.role} ({config.cot_mode} CoT)",
             "teacher_usage": dg.MetadataValue.json(teacher.usage_metadata()),
             "judge_usage": dg.MetadataValue.json(judge.usage_metadata()),
+            "summarizer_usage": dg.MetadataValue.json(summarizer.usage_metadata()),
         },
         data_version=dg.DataVersion(frame_version(frame.drop(columns=["trajectory"]))),
     )
@@ -221,9 +228,22 @@ class FunnelAssetConfig(dg.Config):
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("sft_dataset", deps=[trajectories], group_name="sft", kinds={"python", "duckdb", "parquet"}),
-        dg.AssetSpec("rl_pool", deps=[trajectories], group_name="sft", kinds={"python", "duckdb"}),
+        dg.AssetSpec(
+            "sft_dataset",
+            deps=[trajectories],
+            group_name="sft",
+            kinds={"python", "duckdb", "parquet"},
+            automation_condition=FOLLOW_TRAJECTORIES,
+        ),
+        dg.AssetSpec(
+            "rl_pool",
+            deps=[trajectories],
+            group_name="sft",
+            kinds={"python", "duckdb"},
+            automation_condition=FOLLOW_TRAJECTORIES,
+        ),
     ],
+    pool=LLM_POOL,  # the judge, and with use_llm_grade the grader
 )
 def funnel(
     context: dg.AssetExecutionContext,

@@ -2,7 +2,8 @@
 
 Each finished run is appended to `eval_runs` before the next starts. Rows carry the fingerprint of the agent and
 judge settings that produced them: a changed setting drops the partition's old rows instead of mixing them in.
-`finish` scores what is stored for the wanted questions and replaces the partition's row of `scores`.
+`finish` scores what is stored for the wanted questions and replaces the partition's row of `scores`. Two runs of
+one partition at once take turns (`PartitionEvaluation.locked`): the second resumes from what the first stored.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -23,6 +25,8 @@ from webdancer_dagster.llm.client import EndpointConfig
 from webdancer_dagster.warehouse import TableWrite, WarehouseStore
 
 RUNS_TABLE, SCORES_TABLE = "eval_runs", "scores"
+# How long a second run of a partition waits for the first to finish before it gives up, naming the holder.
+EVALUATION_LOCK_TIMEOUT_S = 3600.0
 
 
 def run_fingerprint(
@@ -74,6 +78,25 @@ class PartitionEvaluation:
         stored = self._stored_runs()
         self.done = {(row.question_id, int(row.run)) for row in stored.itertuples()}
         self.resumed = len(self.done & self.wanted)
+
+    @classmethod
+    @contextmanager
+    def locked(
+        cls,
+        store: WarehouseStore,
+        partition: str,
+        *args: Any,
+        timeout_s: float = EVALUATION_LOCK_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> Iterator[PartitionEvaluation]:
+        """The partition's evaluation, read, run and scored under the partition's lock in the home.
+
+        Without it two runs of one partition would both read the same stored runs, both answer the missing ones and
+        append each (question, run) twice. With it the second waits, then finds those runs stored and resumes."""
+        # Model and benchmark names never hold a '.', so the joined name is unique.
+        name = "eval-" + partition.replace("|", ".")
+        with store.lock(name, timeout_s=timeout_s, holder=f"the evaluation of {partition}"):
+            yield cls(store, partition, *args, **kwargs)
 
     def summary(self, scores: Scores) -> str:
         """One log line: the scores, and what resuming kept or dropped."""

@@ -105,15 +105,28 @@ def train_and_report(train: Callable[[PipesContext | None], ResultT | None]) -> 
 
 
 def resume_point(output_dir: Path) -> tuple[str | None, int]:
-    """The newest checkpoint in `output_dir` and its step, or (None, 0) for a fresh run."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint in `output_dir` and its step, or (None, 0) for a fresh run.
 
-    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if last_checkpoint is None:
-        return None, 0
-    step = TrainerState.load_from_json(f"{last_checkpoint}/trainer_state.json").global_step
-    logger.info("resuming from %s (step %d)", last_checkpoint, step)
-    return last_checkpoint, step
+    The trainer writes a checkpoint's weights first and its `trainer_state.json` last, into the folder itself: a
+    folder without a readable trainer state is what a kill while saving leaves. It is passed over (the run saves that
+    step again when it gets there), never resumed from, which would fail on the missing state every time."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    numbered = {}
+    for folder in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if output_dir.is_dir() else []:
+        number = folder.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if folder.is_dir() and number.isdigit():
+            numbered[int(number)] = folder
+    for number in sorted(numbered, reverse=True):
+        checkpoint = numbered[number]
+        try:
+            step = TrainerState.load_from_json(str(checkpoint / "trainer_state.json")).global_step
+        except (OSError, ValueError) as error:  # missing, or cut off mid-write (JSONDecodeError is a ValueError)
+            logger.warning("not resuming from %s: a kill while saving left it incomplete (%s)", checkpoint, error)
+            continue
+        logger.info("resuming from %s (step %d)", checkpoint, step)
+        return str(checkpoint), step
+    return None, 0
 
 
 def runtime_arguments(on_gpu: bool) -> dict[str, Any]:

@@ -112,6 +112,7 @@ class SFTResult:
             "seconds_per_step": (round(self.seconds_per_step, 4), "float"),
             "step_seconds": ([round(seconds, 4) for seconds in self.step_seconds], "json"),
             "loss_curve": (self.loss_history, "json"),
+            "loss_history_file": (str(self.checkpoint_dir.parent / LOSS_HISTORY_FILE), "path"),
             "final_loss": (losses[-1] if losses else None, "float" if losses else "null"),
         }
         return typed_metadata(values)
