@@ -1,6 +1,8 @@
 """The Definitions object loads and holds the asset graph the README promises."""
 
 import datetime
+import subprocess
+import sys
 
 import dagster as dg
 
@@ -79,3 +81,13 @@ def test_the_missing_question_only_partitions_are_explained_on_the_assets_page()
     assert f"Missing partitions of {', '.join(QUESTION_ONLY_BENCHMARKS)} are expected" in node.description
     assert "webdancer eval --model base --benchmark musique_500" in node.description
     assert node.metadata["question_only"].value == QUESTION_ONLY_BENCHMARKS
+
+
+def test_loading_the_definitions_imports_neither_torch_nor_transformers() -> None:
+    """Every Dagster run loads the code twice (run worker, step process), and the UI's code server once more: torch
+    and transformers take seconds to import, so only the steps that train or tokenize import them."""
+    probe = (
+        "import sys, webdancer_dagster.definitions; print(sorted({'torch', 'transformers', 'trl'} & set(sys.modules)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

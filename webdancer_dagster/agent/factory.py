@@ -4,8 +4,7 @@ evaluation, the CLI and the DAPO rollouts."""
 from __future__ import annotations
 
 import datetime as dt
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from webdancer_dagster.agent.grammar import TurnLimits
 from webdancer_dagster.agent.loop import AgentConfig, ReactAgent
@@ -16,6 +15,9 @@ from webdancer_dagster.agent.visit import VisitTool
 from webdancer_dagster.llm.client import ChatModel, LLMEndpoint
 from webdancer_dagster.web.scope import WebScope
 from webdancer_dagster.web.search import SearchBackend
+
+if TYPE_CHECKING:  # transformers loads in seconds: not when the definitions load
+    from transformers import PreTrainedTokenizerBase
 
 # Room past the context limit for the forced-answer request: one more turn plus its own text.
 FORCED_ANSWER_MARGIN = 128

@@ -5,8 +5,10 @@ from __future__ import annotations
 import fcntl
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+if TYPE_CHECKING:  # transformers loads in seconds: only when a tokenizer is needed
+    from transformers import PreTrainedTokenizerBase
 
 
 @lru_cache(maxsize=8)
@@ -16,6 +18,8 @@ def load_tokenizer(source: str, cache_dir: str | None = None) -> PreTrainedToken
     A GGUF is parsed once and its tokenizer saved as a plain folder under `cache_dir`, because reading the
     tokenizer out of the GGUF takes seconds and every agent, trainer and test needs it.
     """
+    from transformers import AutoTokenizer
+
     path = Path(source)
     if path.is_dir():
         return AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -16,9 +16,6 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM
-
 from webdancer_dagster.llm.tokenizer import load_tokenizer
 from webdancer_dagster.shared.hashing import MANIFEST_NAME, file_sha256, folder_sha256
 
@@ -53,6 +50,9 @@ def prepare_base_model(source: Path, cache_root: Path) -> BaseModel:
 
 def describe_model_folder(folder: Path) -> BaseModel:
     """Describe an existing HF folder; its sha256 covers every file, so any change gives a new identity."""
+    import torch  # torch and transformers load in seconds: not when the definitions load
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a transformers model folder (no config.json)")
@@ -94,6 +94,9 @@ def convert_gguf(gguf_path: Path, cache_root: Path) -> BaseModel:
 
 
 def _convert_into(gguf_path: Path, digest: str, staging: Path, final_path: Path) -> BaseModel:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     quantized = AutoModelForCausalLM.from_pretrained(
         gguf_path.parent, gguf_file=gguf_path.name, local_files_only=True, dtype=torch.float32
     )

@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from transformers import SchedulerType
 
 from webdancer_dagster.llm.client import EndpointConfig
 from webdancer_dagster.training.masking import TruncationPolicy
@@ -68,6 +67,8 @@ class SFTHyperparameters:
     seed: int = field(default=42, metadata={"help": "Seed for data order and initialisation."})
 
     def __post_init__(self) -> None:
+        from transformers import SchedulerType  # transformers loads in seconds: not when the definitions load
+
         self.truncation = TruncationPolicy(self.truncation)
         _require(self.learning_rate > 0, "learning_rate must be positive")
         _require(self.max_steps == -1 or self.max_steps > 0, "max_steps must be -1 or positive")

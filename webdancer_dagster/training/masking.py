@@ -20,10 +20,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from webdancer_dagster.agent.validity import OBSERVATION_CLOSE, OBSERVATION_OPEN
+
+if TYPE_CHECKING:  # transformers loads in seconds: not when the definitions load
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
