@@ -5,7 +5,7 @@ Each such check is a warning (`severity=WARN`, never blocking), so a weak offlin
 pipeline, yet a stage that made nothing no longer reads as a plain green.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -30,6 +30,19 @@ def latest_metadata(context: dg.AssetCheckExecutionContext, asset: str) -> dict[
     if materialization is None:
         return None
     return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def check_latest_metadata(
+    context: dg.AssetCheckExecutionContext,
+    asset: str,
+    verdict: Callable[[Mapping[str, Any]], tuple[Sequence[str], str, Mapping[str, Any]]],
+) -> dg.AssetCheckResult:
+    """`warn_unless` over what `verdict` makes of the metadata of `asset`'s latest materialization (its problems, the
+    words when there are none, the check's metadata); a warning when there is none yet."""
+    record = latest_metadata(context, asset)
+    if record is None:
+        return never_materialized(asset)
+    return warn_unless(*verdict(record))
 
 
 def never_materialized(asset: str) -> dg.AssetCheckResult:

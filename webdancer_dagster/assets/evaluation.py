@@ -12,6 +12,7 @@ import base64
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -411,18 +412,45 @@ def benchmark_judge_credits_are_supported(warehouse: Warehouse) -> dg.AssetCheck
     blocking=False,
 )
 def benchmark_turn_budget_fits_training(warehouse: Warehouse) -> dg.AssetCheckResult:
+    return _flag_partitions(
+        warehouse,
+        turn_budget_shortfalls,
+        lambda row: (
+            f"{row.partition}: a turn budget of {row.max_turn_tokens} tokens is below the "
+            f"{row.trained_turn_tokens_p95} tokens of the p95 assistant turn its checkpoint was trained on, so trained "
+            "turns are cut (format errors)."
+        ),
+        "lets its model write the turns it was trained on",
+        ("partitions_below_trained_p95", "shortfalls"),
+    )
+
+
+def _scores_table(warehouse: Warehouse) -> pd.DataFrame | None:
+    """Every scored partition's row of the `scores` table; None before the first one was scored."""
     store = warehouse.store()
-    if not store.table_exists(SCORES_TABLE):
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"actual": "no scores"})
-    scores = store.read_table(SCORES_TABLE)
-    short = turn_budget_shortfalls(scores)
-    return dg.AssetCheckResult(
-        passed=short.empty,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
+    return store.read_table(SCORES_TABLE) if store.table_exists(SCORES_TABLE) else None
+
+
+def _flag_partitions(
+    warehouse: Warehouse,
+    flag: Callable[[pd.DataFrame], pd.DataFrame],
+    problem: Callable[[Any], str],
+    fine: str,
+    names: tuple[str, str],
+) -> dg.AssetCheckResult:
+    """A warning naming, in `problem`'s words, each scored partition that `flag` picks from the `scores` table; the
+    metadata lists them (`names[0]`) and shows their rows (`names[1]`)."""
+    scores = _scores_table(warehouse)
+    if scores is None:
+        return warn_unless([f"{NO_SCORES}: materialize a benchmark_scores partition."], "")
+    flagged = flag(scores)
+    return warn_unless(
+        [problem(row) for row in flagged.itertuples(index=False)],
+        f"every one of the {len(scores)} scored partitions {fine}",
+        {
             "partitions_checked": len(scores),
-            "partitions_below_trained_p95": sorted(short["partition"]),
-            "shortfalls": dg.MetadataValue.md(markdown_preview(short, rows=20) if len(short) else "none"),
+            names[0]: dg.MetadataValue.json(sorted(flagged["partition"])),
+            names[1]: dg.MetadataValue.md(markdown_preview(flagged, rows=20) if len(flagged) else "none"),
         },
     )
 
@@ -434,22 +462,13 @@ def benchmark_turn_budget_fits_training(warehouse: Warehouse) -> dg.AssetCheckRe
     blocking=False,
 )
 def benchmark_partitions_answered(warehouse: Warehouse) -> dg.AssetCheckResult:
-    store = warehouse.store()
-    if not store.table_exists(SCORES_TABLE):
-        return warn_unless([f"{NO_SCORES}: materialize a benchmark_scores partition."], "")
-    scores = store.read_table(SCORES_TABLE)
-    silent = unanswered_partitions(scores)
-    problems = [
-        f"no run answered in {row.partition}: all {row.runs} runs ended without an answer ({row.endings}); see "
-        "terminations and preview in that partition's materialization metadata."
-        for row in silent.itertuples(index=False)
-    ]
-    return warn_unless(
-        problems,
-        f"every one of the {len(scores)} scored partitions has answered runs",
-        {
-            "partitions_checked": len(scores),
-            "unanswered_partitions": dg.MetadataValue.json(sorted(silent["partition"])),
-            "unanswered": dg.MetadataValue.md(markdown_preview(silent, rows=20) if len(silent) else "none"),
-        },
+    return _flag_partitions(
+        warehouse,
+        unanswered_partitions,
+        lambda row: (
+            f"no run answered in {row.partition}: all {row.runs} runs ended without an answer "
+            f"({row.endings}); see terminations and preview in that partition's materialization metadata."
+        ),
+        "has answered runs",
+        ("unanswered_partitions", "unanswered"),
     )

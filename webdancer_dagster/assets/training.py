@@ -19,7 +19,7 @@ import pandas as pd
 from pydantic import Field
 
 from webdancer_dagster.assets.automation import automate_training, training_condition
-from webdancer_dagster.assets.check_results import counts_text, latest_metadata, never_materialized, warn_unless
+from webdancer_dagster.assets.check_results import check_latest_metadata, counts_text
 from webdancer_dagster.concurrency import TRAINING_POOL
 from webdancer_dagster.evaluation.models import TRAINED_TURN_COLUMN, trained_turn_tokens_p95
 from webdancer_dagster.files import write_text_atomic
@@ -478,11 +478,12 @@ def sft_training_problems(record: Mapping[str, Any], max_length: int | None = No
     "chats to fit max_length (read from the latest materialization's metadata).",
 )
 def sft_checkpoint_trained_on_its_chats(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    record = latest_metadata(context, "sft_checkpoint")
-    if record is None:
-        return never_materialized("sft_checkpoint")
+    return check_latest_metadata(context, "sft_checkpoint", _sft_verdict)
+
+
+def _sft_verdict(record: Mapping[str, Any]) -> tuple[list[str], str, dict[str, object]]:
     max_length = (record.get("hyperparameters") or {}).get("max_length")
-    return warn_unless(
+    return (
         sft_training_problems(record, max_length),
         f"trained on {record['examples']} chats ({record['labelled_tokens']} labelled tokens)",
         {
@@ -529,11 +530,12 @@ def rl_training_problems(record: Mapping[str, Any]) -> list[str]:
     "step trained on nothing; says how many (read from the latest materialization's metadata).",
 )
 def rl_checkpoint_every_step_trained(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    record = latest_metadata(context, "rl_checkpoint")
-    if record is None:
-        return never_materialized("rl_checkpoint")
+    return check_latest_metadata(context, "rl_checkpoint", _rl_verdict)
+
+
+def _rl_verdict(record: Mapping[str, Any]) -> tuple[list[str], str, dict[str, object]]:
     idle = idle_steps(record["train_history"])
-    return warn_unless(
+    return (
         rl_training_problems(record),
         f"every one of {record['steps']} steps trained on at least one group",
         {
