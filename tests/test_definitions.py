@@ -83,11 +83,10 @@ def test_the_missing_question_only_partitions_are_explained_on_the_assets_page()
     assert node.metadata["question_only"].value == QUESTION_ONLY_BENCHMARKS
 
 
-def test_loading_the_definitions_imports_neither_torch_nor_transformers() -> None:
+def test_loading_the_definitions_imports_neither_torch_nor_transformers_nor_openai() -> None:
     """Every Dagster run loads the code twice (run worker, step process), and the UI's code server once more: torch
-    and transformers take seconds to import, so only the steps that train or tokenize import them."""
-    probe = (
-        "import sys, webdancer_dagster.definitions; print(sorted({'torch', 'transformers', 'trl'} & set(sys.modules)))"
-    )
+    and transformers take seconds to import, openai's types most of one: only the steps that need them import them."""
+    heavy = "{'torch', 'transformers', 'trl', 'openai'}"
+    probe = f"import sys, webdancer_dagster.definitions; print(sorted({heavy} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"

@@ -19,8 +19,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import openai
-from openai.types.chat import ChatCompletion, ChatCompletionMessage
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tenacity import (
     RetryCallState,
@@ -242,6 +240,8 @@ def grammar_fields(config: EndpointConfig, grammar: str) -> dict[str, Any]:
 
 
 def _is_retryable(error: BaseException) -> bool:
+    import openai
+
     if isinstance(error, openai.APIConnectionError | MalformedResponseError):  # includes APITimeoutError
         return True
     if isinstance(error, openai.APIStatusError):
@@ -250,6 +250,8 @@ def _is_retryable(error: BaseException) -> bool:
 
 
 def _failure_message(config: EndpointConfig, attempts: int, error: BaseException) -> str:
+    import openai
+
     tries = "try" if attempts == 1 else f"{attempts} tries"
     if attempts < config.max_attempts:  # stopped by the deadline, not by the number of tries
         what = f"gave no answer within its {config.deadline_s:g}s deadline ({tries})"
@@ -281,6 +283,8 @@ class LLMEndpoint:
     """A chat-completions client for one role. Thread-safe; share one per role across threads."""
 
     def __init__(self, config: EndpointConfig, cache: ResponseCache | None = None) -> None:
+        import openai  # its types take seconds to import: loaded by the first client, not with the definitions
+
         self.config = config
         api_key = NO_API_KEY
         if config.api_key_env:
@@ -382,6 +386,8 @@ class LLMEndpoint:
 
         The deadline runs from the first try's send, not from the call: waiting behind this client's own requests
         for a concurrency slot is queueing, not the endpoint's fault. No try outlives the deadline."""
+        import openai
+
         config = self.config
         deadline: list[float] = []  # set when the first try is sent
 
@@ -435,6 +441,8 @@ class LLMEndpoint:
 def _to_result(response: object, latency_s: float) -> ChatResult:
     """Check the body really is a completion: the openai client builds models from any JSON without validating it,
     and returns plain text (or a list) for other bodies."""
+    from openai.types.chat import ChatCompletion, ChatCompletionMessage
+
     if not isinstance(response, ChatCompletion):
         raise MalformedResponseError(f"not a chat completion: {str(response)[:200]!r}")
     choices = response.choices
