@@ -107,8 +107,11 @@ def test_sft_checkpoint_trains_through_torchrun_passes_its_check_and_is_reused(
     assert base["tokenizer"].value["chat_template"] is True
     metadata = _sft_metadata(first)
     assert metadata["steps"].value == MAX_STEPS and metadata["reused"].value is False
-    assert [entry["step"] for entry in metadata["loss_history"].value] == [1, 2]
-    assert 0 < metadata["final_loss"].value == metadata["loss_history"].value[-1]["loss"] < 20
+    history = json.loads(Path(metadata["loss_history_file"].value).read_text())  # a file: metadata stays short
+    assert [entry["step"] for entry in history] == [1, 2]
+    assert 0 < metadata["final_loss"].value == history[-1]["loss"] < 20
+    assert metadata["first_loss"].value == history[0]["loss"]
+    assert metadata["lowest_loss"].value == min(entry["loss"] for entry in history)
     streamed = [record.user_message for record in instance.all_logs(first.run_id)]
     assert any(f"step 1/{MAX_STEPS} loss" in message for message in streamed), "rank 0 did not stream its loss"
     prefix = "![SFT loss curve](data:image/png;base64,"
