@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from webserver_wait import free_port, wait_for_webserver
+from webserver_wait import wait_for_webserver
+
+from webdancer_dagster.llm.server import free_port
 
 pytestmark = pytest.mark.slow
 START_S = 300  # dagster dev loads the project twice (webserver, code server): minutes on a busy machine

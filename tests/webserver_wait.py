@@ -1,19 +1,12 @@
-"""What the tests that start the Dagster webserver share: a free port on 127.0.0.1, and waiting until it answers."""
+"""What the tests that start the Dagster webserver share: waiting until it answers."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Callable
 
 import httpx
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_webserver(url: str, process: subprocess.Popen, timeout_s: float, log: Callable[[], str] = str) -> None:

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from webserver_wait import free_port, wait_for_webserver
+from webserver_wait import wait_for_webserver
 
 from webdancer_dagster.assets import corpus
 from webdancer_dagster.definitions import defs
+from webdancer_dagster.llm.server import free_port
 from webdancer_dagster.pipeline import ensure_dagster_home
 from webdancer_dagster.processes import die_with_parent
 
