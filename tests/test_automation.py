@@ -30,7 +30,7 @@ with dg.instance_for_test() as instance:
     assert ticks.tick() == {"sft_checkpoint": {"None"}}, "sft_checkpoint did not follow sft_dataset"
     record(instance, "sft_checkpoint", "new-sha256")
     requested = ticks.tick()
-    assert requested == {"rl_checkpoint": {"None"}, "benchmark_scores": {"musique|sft"}}, requested
+    assert requested == {"rl_checkpoint": {"None"}, "benchmark_scores": {"musique|sft", "synth_monitor|sft"}}, requested
     record(instance, "sft_checkpoint", "new-sha256")  # the same weights again: nothing to do
     assert ticks.tick() == {}
 print("ok")
@@ -83,7 +83,8 @@ def test_qa_pairs_rewritten_with_the_same_content_request_nothing(ticks):
 def test_a_new_checkpoint_is_scored_on_the_default_benchmarks_and_nothing_trains(ticks, checkpoint, model):
     record(ticks.instance, checkpoint, "new-sha256")
 
-    assert ticks.tick() == {"benchmark_scores": {f"musique|{model}"}}
+    # The local-web benchmarks: MuSiQue and the monitoring split of the synthesized pairs.
+    assert ticks.tick() == {"benchmark_scores": {f"musique|{model}", f"synth_monitor|{model}"}}
     assert ticks.tick() == {}
 
 

@@ -10,6 +10,8 @@ from scripted_roles import scripted_resources
 
 from webdancer_dagster.assets import corpus, evaluation, registries
 from webdancer_dagster.shared.judge import RETRY_SEPARATOR
+from webdancer_dagster.shared.qa import QAPair, qa_pairs_frame
+from webdancer_dagster.shared.split import monitor_pairs
 from webdancer_dagster.testing.scripted_llm import ScriptedLLMServer
 from webdancer_dagster.warehouse import WarehouseStore
 
@@ -122,3 +124,42 @@ def test_benchmark_scores_materialize_and_resume(small_web, isolated_home, scrip
     meta, requests = score(1, max_llm_calls=3)
     assert len(requests) == 6 and meta["runs_resumed"].value == 0 and meta["pass_at_1"].value == 1.0
     assert len(store.read_table("eval_runs")) == 3 and len(store.read_table("scores")) == 1
+
+
+# Synthesized pairs the scripted policy answers right (it answers HALL to every "pioneering" question).
+SYNTHESIZED = [
+    QAPair(question=f"Who was pioneering psychologist number {i}?", answer=HALL, kind="e2hqa", source="e2hqa")
+    for i in range(12)
+]
+
+
+def test_synth_monitor_scores_the_monitoring_split_of_the_qa_tables_on_the_local_web(
+    small_web, isolated_home, scripted
+):
+    data, docs = small_web
+    config = run_config(data, docs)
+    assets = [*dg.load_assets_from_modules([corpus, evaluation])]
+    res = resources(isolated_home, scripted.base_url)
+    instance = dg.DagsterInstance.ephemeral()
+    for selection, key in [
+        ("web_sites", None),
+        *(("crawl_pages", s) for s in registries.SITE_NAMES),
+        ("search_index", None),
+    ]:
+        ops = {k: v for k, v in config["ops"].items() if k == selection}
+        assert dg.materialize(assets, selection=[selection], partition_key=key, resources=res, instance=instance,
+                              run_config={"ops": ops}).success  # fmt: skip
+    store = WarehouseStore(isolated_home)
+    store.write_tables(replacements={"e2hqa_pairs": qa_pairs_frame(SYNTHESIZED)})  # crawlqa_pairs never made
+
+    result = dg.materialize(
+        assets, selection=["benchmark_scores"], resources=res, instance=instance,
+        partition_key=dg.MultiPartitionKey({"model": "base", "benchmark": "synth_monitor"}),
+        run_config={"ops": {"benchmark_scores": {"config": {"max_questions": None, "max_llm_calls": 4}}}},
+    )  # fmt: skip
+    assert result.success
+    [event] = result.asset_materializations_for_node("benchmark_scores")
+    runs = store.read_table("eval_runs")
+    monitored = {pair.id for pair in monitor_pairs(SYNTHESIZED)}
+    assert monitored and set(runs["question_id"]) == monitored and len(runs) == 3 * len(monitored)
+    assert event.metadata["setting"].value == "local_web" and event.metadata["pass_at_1"].value == 1.0

@@ -158,8 +158,14 @@ def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, script
     assert len(stages) == 3
     events = {e.asset_key.to_user_string(): e for e in funnel_run.get_asset_materialization_events()}
     assert set(events) == {"sft_dataset", "rl_pool"}
-    [sft_check] = funnel_run.get_asset_check_evaluations()
-    assert sft_check.check_name == "sft_dataset_has_enough_chats" and sft_check.passed, sft_check.description
+    funnel_checks = {check.check_name: check for check in funnel_run.get_asset_check_evaluations()}
+    assert set(funnel_checks) == {
+        "sft_dataset_has_enough_chats",
+        "sft_dataset_excludes_monitor_pairs",
+        "rl_pool_excludes_monitor_pairs",
+    }
+    assert all(check.passed for check in funnel_checks.values()), funnel_checks
+    sft_check = funnel_checks["sft_dataset_has_enough_chats"]
     assert sft_check.metadata["teacher_sampled"].value == (sft["model"] == "scripted").sum() >= 1
 
 

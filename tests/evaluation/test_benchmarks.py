@@ -12,6 +12,7 @@ from webdancer_dagster.evaluation.benchmarks import (
     all_benchmark_questions,
     check_benchmark_files,
     check_corpus_file,
+    file_benchmarks,
     load_benchmark,
     load_jsonl,
     load_musique,
@@ -34,7 +35,11 @@ def test_musique_answers_include_aliases_and_keep_ids():
 
 
 def test_every_registered_benchmark_file_exists():
-    assert all((DATA_DIR / source.path).is_file() for source in BENCHMARKS.values())
+    files = file_benchmarks(BENCHMARKS)
+    assert all((DATA_DIR / source.path).is_file() for source in files.values())
+    assert set(BENCHMARKS) - set(files) == {"synth_monitor"}  # read from the warehouse
+    with pytest.raises(ValueError, match="'synth_monitor' is read from the warehouse"):
+        load_benchmark("synth_monitor", DATA_DIR)
 
 
 def test_question_sets_without_ids_get_stable_ids(tmp_path):
@@ -183,5 +188,5 @@ def test_check_benchmark_files_reads_every_benchmark_and_names_each_bad_one(tmp_
     with pytest.raises(BenchmarkFileError) as error:
         check_benchmark_files(sources, tmp_path / "no-data")
     lines = str(error.value).splitlines()
-    assert len(lines) == len(sources)  # every built-in is missing from this data folder, and mine is not UTF-8
+    assert len(lines) == len(file_benchmarks(sources))  # every built-in file is missing here, and mine is not UTF-8
     assert lines[-1] == f"benchmark 'mine': {broken}: line 1: not UTF-8 (byte 0xff at offset 0); save the file as UTF-8"

@@ -1,8 +1,9 @@
 """Stage 6: every model scored on every benchmark the same way, one partition per (model, benchmark).
 
 Models: `base` (the policy endpoint as configured), `sft` and `rl` (their recorded checkpoints, served locally),
-and every endpoint declared in the evaluation registry. Benchmarks: MuSiQue on the local web, the five
-question-only sets (live web with a search key, else closed-book), and every declared benchmark.
+and every endpoint declared in the evaluation registry. Benchmarks: MuSiQue and `synth_monitor` (the monitoring
+split of the synthesized QA pairs, never trained on) on the local web, the five question-only sets (live web with
+a search key, else closed-book), and every declared benchmark.
 Each finished run is appended to `eval_runs` before the next starts, so a killed or failed materialization
 resumes where it stopped; a changed agent or judge setting (the run fingerprint) starts the partition afresh.
 `scores` holds one row per partition, and every materialization shows the comparison across all of them.
@@ -23,8 +24,9 @@ from webdancer_dagster.assets.automation import score_new_checkpoints
 from webdancer_dagster.assets.check_results import warn_unless
 from webdancer_dagster.assets.corpus import search_index
 from webdancer_dagster.assets.registries import REGISTRY
+from webdancer_dagster.assets.trajectories import SYNTHESIZED_TABLES, read_pairs
 from webdancer_dagster.concurrency import LLM_POOL
-from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion, load_benchmark
+from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion, load_benchmark, monitor_questions
 from webdancer_dagster.evaluation.metrics import (
     audit_scores,
     credits_without_overlap,
@@ -153,6 +155,13 @@ class _Policy:
         return self._shared.usage_metadata() if self._shared is not None else self.usage.as_metadata()
 
 
+def benchmark_questions(benchmark: str, data_dir: Path, store: WarehouseStore) -> list[BenchmarkQuestion]:
+    """A benchmark's questions: from its file, or for `synth_monitor` the monitoring split of the QA tables."""
+    if REGISTRY.benchmarks[benchmark].format == "warehouse":
+        return monitor_questions(read_pairs(store, [t for t in SYNTHESIZED_TABLES if store.table_exists(t)]))
+    return load_benchmark(benchmark, data_dir, REGISTRY.benchmarks)
+
+
 def resolve_policy(
     spec: ModelSpec,
     policy: LLMEndpointResource,
@@ -242,8 +251,9 @@ def _answer_pending(
 
 
 @dg.asset(
-    # sft_checkpoint and rl_checkpoint for lineage: the sft and rl partitions score what they recorded.
-    deps=[search_index, "sft_checkpoint", "rl_checkpoint"],
+    # sft_checkpoint and rl_checkpoint for lineage: the sft and rl partitions score what they recorded; the QA
+    # assets hold synth_monitor's questions.
+    deps=[search_index, "sft_checkpoint", "rl_checkpoint", "crawlqa_pairs", "e2hqa_pairs"],
     partitions_def=benchmark_partitions,
     group_name="evaluation",
     kinds={"python", "duckdb"},
@@ -270,8 +280,8 @@ def benchmark_scores(
     model, benchmark = keys["model"], keys["benchmark"]
     if config.cot_mode not in ("short", "long"):
         raise ValueError(f"cot_mode must be 'short' or 'long', got {config.cot_mode!r}")
-    questions = load_benchmark(benchmark, Path(config.data_dir), REGISTRY.benchmarks)[: config.max_questions]
     store = warehouse.store()
+    questions = benchmark_questions(benchmark, Path(config.data_dir), store)[: config.max_questions]
     model_policy = resolve_policy(REGISTRY.models[model], policy, store, config)
     live = None if REGISTRY.benchmarks[benchmark].offline else web.live_search()
     setting = benchmark_setting(REGISTRY.benchmarks[benchmark], live is not None)

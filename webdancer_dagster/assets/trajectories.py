@@ -3,7 +3,8 @@
 `trajectories` stores every attempt (accepted or not) with its validity and correctness verdicts; WebDancer's
 released trajectories join as tagged attempts so SFT has real long trajectories even when the offline teacher
 is weak. `sft_dataset` and `rl_pool` come out of one funnel run, so they always agree. Non-blocking checks warn
-when no pair was sampled or no sample accepted, and when the SFT set is tiny or holds no teacher-sampled chat.
+when no pair was sampled or no sample accepted, and when the SFT set is tiny or holds no teacher-sampled chat;
+blocking ones stop training when a pair of the monitoring split (`shared/split.py`) got into either.
 """
 
 import json
@@ -28,6 +29,7 @@ from webdancer_dagster.resources.llm import LLMEndpointResource
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
 from webdancer_dagster.shared.qa import QAPair, qa_pairs_frame, qa_pairs_from_frame
+from webdancer_dagster.shared.split import MONITOR_SHARE, is_monitor, is_monitor_pair, training_pairs
 from webdancer_dagster.synthesis.funnel import FunnelConfig, run_funnel, select_rl_pool, sft_records
 from webdancer_dagster.synthesis.reference import REFERENCE_MODEL, released_trajectories
 from webdancer_dagster.synthesis.rejection import (
@@ -56,6 +58,13 @@ def read_pairs(store: WarehouseStore, tables: list[str]) -> list[QAPair]:
             raise LookupError(f"table {table!r} does not exist; materialize the {table} asset first")
         pairs += qa_pairs_from_frame(store.read_table(table))
     return pairs
+
+
+def sampling_pairs(store: WarehouseStore, max_pairs: int | None) -> tuple[list[QAPair], int]:
+    """The first `max_pairs` synthesized pairs outside the monitoring split, and how many pairs that split holds."""
+    synthesized = read_pairs(store, SYNTHESIZED_TABLES)
+    training = training_pairs(synthesized)
+    return training[:max_pairs], len(synthesized) - len(training)
 
 
 class TrajectoriesConfig(dg.Config):
@@ -108,7 +117,7 @@ def trajectories(
     if config.cot_mode not in ("short", "long"):
         raise ValueError(f"cot_mode must be 'short' or 'long', got {config.cot_mode!r}")
     store = warehouse.store()
-    pairs = read_pairs(store, SYNTHESIZED_TABLES)[: config.max_pairs]
+    pairs, monitored = sampling_pairs(store, config.max_pairs)
     teacher = teacher_short if config.cot_mode == "short" else teacher_long
     judge_endpoint = judge.judge_endpoint() if pairs or config.include_reference else None
     attempts = _sample(context, config, store, web, teacher, summarizer, judge_endpoint, pairs) if pairs else []
@@ -125,6 +134,7 @@ def trajectories(
     return dg.MaterializeResult(
         metadata={
             **_trajectories_metadata(frame, attempts, reference, len(pairs), writes["trajectories"]),
+            "monitor_pairs_skipped": monitored,
             "judge": judge.judge_name(),
             "teacher": f"{teacher.role} ({config.cot_mode} CoT)",
             "teacher_usage": dg.MetadataValue.json(teacher.usage_metadata()),
@@ -254,8 +264,9 @@ def funnel(
     """Validity, correctness and quality over every attempt; kept trajectories become SFT data, the rest of the
     QA pairs (every QA asset and every attempted question, the released ones included) the RL pool."""
     store = warehouse.store()
-    pairs = read_pairs(store, [*SYNTHESIZED_TABLES, "reference_qa_pairs"])
-    attempts = _read_attempts(store, pairs)
+    every_pair = read_pairs(store, [*SYNTHESIZED_TABLES, "reference_qa_pairs"])
+    pairs = training_pairs(every_pair)  # the monitoring split reaches neither SFT nor the RL pool
+    attempts = [attempt for attempt in _read_attempts(store, every_pair) if not is_monitor_pair(attempt.qa)]
     settings = FunnelConfig(max_actions=config.max_actions, min_grade_mean=config.min_grade_mean)
     result = run_funnel(attempts, teacher_short.endpoint() if config.use_llm_grade else None, settings)
     pool = select_rl_pool(pairs, result, held_out_share=config.held_out_share)
@@ -278,7 +289,7 @@ def funnel(
     )
     yield dg.MaterializeResult(
         asset_key="rl_pool",
-        metadata=_rl_pool_metadata(rl, writes["rl_pool"]),
+        metadata={**_rl_pool_metadata(rl, writes["rl_pool"]), "monitor_pairs_excluded": len(every_pair) - len(pairs)},
         data_version=dg.DataVersion(frame_version(rl)),
     )
 
@@ -427,3 +438,41 @@ def sft_dataset_has_enough_chats(warehouse: Warehouse) -> dg.AssetCheckResult:
             "by_model": dg.MetadataValue.json(sft["model"].value_counts().to_dict()),
         },
     )
+
+
+# The id column of each funnel output that names a QA pair.
+FUNNEL_PAIR_COLUMNS = {"sft_dataset": "qa_id", "rl_pool": "id"}
+
+
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(
+            f"{table}_excludes_monitor_pairs",
+            asset=table,
+            blocking=True,
+            description=f"No row holds a pair of the monitoring split ({MONITOR_SHARE:.0%} of the synthesized pairs, "
+            "scored as the synth_monitor benchmark): training on them would make that benchmark meaningless.",
+        )
+        for table in FUNNEL_PAIR_COLUMNS
+    ],
+)
+def funnel_excludes_monitor_pairs(warehouse: Warehouse):
+    store = warehouse.store()
+    for table, column in FUNNEL_PAIR_COLUMNS.items():
+        check_name = f"{table}_excludes_monitor_pairs"
+        if not store.table_exists(table):
+            yield dg.AssetCheckResult(
+                asset_key=table, check_name=check_name, passed=False, description=f"{table} was never materialized"
+            )
+            continue
+        rows = store.query(f'SELECT "{column}" AS qa_id, "source" FROM "{table}"')
+        pairs = zip(rows["qa_id"], rows["source"], strict=True)
+        leaked = sorted({qa_id for qa_id, source in pairs if is_monitor(qa_id, source)})
+        yield dg.AssetCheckResult(
+            asset_key=table,
+            check_name=check_name,
+            passed=not leaked,
+            description=f"{len(leaked)} monitoring pairs in {table} ({len(rows)} rows)"
+            + (f", e.g. {', '.join(leaked[:3])}: materialize sft_dataset and rl_pool again" if leaked else ""),
+            metadata={"rows": len(rows), "monitor_pairs": len(leaked)},
+        )

@@ -3,6 +3,8 @@
 Every scored model must see the same questions with the same ids, or runs could not be compared or resumed, so
 loaders reject what would make ids ambiguous (duplicate ids or questions) and name the file and record at fault.
 MuSiQue is read for its questions and answers only: its `paragraphs` are benchmark evidence and stay unread.
+`synth_monitor` is no file: its questions are the monitoring split of the synthesized QA pairs (`shared/split.py`),
+read from the warehouse by the evaluation asset.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from webdancer_dagster.config_files import ConfigFileError, decode_utf8
 from webdancer_dagster.shared.hashing import stable_id
+from webdancer_dagster.shared.qa import QAPair
+from webdancer_dagster.shared.split import monitor_pairs
 
-BenchmarkFormat = Literal["musique", "question_set", "jsonl"]
+BenchmarkFormat = Literal["musique", "question_set", "jsonl", "warehouse"]
 
 
 class BenchmarkQuestion(BaseModel):
@@ -39,7 +43,7 @@ class BenchmarkFileError(ConfigFileError):
 class BenchmarkSource:
     """Where a named benchmark's file lies under the data folder and how it is laid out."""
 
-    path: str  # relative to the data folder, or absolute (declared benchmarks)
+    path: str  # relative to the data folder, or absolute (declared benchmarks); "" for the warehouse format
     format: BenchmarkFormat
     offline: bool  # its answers are on the local web; the others need a live search backend or run closed-book
     corpus: Path | None = None  # a declared benchmark's own corpus, served as a benchmark-flagged site
@@ -53,7 +57,31 @@ BENCHMARKS: dict[str, BenchmarkSource] = {
     "bamboogle": BenchmarkSource("questions/bamboogle.json", "question_set", offline=False),
     "frames": BenchmarkSource("questions/frames.json", "question_set", offline=False),
     "webwalkerqa": BenchmarkSource("questions/webwalkerqa_test.json", "question_set", offline=False),
+    "synth_monitor": BenchmarkSource(
+        "",
+        "warehouse",
+        offline=True,
+        description="The monitoring split of the synthesized QA pairs: answered on the local web, never trained on",
+    ),
 }
+
+
+def file_benchmarks(sources: Mapping[str, BenchmarkSource]) -> dict[str, BenchmarkSource]:
+    """The benchmarks read from files: every one but the monitoring split, which is synthesized data itself (so the
+    leakage guard must not compare synthesized pairs with it) and has no file to check."""
+    return {name: source for name, source in sources.items() if source.format != "warehouse"}
+
+
+def monitor_questions(pairs: Iterable[QAPair]) -> list[BenchmarkQuestion]:
+    """`synth_monitor`'s questions: the monitoring split of `pairs`, ordered by id so that `max_questions` takes the
+    same ones however the QA tables are ordered; the gold answers are each pair's answer and aliases."""
+    chosen = sorted(monitor_pairs(pairs), key=lambda pair: pair.id)
+    if not chosen:
+        raise LookupError(
+            "synth_monitor has no questions: no synthesized QA pair is in the monitoring split yet (materialize "
+            "crawlqa_pairs and e2hqa_pairs)"
+        )
+    return [BenchmarkQuestion(id=pair.id, question=pair.question, answers=pair.answers) for pair in chosen]
 
 
 def load_benchmark(
@@ -64,12 +92,15 @@ def load_benchmark(
     if name not in sources:
         raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(sorted(sources))}")
     source = sources[name]
+    if source.format == "warehouse":
+        raise ValueError(f"benchmark {name!r} is read from the warehouse (monitor_questions), not from a file")
     return load_questions(Path(data_dir) / source.path, source.format, id_prefix=f"{name}_")
 
 
 def all_benchmark_questions(data_dir: Path, sources: Mapping[str, BenchmarkSource] = BENCHMARKS) -> list[str]:
     """The question text of every benchmark in `sources`: what synthesized pairs must never overlap."""
-    return [question.question for name in sources for question in load_benchmark(name, data_dir, sources)]
+    files = file_benchmarks(sources)
+    return [question.question for name in files for question in load_benchmark(name, data_dir, files)]
 
 
 def load_questions(path: Path, format: BenchmarkFormat, *, id_prefix: str = "") -> list[BenchmarkQuestion]:
@@ -125,7 +156,7 @@ def check_benchmark_files(sources: Mapping[str, BenchmarkSource], data_dir: Path
     file with its line or record. (Every benchmark, not only those a profile scores: the synthesis leakage guard
     reads all of them. The built-in sets take about 0.1 s.)"""
     problems = []
-    for name, source in sources.items():
+    for name, source in file_benchmarks(sources).items():
         try:
             load_benchmark(name, data_dir, sources)
         except BenchmarkFileError as error:

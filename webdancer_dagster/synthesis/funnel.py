@@ -11,7 +11,6 @@ pool. Every stage is a pure function over plain data; a drop always keeps stage 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -29,6 +28,7 @@ from webdancer_dagster.llm.client import LLMEndpoint
 from webdancer_dagster.shared.answers import content_words, normalize_answer
 from webdancer_dagster.shared.judge import judge_answer
 from webdancer_dagster.shared.qa import QAPair
+from webdancer_dagster.shared.split import id_fraction
 from webdancer_dagster.synthesis.replies import JSON_FORMAT_HELP, JsonFormat, ask_json
 
 if TYPE_CHECKING:  # rejection sampling builds attempts from the stages here; the funnel only reads them
@@ -355,10 +355,7 @@ def run_funnel(
 
 def is_held_out(qa_id: str, share: float, seed: int = 0) -> bool:
     """Deterministic per id: the same pairs stay held out however the pair list is ordered or grows."""
-    if share <= 0:
-        return False
-    digest = hashlib.sha256(f"{seed}:{qa_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < share
+    return share > 0 and id_fraction(qa_id, str(seed)) < share
 
 
 @dataclasses.dataclass(frozen=True)
