@@ -154,7 +154,7 @@ def run_backend(
         "seconds_per_step": metadata["seconds_per_step"],
         "generated_tokens_per_rollout_s": round(metadata["tokens_generated"] / rollout_seconds, 1),
         "launch_wall_seconds": round(wall, 2),
-        "rewards": [entry.get("reward") for entry in metadata["train_history"]],
+        "rewards": [entry.get("reward") for entry in json.loads(Path(metadata["train_history_file"]).read_text())],
     }
 
 

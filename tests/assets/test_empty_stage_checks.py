@@ -204,7 +204,7 @@ def test_training_checks_warn_before_any_materialization(isolated_home):
 def _rl_record(*shares: float) -> dict:
     history = [{"step": step, "loss": 0.0, "dynamic_sampling/dropped_group_share": share}
                for step, share in enumerate(shares, start=1)]  # fmt: skip
-    return {"steps": len(shares), "train_history": dg.MetadataValue.json(history)}
+    return {"steps": len(shares), "idle_steps": dg.MetadataValue.json(training.idle_steps(history))}
 
 
 def test_rl_checkpoint_check_counts_the_steps_that_trained_on_nothing(isolated_home):
@@ -213,8 +213,13 @@ def test_rl_checkpoint_check_counts_the_steps_that_trained_on_nothing(isolated_h
     asset, check_def = training.rl_checkpoint, training.rl_checkpoint_every_step_trained
 
     idle = _check_alone(asset, check_def, _rl_record(0.5, 1.0, 1.0), resources)
-    _warned(idle, "dropped every group in 2 of 3 steps (step 2, 3)", "trained on nothing (loss 0)", "train_history")
+    _warned(idle, "dropped every group in 2 of 3 steps (step 2, 3)", "(loss 0)", "see train_history_file")
     assert idle.metadata["steps_trained_on_nothing"].value == 2 and idle.metadata["idle_steps"].value == [2, 3]
+
+    # A materialization from before `idle_steps` was metadata: its whole history is read instead.
+    history = [{"step": step, "dynamic_sampling/dropped_group_share": share} for step, share in [(1, 1.0), (2, 0.5)]]
+    older = _check_alone(asset, check_def, {"steps": 2, "train_history": dg.MetadataValue.json(history)}, resources)
+    assert not older.passed and older.metadata["idle_steps"].value == [1]
 
     busy = _check_alone(asset, check_def, _rl_record(0.0, 0.5), resources)
     assert busy.passed and busy.description == "every one of 2 steps trained on at least one group"

@@ -275,7 +275,9 @@ def test_rl_checkpoint_runs_dapo_on_the_rl_pool_and_records_its_dynamic_sampling
     assert metadata["dropped_group_share"].value == 1.0 and metadata["tokens_trained"].value == 0
     assert metadata["groups_sampled"].value == 2, "the sampled group, then the other prompt in the refill round"
     assert metadata["reward_curve"].value.startswith("![DAPO reward curve](data:image/png;base64,")
-    assert metadata["train_history"].value[0]["dynamic_sampling/dropped_group_share"] == 1.0
+    history = json.loads(Path(metadata["train_history_file"].value).read_text())
+    assert history[0]["dynamic_sampling/dropped_group_share"] == 1.0 and metadata["idle_steps"].value == [1]
+    assert "train_history" not in metadata  # a file, not a page-long JSON
     assert metadata["upstream_content_hashes"].value["base_model"] == tiny_model.sha256
     assert metadata["judge"].value == "rules"  # the judge role is not declared capable: rules alone reward answers
     recorded = WarehouseStore(isolated_home).read_table("rl_checkpoint").iloc[0]

@@ -409,6 +409,11 @@ def _launch_dapo(
         return torchrun.run(context, DAPO_MODULE, args, run.output_dir / "logs")
 
 
+def _history_file(record: Mapping[str, Any], run: RunInputs) -> str:
+    """Where the DAPO program wrote its step history (runs recorded before it reported the path: the same place)."""
+    return str(record.get("train_history_file") or run.output_dir / "train_history.json")
+
+
 def _rl_metadata(record: dict[str, Any], run: RunInputs) -> dict[str, object]:
     """Reward and loss curves per step, what dynamic sampling kept, where the time went, and the checkpoint."""
     history = record["train_history"]
@@ -419,7 +424,9 @@ def _rl_metadata(record: dict[str, Any], run: RunInputs) -> dict[str, object]:
     return {
         "reward_curve": dg.MetadataValue.md(png_markdown(rewards_plot, "DAPO reward curve")),
         "loss_curve": dg.MetadataValue.md(png_markdown(loss_plot, "DAPO loss curve")),
-        "train_history": dg.MetadataValue.json(history),
+        # The step-by-step history is a file, not JSON metadata: hundreds of steps would make the asset page endless.
+        "train_history_file": dg.MetadataValue.path(_history_file(record, run)),
+        "idle_steps": dg.MetadataValue.json(idle_steps(history)),
         "final_reward": dg.MetadataValue.float(float(record["final_reward"] or 0.0)),
         "steps": record["steps"],
         "resumed_from_step": record["resumed_from_step"],
@@ -506,19 +513,16 @@ def idle_steps(history: Sequence[Mapping[str, float]]) -> list[int]:
     )
 
 
-def rl_training_problems(record: Mapping[str, Any]) -> list[str]:
-    """Words for a DAPO run with steps that trained on nothing; `record` is the run record or the asset's metadata
-    (train_history, steps)."""
-    history = record["train_history"]
-    idle = idle_steps(history)
+def rl_training_problems(idle: Sequence[int], steps: int) -> list[str]:
+    """Words for a DAPO run of `steps` steps of which the `idle` ones trained on nothing."""
     if not idle:
         return []
-    steps = max(len({entry.get("step") for entry in history}), int(record["steps"]))
+    steps = max(steps, len(idle))
     shown = ", ".join(map(str, idle[:10])) + (" …" if len(idle) > 10 else "")
     return [
         f"dynamic sampling dropped every group in {len(idle)} of {steps} steps (step {shown}): all rollouts of each "
         "group got the same reward, so those steps trained on nothing (loss 0). The start model never (or always) "
-        "answers the RL pool's questions on this web, or the judge never credits an answer; see train_history and "
+        "answers the RL pool's questions on this web, or the judge never credits an answer; see train_history_file and "
         "reward_curve in the materialization metadata."
     ]
 
@@ -534,9 +538,10 @@ def rl_checkpoint_every_step_trained(context: dg.AssetCheckExecutionContext) -> 
 
 
 def _rl_verdict(record: Mapping[str, Any]) -> tuple[list[str], str, dict[str, object]]:
-    idle = idle_steps(record["train_history"])
+    # Materializations recorded before `idle_steps` was metadata carry the whole history instead.
+    idle = record["idle_steps"] if "idle_steps" in record else idle_steps(record["train_history"])
     return (
-        rl_training_problems(record),
+        rl_training_problems(idle, int(record["steps"])),
         f"every one of {record['steps']} steps trained on at least one group",
         {
             "steps": int(record["steps"]),

@@ -164,6 +164,7 @@ class DAPOResult:
                 "prompts": (self.prompts, "int"),
                 "dropped_prompts": (self.dropped_prompts, "json"),
                 "train_history": (self.history, "json"),
+                "train_history_file": (str(self.checkpoint_dir.parent / HISTORY_FILE), "path"),
                 "final_reward": (rewards[-1] if rewards else None, "float" if rewards else "null"),
                 "seconds_per_step": (round(self.seconds_per_step, 4), "float"),
                 "step_seconds": ([round(seconds, 4) for seconds in self.step_seconds], "json"),
