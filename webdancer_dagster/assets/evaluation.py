@@ -23,8 +23,8 @@ from webdancer_dagster.agent.factory import build_web_agent
 from webdancer_dagster.assets.automation import score_new_checkpoints
 from webdancer_dagster.assets.check_results import warn_unless
 from webdancer_dagster.assets.corpus import search_index
+from webdancer_dagster.assets.qa import SYNTHESIZED_TABLES, read_pairs
 from webdancer_dagster.assets.registries import REGISTRY
-from webdancer_dagster.assets.trajectories import SYNTHESIZED_TABLES, read_pairs
 from webdancer_dagster.concurrency import LLM_POOL
 from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion, load_benchmark, monitor_questions
 from webdancer_dagster.evaluation.metrics import (

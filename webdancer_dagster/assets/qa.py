@@ -22,7 +22,7 @@ from webdancer_dagster.paths import DATA_DIR
 from webdancer_dagster.resources.llm import LLMEndpointResource
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
-from webdancer_dagster.shared.qa import qa_pairs_frame, qa_pairs_from_frame
+from webdancer_dagster.shared.qa import QAPair, qa_pairs_frame, qa_pairs_from_frame
 from webdancer_dagster.synthesis.crawlqa import CrawlQAConfig, synthesize_crawlqa
 from webdancer_dagster.synthesis.e2hqa import E2HQAConfig, synthesize_e2hqa
 from webdancer_dagster.synthesis.qa import LeakageGuard, SynthesisResult
@@ -32,10 +32,22 @@ from webdancer_dagster.web.scope import LocalSites
 
 QA_TABLES = {"crawlqa_pairs": "crawlqa", "e2hqa_pairs": "e2hqa", "reference_qa_pairs": "webdancer_sample"}
 DROPS_TABLE = "qa_drops"
+# The QA assets whose pairs this pipeline wrote (the released ones are `reference_qa_pairs`).
+SYNTHESIZED_TABLES = ["crawlqa_pairs", "e2hqa_pairs"]
 # A crawl with a new data version (some page new, changed or removed) refreshes the synthesized pairs.
 REFRESH_WHEN_CRAWL_CHANGES = when_inputs_change("refresh_when_crawl_changes")
 # The offline default (llama.cpp) constrains JSON to the reply schema; hosted endpoints take "object".
 JSON_FORMAT_DESCRIPTION = "response_format: none, object, object_with_schema (llama.cpp), json_schema (OpenAI, vLLM)."
+
+
+def read_pairs(store: WarehouseStore, tables: list[str]) -> list[QAPair]:
+    """QA pairs of the given QA assets, in table order; a table not yet materialized is an error naming it."""
+    pairs: list[QAPair] = []
+    for table in tables:
+        if not store.table_exists(table):
+            raise LookupError(f"table {table!r} does not exist; materialize the {table} asset first")
+        pairs += qa_pairs_from_frame(store.read_table(table))
+    return pairs
 
 
 def _existing_questions(store: WarehouseStore, other_tables: Sequence[str]) -> list[str]:

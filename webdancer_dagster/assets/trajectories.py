@@ -19,7 +19,7 @@ from webdancer_dagster.agent.grammar import TurnLimits
 from webdancer_dagster.assets.automation import when_inputs_change
 from webdancer_dagster.assets.check_results import counts_text, never_materialized, warn_unless
 from webdancer_dagster.assets.corpus import search_index
-from webdancer_dagster.assets.qa import crawlqa_pairs, e2hqa_pairs, reference_qa_pairs
+from webdancer_dagster.assets.qa import SYNTHESIZED_TABLES, crawlqa_pairs, e2hqa_pairs, read_pairs, reference_qa_pairs
 from webdancer_dagster.concurrency import LLM_POOL
 from webdancer_dagster.llm.client import LLMEndpoint
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
@@ -28,7 +28,7 @@ from webdancer_dagster.paths import DATA_DIR
 from webdancer_dagster.resources.llm import LLMEndpointResource
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
-from webdancer_dagster.shared.qa import QAPair, qa_pairs_frame, qa_pairs_from_frame
+from webdancer_dagster.shared.qa import QAPair, qa_pairs_frame
 from webdancer_dagster.shared.split import MONITOR_SHARE, is_monitor, is_monitor_pair, training_pairs
 from webdancer_dagster.synthesis.funnel import FunnelConfig, run_funnel, select_rl_pool, sft_records
 from webdancer_dagster.synthesis.reference import REFERENCE_MODEL, released_trajectories
@@ -43,21 +43,10 @@ from webdancer_dagster.synthesis.short_cot import DERIVED_SUFFIX
 from webdancer_dagster.warehouse import TableWrite, WarehouseStore, frame_version, markdown_preview
 from webdancer_dagster.web.scope import LocalSites, WebScope
 
-SYNTHESIZED_TABLES = ["crawlqa_pairs", "e2hqa_pairs"]
 # The questions of WebDancer's released trajectories: the only attempted pairs no QA asset holds.
 RELEASED_PAIRS_TABLE = "trajectory_pairs"
 # sft_dataset and rl_pool come out of one funnel run: both follow a new trajectories data version.
 FOLLOW_TRAJECTORIES = when_inputs_change("follow_trajectories")
-
-
-def read_pairs(store: WarehouseStore, tables: list[str]) -> list[QAPair]:
-    """QA pairs of the given QA assets, in table order; a table not yet materialized is an error naming it."""
-    pairs: list[QAPair] = []
-    for table in tables:
-        if not store.table_exists(table):
-            raise LookupError(f"table {table!r} does not exist; materialize the {table} asset first")
-        pairs += qa_pairs_from_frame(store.read_table(table))
-    return pairs
 
 
 def sampling_pairs(store: WarehouseStore, max_pairs: int | None) -> tuple[list[QAPair], int]:
