@@ -6,8 +6,9 @@ import pytest
 
 from webdancer_dagster.agent.validity import check_format
 from webdancer_dagster.paths import DATA_DIR
+from webdancer_dagster.shared.judge import judge_by_rules, stated_answer
 from webdancer_dagster.synthesis.reference import load_reference_trajectories
-from webdancer_dagster.synthesis.short_cot import DERIVED_SUFFIX, derive_short_cot, shorten_thought
+from webdancer_dagster.synthesis.short_cot import DERIVED_SUFFIX, SHORT_ANSWER_TAG, derive_short_cot, shorten_thought
 
 LONG = (
     "Okay, let's tackle this step by step. The user asks about a British race won in 1964. "
@@ -54,3 +55,29 @@ def test_an_invalid_turn_is_refused(references):
     broken.messages[2].content = "no think, no action"
     with pytest.raises(ValueError, match="only clean turns"):
         derive_short_cot(broken)
+
+
+def test_a_short_answer_copy_answers_with_the_span_its_original_states_and_is_judged_the_same(references):
+    shortened = 0
+    for reference in references[:60]:
+        long = reference.trajectory
+        short = derive_short_cot(long, max_thought_words=40, short_answer=True)
+        gold = [reference.qa.answer]
+        assert check_format(short).valid
+        assert short.model == long.model + SHORT_ANSWER_TAG + DERIVED_SUFFIX
+        assert short.answer == stated_answer(long.answer) == short.steps[-1].answer
+        assert short.messages[-1].content.endswith(f"<answer>{short.answer}</answer>")
+        assert judge_by_rules(short.answer, gold) == judge_by_rules(long.answer, gold)
+        assert [m.content for m in short.messages[:-1]] == [
+            m.content for m in derive_short_cot(long, max_thought_words=40).messages[:-1]
+        ]  # only the answer turn differs from the plain short-CoT copy
+        shortened += short.answer != long.answer
+    assert shortened >= 35  # 38 of these 60 released answers state one answer in bold; the rest are kept whole
+
+
+def test_a_short_answer_is_the_bold_span_of_the_answer_turn(references):
+    [adkins] = [item.trajectory for item in references if item.qa.answer == "Adkins"]
+    assert "**Adkins**" in adkins.answer and len(adkins.answer.split()) > 40
+    short = derive_short_cot(adkins, short_answer=True)
+    assert short.answer == "Adkins"
+    assert short.messages[-1].content.endswith("</think>\n<answer>Adkins</answer>")

@@ -39,7 +39,7 @@ from webdancer_dagster.synthesis.rejection import (
     attempts_from_frame,
     rejection_sample,
 )
-from webdancer_dagster.synthesis.short_cot import DERIVED_SUFFIX
+from webdancer_dagster.synthesis.short_cot import DERIVED_SUFFIX, SHORT_ANSWER_TAG
 from webdancer_dagster.warehouse import TableWrite, WarehouseStore, frame_version, markdown_preview
 from webdancer_dagster.web.scope import LocalSites, WebScope
 
@@ -83,6 +83,11 @@ class TrajectoriesConfig(dg.Config):
         "closing sentences, actions, observations and answer kept; tagged in the model name.",
     )
     short_cot_thought_words: int = Field(default=60, description="Derived short CoT: longest thought in words.")
+    derived_short_answers: bool = Field(
+        default=False,
+        description="Derived short CoT: also cut each final answer to the answer it states in bold (the judge's "
+        "reading of it), so the policy learns to answer, not to explain; tagged in the model name.",
+    )
 
 
 @dg.asset(
@@ -137,7 +142,9 @@ def trajectories(
 def _reference_attempts(config: TrajectoriesConfig, judge: LLMEndpoint | None) -> list[Attempt]:
     """WebDancer's released trajectories (and their derived short-CoT copies, if asked for), judged like samples."""
     derive_words = config.short_cot_thought_words if config.derive_short_cot else None
-    released = released_trajectories(Path(config.reference_path), config.max_reference, derive_words)
+    released = released_trajectories(
+        Path(config.reference_path), config.max_reference, derive_words, config.derived_short_answers
+    )
     return [assess_attempt(item.qa, item.trajectory, judge) for item in released]
 
 
@@ -198,6 +205,7 @@ def _trajectories_metadata(
         "attempts_per_pair": round(len(attempts) / pairs, 2) if pairs else 0.0,
         "constrained_attempts": sum(attempt.trajectory.constrained for attempt in attempts),
         "derived_short_cot": sum(item.trajectory.model.endswith(DERIVED_SUFFIX) for item in reference),
+        "derived_short_answers": sum(SHORT_ANSWER_TAG in item.trajectory.model for item in reference),
         "termination": dg.MetadataValue.json(sampled["termination"].value_counts().to_dict()),
         "validity_drops": dg.MetadataValue.json(
             frame.loc[frame["validity_reason"] != "", "validity_reason"].value_counts().to_dict()

@@ -158,15 +158,18 @@ def load_reference_trajectories(
 
 
 def released_trajectories(
-    path: Path, limit: int | None = None, derive_short_cot_words: int | None = None
+    path: Path, limit: int | None = None, derive_short_cot_words: int | None = None, short_answers: bool = False
 ) -> list[ReferenceTrajectory]:
     """The first `limit` released trajectories, then, when `derive_short_cot_words` is set, a short-CoT copy of each
-    format-valid one (`short_cot.derive_short_cot`, thoughts cut to that many words), for an instruct model."""
+    format-valid one (`short_cot.derive_short_cot`, thoughts cut to that many words, answers cut to the answer they
+    state with `short_answers`), for an instruct model."""
     released = load_reference_trajectories(path)[:limit]
     if derive_short_cot_words is None:
         return released
     derived = [
-        ReferenceTrajectory(item.qa, derive_short_cot(item.trajectory, derive_short_cot_words))
+        ReferenceTrajectory(
+            item.qa, derive_short_cot(item.trajectory, derive_short_cot_words, short_answer=short_answers)
+        )
         for item in released
         if check_format(item.trajectory).valid
     ]
