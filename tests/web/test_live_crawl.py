@@ -8,7 +8,14 @@ import pytest
 from live_site import LiveSite, page
 
 from webdancer_dagster.warehouse import WarehouseStore
-from webdancer_dagster.web.crawl import CrawlLimits, LiveCrawl, canonical_url, crawl_site, previous_validators
+from webdancer_dagster.web.crawl import (
+    CrawlLimits,
+    LiveCrawl,
+    canonical_url,
+    crawl_site,
+    page_outlinks,
+    previous_validators,
+)
 from webdancer_dagster.web.crawl_store import store_crawl
 from webdancer_dagster.web.errors import CrawlError
 
@@ -176,6 +183,16 @@ def test_canonical_urls_lowercase_the_host_and_drop_default_ports_and_fragments(
     assert canonical_url("HTTP://Example.ORG:80/a/index.html#top") == "http://example.org/a/"
     assert canonical_url("https://example.org:443") == "https://example.org/"
     assert canonical_url("https://example.org:8443/A?b=1") == "https://example.org:8443/A?b=1"
+
+
+def test_page_outlinks_are_canonical_each_once_in_first_seen_order_without_the_page_itself():
+    hrefs = ["b.html#x", " ../c/index.html ", "#top", "", "b.html", "mailto:a@b.org", "HTTP://Other.ORG:80/d#y", "?q=1"]
+    assert page_outlinks(hrefs, "http://example.org/a/page.html") == [
+        "http://example.org/a/b.html",
+        "http://example.org/c/",
+        "http://other.org/d",
+        "http://example.org/a/page.html?q=1",
+    ]
 
 
 def _now():

@@ -17,6 +17,8 @@ import lxml.html
 from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.html import HTMLTree
 
+from webdancer_dagster.web.crawl import page_outlinks
+
 logger = logging.getLogger(__name__)
 
 _WHITESPACE = re.compile(r"[ \t\r\f\v]+")
@@ -101,6 +103,8 @@ def _normalise(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
-def extract_with_links(body: bytes, url: str, encoding: str | None) -> tuple[ExtractedPage, list[str]]:
-    """Title, main text and raw hrefs of one response (runs in a worker process of the crawler's spider)."""
-    return extract_page(body, url, encoding), page_links(body, encoding)
+def extract_with_outlinks(body: bytes, url: str, encoding: str | None) -> tuple[ExtractedPage, list[str]]:
+    """Title, main text and outlinks (`page_outlinks`) of one response, in a worker process of the crawler's spider:
+    resolving the links is CPU work too, and the spider's own process must keep the downloads going."""
+    text = decode_html(body, encoding)
+    return extract_page(text, url), page_outlinks(page_links(text), url)

@@ -49,7 +49,7 @@ from webdancer_dagster.web.crawl import (
     content_hash,
     host_allowed,
 )
-from webdancer_dagster.web.extract import extract_with_links
+from webdancer_dagster.web.extract import extract_with_outlinks
 from webdancer_dagster.web.visit import is_public_address
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
@@ -211,8 +211,8 @@ class SiteSpider(scrapy.Spider):
         self.counts["body_bytes"] += len(response.body)
         encoding = getattr(response, "encoding", None)
         # Extraction is most of a page's cost: worker processes do it while the reactor keeps downloading.
-        page, hrefs = await asyncio.wrap_future(
-            self._extractors.submit(extract_with_links, response.body, url, encoding)
+        page, outlinks = await asyncio.wrap_future(
+            self._extractors.submit(extract_with_outlinks, response.body, url, encoding)
         )
         self._write(
             self._pages,
@@ -230,7 +230,7 @@ class SiteSpider(scrapy.Spider):
                 "not_modified": False,
             },
         )
-        self._follow(url, self._outlinks(hrefs, url), depth, rank)
+        self._follow(url, outlinks, depth, rank)
 
     def _not_modified(self, url: str, depth: int, rank: tuple[int, ...]) -> None:
         """A 304: the stored page stands (title, text, hash, validators), and its stored links are followed."""
@@ -267,15 +267,6 @@ class SiteSpider(scrapy.Spider):
             self._write(self._links, {"src_url": url, "dst_url": target, "internal": internal, "position": position})
             if internal and depth < self.limits.max_depth:
                 self._discover(target, (*rank, position))
-
-    @staticmethod
-    def _outlinks(hrefs: list[str], base_url: str) -> list[str]:
-        seen: dict[str, None] = {}
-        for href in hrefs:
-            target = canonical_url(urljoin(base_url, href.strip()))
-            if target.startswith(("http://", "https://")) and target != base_url:
-                seen.setdefault(target, None)
-        return list(seen)
 
     def _discover(self, url: str, rank: tuple[int, ...]) -> None:
         if url in self.scheduled:
