@@ -37,6 +37,7 @@ from scrapy.linkextractors import IGNORED_EXTENSIONS
 from scrapy.utils.gz import gunzip
 from scrapy.utils.sitemap import Sitemap
 
+from webdancer_dagster.web.addresses import is_public_address
 from webdancer_dagster.web.crawl import (
     CRAWLER_NAME,
     LINKS_FILE,
@@ -50,7 +51,6 @@ from webdancer_dagster.web.crawl import (
     host_allowed,
 )
 from webdancer_dagster.web.extract import extract_with_outlinks
-from webdancer_dagster.web.visit import is_public_address
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 # Links to these are never fetched: they cannot become pages. Scrapy's own list plus plain-text sources.

@@ -23,6 +23,7 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
+from webdancer_dagster.web.addresses import is_public_address
 from webdancer_dagster.web.errors import FetchError
 from webdancer_dagster.web.extract import decode_html, extract_page
 
@@ -31,12 +32,6 @@ logger = logging.getLogger(__name__)
 READABLE_CONTENT_TYPES = frozenset({"text/html", "text/plain", "application/xhtml+xml"})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = "webdancer-agent/0.1 (+offline research crawler)"
-
-
-# Public addresses that are nonetheless the cloud host's own: Azure's wire server. (169.254.169.254, fd00:ec2::254
-# and Alibaba's 100.100.100.200 are link-local, unique-local and shared space, which are not public anyway.)
-_HOST_SERVICE_ADDRESSES = frozenset({ipaddress.ip_address("168.63.129.16")})
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 @dataclass(frozen=True)
@@ -86,17 +81,6 @@ def check_url(url: str, policy: FetchPolicy) -> None:
         raise FetchError(url, "invalid_url", "the URL has no host")
     if policy.allowed_hosts is not None and host not in policy.allowed_hosts:
         raise FetchError(url, "host_not_allowed", f"{host} is not one of the sites this agent may visit")
-
-
-def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether ``address`` is on the public internet: not loopback, private, link-local, shared, reserved, multicast,
-    unspecified or a cloud host service, including IPv4 written inside IPv6 (``::ffff:127.0.0.1``, NAT64)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        elif address in _NAT64:
-            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address.is_global and not address.is_multicast and address not in _HOST_SERVICE_ADDRESSES
 
 
 def resolve_public(url: str, host: str, port: int | None, policy: FetchPolicy) -> list[str]:
