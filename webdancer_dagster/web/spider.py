@@ -95,6 +95,7 @@ class SiteSpider(scrapy.Spider):
         self.stored: set[str] = set()
         self.next_level: dict[str, tuple[int, ...]] = {}  # url -> smallest rank key it was found under
         self.level = 0
+        self._in_scope: dict[str, bool] = {}
         self._extractors = ProcessPoolExecutor(max_workers=self.limits.extract_workers or os.cpu_count() or 1)
         self.counts = {
             "requests": len(self.roots),
@@ -117,9 +118,15 @@ class SiteSpider(scrapy.Spider):
         return spider
 
     def in_scope(self, url: str) -> bool:
-        if self.live is not None:
-            return self.live.in_scope(url)
-        return (urlsplit(url).hostname or "").lower() == self.host
+        """Cached by URL: a site's pages link the same targets over and over."""
+        known = self._in_scope.get(url)
+        if known is None:
+            if self.live is not None:
+                known = self.live.in_scope(url)
+            else:
+                known = (urlsplit(url).hostname or "").lower() == self.host
+            self._in_scope[url] = known
+        return known
 
     async def start(self) -> AsyncIterator[scrapy.Request]:
         for position, root in enumerate(self.roots):
