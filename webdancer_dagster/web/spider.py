@@ -479,7 +479,9 @@ def spider_settings(limits: CrawlLimits, live: LiveCrawl | None) -> dict[str, An
         "REMOTE_CONTROL_ENABLED": False,
         "COOKIES_ENABLED": False,  # nothing a site sets is stored or sent back
         "LOG_LEVEL": "WARNING",
-        "CONCURRENT_ITEMS": 1,  # parse_page yields nothing: Scrapy would start 100 tasks per response for it
+        # The callbacks yield no items (parse_page nothing, parse_sitemap a few requests): Scrapy would otherwise start
+        # 100 output tasks for every response.
+        "CONCURRENT_ITEMS": 1,
         "CONCURRENT_REQUESTS": limits.concurrency,
         "CONCURRENT_REQUESTS_PER_DOMAIN": limits.concurrency,
         "DOWNLOAD_DELAY": 0,
