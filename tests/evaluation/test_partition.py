@@ -7,7 +7,7 @@ from test_run import QUESTIONS, trajectory
 from webdancer_dagster.evaluation.partition import RUNS_TABLE, SCORES_TABLE, PartitionEvaluation, run_fingerprint
 from webdancer_dagster.evaluation.run import run_row
 from webdancer_dagster.llm.client import EndpointConfig, SamplingParams
-from webdancer_dagster.shared.judge import Judgement
+from webdancer_dagster.shared.judge import Judgement, judge_answer
 from webdancer_dagster.warehouse import WarehouseStore
 
 LABELS = {"model": "base", "benchmark": "musique", "setting": "local_web", "policy": "m @ x", "judge": "rules"}
@@ -73,3 +73,31 @@ def test_runs_of_other_settings_are_dropped_not_mixed_in(tmp_path: Path):
 
     assert (changed.dropped, changed.resumed, changed.pending) == (2, 0, 4)
     assert store.read_table(RUNS_TABLE).empty
+
+
+def test_stored_verdicts_the_current_rules_would_not_give_are_judged_again_answers_kept(tmp_path: Path):
+    store = WarehouseStore(tmp_path)
+    evaluation = partition(store, "fp-1")
+    q1, q2 = QUESTIONS
+    stored = [
+        # What rules before the "and" rule said: the gold answer is among the words, so "contains".
+        (q1, 0, "G. Stanley Hall and Wilhelm Wundt", Judgement(True, "contains")),
+        (q1, 1, "G. Stanley Hall", Judgement(True, "exact")),
+        (q2, 0, "the Frankish kingdom of Lotharingia", Judgement(True, "contains")),
+        (q2, 1, "a middle kingdom", Judgement(True, "llm", raw="Correct")),  # open to the rules: the judge decided
+    ]
+    for item, run, answer, verdict in stored:
+        evaluation.store_run(run_row(item, run, trajectory(answer), verdict))
+    asked: list[str] = []
+
+    def judge(question: str, answer: str, gold: list[str]) -> Judgement:
+        asked.append(answer)
+        return judge_answer(question, answer, gold, None)
+
+    assert evaluation.rejudge(judge) == 1 and asked == ["G. Stanley Hall and Wilhelm Wundt"]
+    runs = store.read_table(RUNS_TABLE).set_index(["question_id", "run"])
+    assert (runs.loc[("q1", 0), "judge_method"], bool(runs.loc[("q1", 0), "correct"])) == ("hedged", False)
+    assert runs.loc[("q1", 0), "answer"] == "G. Stanley Hall and Wilhelm Wundt"  # the run itself is kept
+    assert runs.loc[("q2", 1), "judge_method"] == "llm" and runs.loc[("q2", 1), "judge_raw"] == "Correct"
+    assert evaluation.finish(search_backend="local").scores.pass_at_1 == 0.75
+    assert partition(store, "fp-1").rejudge(judge) == 0 and len(asked) == 1  # nothing left to judge again

@@ -57,6 +57,11 @@ def judge_endpoint(server: ScriptedLLMServer, cache: ResponseCache | None = None
         ("Paris/Lyon", ["Paris"], "hedged"),
         ("yes or no", ["yes"], "hedged"),
         ("AC/DC", ["AC/DC"], "exact"),  # the gold answer itself has a slash
+        # What the short-answer SFT model said on synth_monitor for one director: two names, one of them right.
+        ("Norman Walker and Marguerite Allan", ["Norman Walker"], "hedged"),
+        ("Lasse Hallström & Cathryn Michon", ["Lasse Hallström"], "hedged"),
+        ("the duo Simon and Garfunkel", ["Simon and Garfunkel"], "contains"),  # the gold answer is a pair
+        ("Anderson", ["Carl David Anderson"], "unmatched"),
         # Far longer than the gold answer: an explanation that mentions it, left open.
         ("The answer could be many things, for instance the year 1815 or earlier, but records disagree", ["1815"],
          "unmatched"),

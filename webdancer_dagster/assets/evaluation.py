@@ -12,6 +12,7 @@ resumes where it stopped; a changed agent or judge setting (the run fingerprint)
 import base64
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ from webdancer_dagster.paths import DATA_DIR
 from webdancer_dagster.resources.llm import LLMEndpointResource
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.resources.web import WebEnvironment
+from webdancer_dagster.shared.judge import judge_answer
 from webdancer_dagster.warehouse import WarehouseStore, markdown_preview
 from webdancer_dagster.web.scope import LocalSites, WebScope
 from webdancer_dagster.web.search import SearchBackend
@@ -296,6 +298,7 @@ def benchmark_scores(
             context.log.info("%s: %s setting, %d runs to go", context.partition_key, setting, evaluation.pending)
             tools = _web_tools(setting, web, live, store)
             _answer_pending(evaluation, questions, model_policy, tools, summarizer.endpoint(), judge_endpoint, config)
+        evaluation.rejudge(partial(judge_answer, judge=judge_endpoint))
         search_backend = {"local_web": "local", "live_web": getattr(live, "name", "live"), "closed_book": "none"}
         result = evaluation.finish(
             search_backend=search_backend[setting],
@@ -324,6 +327,7 @@ def _scores_metadata(
         "questions": scores.questions,
         "runs_per_question": config.runs,
         "runs_resumed": evaluation.resumed,
+        "runs_rejudged": evaluation.rejudged,
         "pass_at_1": round(scores.pass_at_1, 4),
         f"pass_at_{config.runs}": round(scores.pass_at_k, 4),
         f"cons_at_{config.runs}": round(scores.cons_at_k, 4),

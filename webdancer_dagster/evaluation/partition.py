@@ -2,6 +2,8 @@
 
 Each finished run is appended to `eval_runs` before the next starts. Rows carry the fingerprint of the agent and
 judge settings that produced them: a changed setting drops the partition's old rows instead of mixing them in.
+A stored verdict the judge's current rules would give otherwise is judged again (`rejudge`), the answer kept: the
+rules get stricter over time, and a run judged by older rules must not count under the new ones.
 `finish` scores what is stored for the wanted questions and replaces the partition's row of `scores`. Two runs of
 one partition at once take turns (`PartitionEvaluation.locked`): the second resumes from what the first stored.
 """
@@ -12,7 +14,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,9 +24,12 @@ from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion
 from webdancer_dagster.evaluation.metrics import Scores, score_runs
 from webdancer_dagster.evaluation.settings import Setting
 from webdancer_dagster.llm.client import EndpointConfig
+from webdancer_dagster.shared.judge import Judgement, judge_by_rules
 from webdancer_dagster.warehouse import TableWrite, WarehouseStore
 
 RUNS_TABLE, SCORES_TABLE = "eval_runs", "scores"
+_DECIDED_BY_RULES = frozenset({"exact", "contains", "hedged"})
+Judge = Callable[[str, str, list[str]], Judgement]  # (question, answer, gold answers) -> judgement
 # How long a second run of a partition waits for the first to finish before it gives up, naming the holder.
 EVALUATION_LOCK_TIMEOUT_S = 3600.0
 
@@ -78,6 +83,7 @@ class PartitionEvaluation:
         stored = self._stored_runs()
         self.done = {(row.question_id, int(row.run)) for row in stored.itertuples()}
         self.resumed = len(self.done & self.wanted)
+        self.rejudged = 0
 
     @classmethod
     @contextmanager
@@ -103,7 +109,7 @@ class PartitionEvaluation:
         return (
             f"{self.labels['setting']}: Pass@1 {scores.pass_at_1:.3f} Pass@k {scores.pass_at_k:.3f} Cons@k "
             f"{scores.cons_at_k:.3f} over {scores.questions} questions ({self.resumed} runs resumed, {self.dropped} "
-            "dropped for changed settings)"
+            f"dropped for changed settings, {self.rejudged} judged again under the current rules)"
         )
 
     @property
@@ -119,6 +125,31 @@ class PartitionEvaluation:
             "setting": self.labels["setting"], "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         }])  # fmt: skip
         self.store.write_tables(appends={RUNS_TABLE: frame})
+
+    def rejudge(self, judge: Judge) -> int:
+        """Judge again, with `judge`, each stored run whose verdict the current rules would not give: one they now
+        decide otherwise, or one they decided before and now leave open. Returns how many were judged again."""
+        stored = self._stored_runs()
+        if stored.empty:
+            return 0
+        stale = [
+            index
+            for index, row in stored.iterrows()
+            if row["judge_method"] != "none"
+            and _rules_disagree(row["answer"], row["gold_answers"], row["judge_method"])
+        ]
+        for index in stale:
+            row = stored.loc[index]
+            judgement = judge(row["question"], row["answer"], json.loads(row["gold_answers"]))
+            stored.loc[index, ["correct", "judge_method", "judge_raw", "judge_flag", "judge_attempts"]] = [
+                judgement.correct, judgement.method, judgement.raw, judgement.flag, judgement.attempts,
+            ]  # fmt: skip
+        if stale:
+            self.store.write_tables(
+                partition=("partition", self.partition), partition_replacements={RUNS_TABLE: stored}
+            )
+        self.rejudged = len(stale)
+        return self.rejudged
 
     def finish(self, **columns: Any) -> PartitionScores:
         """Score the stored runs of the wanted questions and replace this partition's `scores` row (with `columns`)."""
@@ -150,3 +181,12 @@ class PartitionEvaluation:
             kept = stored[~stale]
             self.store.write_tables(partition=("partition", self.partition), partition_replacements={RUNS_TABLE: kept})
         return int(stale.sum())
+
+
+def _rules_disagree(answer: str, gold_answers: str, stored_method: str) -> bool:
+    """Whether the current rules judge `answer` otherwise than the stored method says (an `llm` or `unmatched`
+    verdict agrees with rules that still leave the answer open)."""
+    method = judge_by_rules(answer, json.loads(gold_answers))
+    if method in _DECIDED_BY_RULES:
+        return method != stored_method
+    return stored_method in _DECIDED_BY_RULES

@@ -8,8 +8,9 @@ said "Correct" to "1973" for "James K. Polk"), so rules decide whatever they can
   words 0-20 read as digits, so "three" = "3", and dates day first, so "May 24, 1900" = "24 May 1900");
 - `contains`: a gold answer occurs in the prediction as whole words ("He was James K. Polk." for "James K. Polk"),
   provided the prediction is not far longer than the gold answer;
-- `hedged`: a short prediction names several candidates ("1844 or 1845", "Paris; Lyon"); never credited, whatever
-  a judge might say, since a list that contains the answer is not the answer.
+- `hedged`: a short prediction names several candidates ("1844 or 1845", "Paris; Lyon", "Norman Walker and
+  Marguerite Allan" for one director); never credited, whatever a judge might say, since a list that contains the
+  answer is not the answer.
 
 A verbose reply is judged by the answer it states in bold in its first paragraph, WebDancer's convention ("The
 surname is **Adkins**.\n\nExplanation: ..."); a longer reply without one is left open.
@@ -66,8 +67,9 @@ _NUMBER_WORDS = {
     )
 }
 _NUMBER_WORD = re.compile(r"\b(" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
-# Alternatives joined by "or", "either ... or", a semicolon, a slash or a line break name several candidates.
-_ALTERNATIVES = re.compile(r"\S\s+or\s+\S|\beither\b|;|\s/\s|\w/\w|\n", re.IGNORECASE)
+# Alternatives joined by "or", "either ... or", "and", "&", a semicolon, a slash or a line break name several
+# candidates (unless a gold answer is itself joined so: "Simon and Garfunkel").
+_ALTERNATIVES = re.compile(r"\S\s+(?:or|and|&)\s+\S|\beither\b|;|\s/\s|\w/\w|\n", re.IGNORECASE)
 _YES_NO = frozenset({"yes", "no"})
 _MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
 _MONTH_FIRST_DATE = re.compile(rf"\b({_MONTHS}) (\d{{1,2}}),? (\d{{3,4}})\b", re.IGNORECASE)
@@ -111,7 +113,8 @@ def exact_match(predicted: str, gold_answers: Sequence[str]) -> bool:
 
 
 def names_several_candidates(predicted: str, gold_answers: Sequence[str]) -> bool:
-    """True when the prediction offers alternatives ("1844 or 1845") that no gold answer itself contains."""
+    """True when the prediction offers alternatives ("1844 or 1845", "Walker and Allan") that no gold answer itself
+    contains."""
     if not _ALTERNATIVES.search(predicted):
         return False
     return not any(_ALTERNATIVES.search(gold) for gold in gold_answers)
