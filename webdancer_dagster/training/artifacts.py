@@ -136,7 +136,8 @@ def plot_curves(
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(6, 3.5), dpi=100)
+    legend = len(series) > 1
+    figure = Figure(figsize=(9 if legend else 6, 3.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for key, label in series.items():
@@ -152,8 +153,8 @@ def plot_curves(
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    if len(series) > 1:
-        axes.legend()
+    if legend:  # beside the axes: inside them it hid the early steps of every curve
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
