@@ -27,9 +27,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first and pinned: anything looser pulls a multi-GB CUDA build.
   "$VENV/bin/pip" install -q torch==2.13.0
   # llama.cpp compiles for this CPU (-march=native) but without its AMX kernels: on a VM that reports AMX they crash
-  # (SIGSEGV in ggml_backend_amx_mul_mat on the first matmul), and AVX-512/AVX2 serve a small model well. No
-  # multimodal tools (mtmd): the project serves text models, and they are a third of the build. --no-cache-dir: a
-  # wheel built earlier without these flags is never reused.
+  # (SIGSEGV in ggml_backend_amx_mul_mat on the first matmul); AVX-512/AVX2 serve the model instead. No multimodal
+  # tools (mtmd): the project serves text models only. --no-cache-dir: a wheel built earlier without these flags is
+  # never reused.
   no_amx=""
   [ "$(uname -m)" = x86_64 ] && no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
   llama_pin="$(grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml)"
