@@ -10,7 +10,14 @@ import pytest
 from webdancer_dagster.agent.prompts import system_message, tool_response, user_message
 from webdancer_dagster.agent.trajectory import Trajectory
 from webdancer_dagster.llm.client import EndpointConfig, LLMEndpoint, ResponseCache, SamplingParams
-from webdancer_dagster.shared.judge import RETRY_SEPARATOR, exact_match, judge_answer, judge_by_rules, parse_verdict
+from webdancer_dagster.shared.judge import (
+    RETRY_SEPARATOR,
+    exact_match,
+    judge_answer,
+    judge_by_rules,
+    parse_verdict,
+    rules_judge_otherwise,
+)
 from webdancer_dagster.shared.qa import QAPair
 from webdancer_dagster.synthesis.funnel import check_correctness
 from webdancer_dagster.synthesis.reference import reference_trajectory
@@ -185,3 +192,20 @@ def test_the_funnel_and_the_rl_reward_count_a_verdict_still_unreadable_as_incorr
     with ScriptedLLMServer(["Hmm, hard to say.", "no idea"]) as server:
         reward = score_rollout(qa.question, qa.answers, trajectory, judge_endpoint(server))
     assert (reward.answer, reward.judge_method, reward.judge_flag) == (0.0, "llm", "unparsed")
+
+
+@pytest.mark.parametrize(
+    ("predicted", "stored_method", "otherwise"),
+    [
+        ("James K. Polk", "exact", False),  # the rules still say so
+        ("James K. Polk and Zachary Taylor", "contains", True),  # credited then, hedged now
+        ("1973", "llm", False),  # open then and now: the LLM judge's verdict stands
+        ("1973", "unmatched", False),
+        ("1973", "contains", True),  # decided then, open now
+        ("James K. Polk", "llm", True),  # open then, decided now
+    ],
+)
+def test_rules_judge_otherwise_only_when_the_current_rules_give_another_verdict(
+    predicted: str, stored_method: str, otherwise: bool
+) -> None:
+    assert rules_judge_otherwise(predicted, POLK, stored_method) is otherwise

@@ -24,11 +24,10 @@ from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion
 from webdancer_dagster.evaluation.metrics import Scores, score_runs
 from webdancer_dagster.evaluation.settings import Setting
 from webdancer_dagster.llm.client import EndpointConfig
-from webdancer_dagster.shared.judge import Judgement, judge_by_rules
+from webdancer_dagster.shared.judge import Judgement, rules_judge_otherwise
 from webdancer_dagster.warehouse import TableWrite, WarehouseStore
 
 RUNS_TABLE, SCORES_TABLE = "eval_runs", "scores"
-_DECIDED_BY_RULES = frozenset({"exact", "contains", "hedged"})
 Judge = Callable[[str, str, list[str]], Judgement]  # (question, answer, gold answers) -> judgement
 # How long a second run of a partition waits for the first to finish before it gives up, naming the holder.
 EVALUATION_LOCK_TIMEOUT_S = 3600.0
@@ -136,7 +135,7 @@ class PartitionEvaluation:
             index
             for index, row in stored.iterrows()
             if row["judge_method"] != "none"
-            and _rules_disagree(row["answer"], row["gold_answers"], row["judge_method"])
+            and rules_judge_otherwise(row["answer"], json.loads(row["gold_answers"]), row["judge_method"])
         ]
         for index in stale:
             row = stored.loc[index]
@@ -181,12 +180,3 @@ class PartitionEvaluation:
             kept = stored[~stale]
             self.store.write_tables(partition=("partition", self.partition), partition_replacements={RUNS_TABLE: kept})
         return int(stale.sum())
-
-
-def _rules_disagree(answer: str, gold_answers: str, stored_method: str) -> bool:
-    """Whether the current rules judge `answer` otherwise than the stored method says (an `llm` or `unmatched`
-    verdict agrees with rules that still leave the answer open)."""
-    method = judge_by_rules(answer, json.loads(gold_answers))
-    if method in _DECIDED_BY_RULES:
-        return method != stored_method
-    return stored_method in _DECIDED_BY_RULES

@@ -169,6 +169,16 @@ def judge_by_rules(predicted: str, gold_answers: Sequence[str]) -> RuleMethod:
     return "unmatched"
 
 
+def rules_judge_otherwise(predicted: str, gold_answers: Sequence[str], stored_method: str) -> bool:
+    """Whether the current rules judge `predicted` otherwise than a stored verdict's method says: they now decide it
+    differently, or they decided it then and leave it open now. An `llm` or `unmatched` verdict agrees with rules
+    that still leave the answer open."""
+    method = judge_by_rules(predicted, gold_answers)
+    if method != "unmatched":
+        return method != stored_method
+    return stored_method in ("exact", "contains", "hedged")
+
+
 def parse_verdict(reply: str) -> bool | None:
     """The first verdict word after any reasoning block; None when there is none."""
     match = _VERDICT.search(strip_reasoning(reply))
