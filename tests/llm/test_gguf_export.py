@@ -1,4 +1,5 @@
-"""A trained transformers folder exported to GGUF gives llama.cpp the same logits and greedy text as transformers."""
+"""A trained transformers folder exported to GGUF gives llama.cpp the same logits and greedy text as transformers,
+and is served for scoring with the resources asked for."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from webdancer_dagster.assets.evaluation import BenchmarkScoresConfig, resolve_policy
+from webdancer_dagster.assets.registries import REGISTRY
 from webdancer_dagster.llm.gguf_export import GGUFExportError, check_tokenizer_matches, export_gguf
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
+from webdancer_dagster.llm.server import ModelServerConfig, llama_cpp_command
+from webdancer_dagster.resources.llm import LLMEndpointResource, LocalModelServer
+from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.shared.hashing import folder_sha256
 from webdancer_dagster.testing.tiny_model import create_tiny_llama
 from webdancer_dagster.training.base_model import BaseModel
+from webdancer_dagster.warehouse import WarehouseStore
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -124,3 +132,46 @@ def test_non_llama_folders_are_refused_with_a_way_out(tmp_path: Path) -> None:
 
     with pytest.raises(GGUFExportError, match="vllm"):
         export_gguf(folder, "0" * 64, tmp_path / "gguf")
+
+
+def _policy_role() -> LLMEndpointResource:
+    return LLMEndpointResource(
+        role="policy", server=LocalModelServer(mode="llama_cpp", n_threads=1), warehouse=Warehouse()
+    )
+
+
+def _threads(server: ModelServerConfig) -> str:
+    command = llama_cpp_command(server, port=1)
+    assert command[command.index("--n_threads") + 1] == command[command.index("--n_threads_batch") + 1]
+    return command[command.index("--n_threads") + 1]
+
+
+@pytest.mark.parametrize(("server_threads", "expected"), [(None, "1"), (2, "2")])
+def test_a_checkpoint_scored_on_its_own_server_takes_the_threads_asked_for(
+    tiny_model: BaseModel, tmp_path: Path, server_threads: int | None, expected: str
+) -> None:
+    """benchmark_scores' `server_threads` sizes the checkpoint's server; left empty, the llm_server's threads."""
+    store = WarehouseStore(tmp_path / "home")
+    store.replace_table("sft_checkpoint", pd.DataFrame([{"path": str(tiny_model.path), "sha256": tiny_model.sha256}]))
+    config = BenchmarkScoresConfig(server_threads=server_threads)
+
+    policy = resolve_policy(REGISTRY.models["sft"], _policy_role(), store, config)
+
+    assert policy.server_config is not None and _threads(policy.server_config()) == expected
+
+
+def test_with_server_threads_the_base_model_gets_a_server_of_its_own_and_keeps_its_fingerprint(tmp_path: Path) -> None:
+    """The llm_server (1 thread) keeps the summarizer; the base model is served from the same GGUF with 2 threads,
+    under the model id and `served_by` its runs and cached replies are stored with."""
+    role = _policy_role()
+    policy = resolve_policy(
+        REGISTRY.models["base"], role, WarehouseStore(tmp_path / "home"), BenchmarkScoresConfig(server_threads=2)
+    )
+
+    assert policy.server_config is not None
+    served = policy.server_config()
+    shared = role.server.server_config()
+    assert _threads(served) == "2" and _threads(shared) == "1"
+    assert served.model_path == str(find_smollm2_gguf())
+    assert policy.config.model == shared.model_name
+    assert policy.config.served_by == shared.served_by()

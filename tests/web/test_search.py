@@ -195,6 +195,22 @@ def test_search_tool_joins_queries_with_the_separator():
     assert QUERY_SEPARATOR == "\n=======\n"
 
 
+def test_a_hit_an_earlier_query_listed_keeps_its_rank_but_not_its_snippet():
+    shared = SearchHit("Hall", "http://w.test/Hall", "G. Stanley Hall was the first president.")
+    backend = RecordingBackend(
+        {"a": [shared], "b": [SearchHit("APA", "http://w.test/APA", "The APA was founded in 1892."), shared]}
+    )
+    observation = search_tool(backend, ["a", "b"])
+    first, second = observation.split(QUERY_SEPARATOR)
+    assert first.endswith("1. [Hall](http://w.test/Hall)\n\nG. Stanley Hall was the first president.")
+    assert second == (
+        "A Google search for 'b' found 2 results:\n\n## Web Results\n"
+        "1. [APA](http://w.test/APA)\n\nThe APA was founded in 1892.\n\n"
+        "2. [Hall](http://w.test/Hall) (listed above)"
+    )
+    assert observation.count("first president") == 1
+
+
 @pytest.mark.parametrize("query", [[], [""], ["a", "b", "c", "d"]])
 def test_search_tool_rejects_bad_input_before_searching(query):
     backend = RecordingBackend({})

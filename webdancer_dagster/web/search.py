@@ -8,7 +8,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit
@@ -26,6 +26,7 @@ MAX_QUERIES = 3
 TOP_K = 10
 SNIPPET_CHARS = 200
 QUERY_SEPARATOR = "\n=======\n"
+LISTED_ABOVE = "(listed above)"
 INDEX_MANIFEST = "webdancer-index.json"
 DOC_COLUMNS = ("url", "title", "text", "site")
 TITLE_BOOST = 2.0
@@ -235,12 +236,17 @@ def normalise_queries(query: Sequence[str] | str) -> list[str]:
     return cleaned
 
 
-def format_results(query: str, hits: Sequence[SearchHit]) -> str:
-    """One query's observation, exactly as WebDancer's recorded Google search observations read."""
+def format_results(query: str, hits: Sequence[SearchHit], listed_above: Collection[str] = ()) -> str:
+    """One query's observation, as WebDancer's recorded Google search observations read. A hit whose URL an
+    earlier query of the same call listed keeps its rank, title and URL but not its snippet again: on the local
+    web a third of a 3-query call's hits repeat, and every repeated snippet is prompt the policy reads twice."""
     if not hits:
         return f"No results found for '{query}'. Try with a more general query."
     entries = []
     for number, hit in enumerate(hits, start=1):
+        if hit.url in listed_above:
+            entries.append(f"{number}. [{hit.title}]({hit.url}) {LISTED_ABOVE}")
+            continue
         date = f"\nDate published: {hit.date}" if hit.date else ""
         snippet = f"\n{hit.snippet}" if hit.snippet else ""
         entries.append(f"{number}. [{hit.title}]({hit.url}){date}\n{snippet}")
@@ -249,5 +255,10 @@ def format_results(query: str, hits: Sequence[SearchHit]) -> str:
 
 def search_tool(backend: SearchBackend, query: list[str] | str) -> str:
     """The ``search`` tool: run each query (top ``TOP_K``) and join the observations like WebDancer does."""
-    queries = normalise_queries(query)
-    return QUERY_SEPARATOR.join(format_results(q, backend.search(q, TOP_K)) for q in queries)
+    observations: list[str] = []
+    listed: set[str] = set()
+    for text in normalise_queries(query):
+        hits = backend.search(text, TOP_K)
+        observations.append(format_results(text, hits, listed))
+        listed.update(hit.url for hit in hits)
+    return QUERY_SEPARATOR.join(observations)
