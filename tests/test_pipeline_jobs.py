@@ -114,6 +114,8 @@ def test_every_profile_is_a_job_per_phase_with_its_config_and_tag():
             assert f"profiles/{path.stem}.yaml" in (job.description or "")
             expected = {op: cfg for op, cfg in (profile.get("ops") or {}).items() if op in job.graph.node_names()}
             assert _default_config(job).get("ops", {}) == expected
+            # A profile's resources (the learning profile's search setting) hold for every phase: the same web.
+            assert _default_config(job).get("resources", {}) == (profile.get("resources") or {})
 
 
 def _default_config(job: dg.JobDefinition) -> dict:
@@ -126,6 +128,34 @@ def _default_config(job: dg.JobDefinition) -> dict:
         assert all(config == configs[0] for config in configs)
         return dict(configs[0])
     return dict(job.run_config or {})
+
+
+class ToySearch(dg.ConfigurableResource):
+    results_per_query: int = 10
+
+
+@dg.asset(group_name="corpus")
+def toy_search_sample(toy_search: ToySearch) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"results_per_query": toy_search.results_per_query})
+
+
+@dg.asset(group_name="trajectories", deps=[toy_search_sample])
+def toy_rollouts(toy_search: ToySearch) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"results_per_query": toy_search.results_per_query})
+
+
+def test_a_profiles_resources_hold_in_every_phase(instance):
+    assets = [toy_search_sample, toy_rollouts]
+    toy = dg.Definitions(assets=assets, jobs=phase_jobs(assets, {}), resources={"toy_search": ToySearch()})
+
+    results = materialize_all(
+        toy, instance, run_config={"resources": {"toy_search": {"config": {"results_per_query": 5}}}}, benchmarks={}
+    )
+
+    assert [result.dagster_run.job_name for result in results] == ["crawl", "synthesize"]
+    [sampled] = results[0].asset_materializations_for_node("toy_search_sample")
+    [rolled_out] = results[1].asset_materializations_for_node("toy_rollouts")
+    assert sampled.metadata["results_per_query"].value == rolled_out.metadata["results_per_query"].value == 5
 
 
 def test_a_phase_job_holds_at_most_one_partitions_definition():

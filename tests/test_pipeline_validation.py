@@ -66,7 +66,12 @@ def test_a_wrong_type_is_reported_before_anything_runs(tmp_path, instance, isola
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("resources:\n  warehouse: {}\n", ":1: resources: unknown section"),
+        ("execution:\n  config: {}\n", ":1: execution: unknown section"),
+        ("resources:\n  webb: {}\n", ":2: resources.webb: no resource named 'webb' (did you mean 'web'?)"),
+        (
+            "resources:\n  web:\n    config:\n      search_results_per_qery: 5\n",
+            ":4: resources.web.config.search_results_per_qery: unknown field (did you mean 'search_results_per_query'",
+        ),
         ("ops:\n  rl_pool:\n    config: {}\n", ":2: ops.rl_pool: 'rl_pool' is an asset made by the op 'funnel'"),
         ("partitions:\n  nope: [a]\n", ":2: partitions.nope: no asset named 'nope'"),
         ("partitions:\n  web_sites: [a]\n", ":2: partitions.web_sites: asset 'web_sites' is not partitioned"),

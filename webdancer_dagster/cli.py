@@ -126,6 +126,7 @@ def ui(
 @app.command()
 def search(
     queries: Annotated[list[str], typer.Argument(help="One to three queries.")],
+    results: Annotated[int, typer.Option(min=1, help="Results a query (WebDancer's search returns 10).")] = 10,
     home: HomeOption = None,
 ) -> None:
     """Search the crawled local web exactly as the agent's `search` tool does."""
@@ -138,7 +139,7 @@ def search(
         console.print(f"[red]no search index at {index_dir}[/red]; run `webdancer materialize` first")
         raise typer.Exit(1)
     try:
-        console.print(search_tool(LocalSearch(index_dir), list(queries)), markup=False, highlight=False)
+        console.print(search_tool(LocalSearch(index_dir), list(queries), results), markup=False, highlight=False)
     except ToolInputError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from error
@@ -319,6 +320,9 @@ def ask(
     max_tokens: Annotated[int, typer.Option(help="Tokens per assistant turn.")] = 512,
     n_ctx: Annotated[int, typer.Option(help="The model's context window in tokens.")] = 8192,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of the agent's turns.")] = 0.6,
+    search_results: Annotated[
+        int, typer.Option(min=1, help="Results a query of the agent's `search` (the web resource's setting).")
+    ] = 10,
     timeout: Annotated[float, typer.Option(help="Seconds one model request waits for an answer per try.")] = 120.0,
     deadline: Annotated[
         float, typer.Option(help="Seconds one model request may take in all, its retries included.")
@@ -400,7 +404,7 @@ def ask(
         scope = WebScope.every_local_site(LocalSites.of_home(store), web.proxy_url)
         agent = build_web_agent(
             policy, summarizer, LocalSearch(index_dir), scope, token_counter,
-            n_ctx=n_ctx, max_llm_calls=max_llm_calls, cot_mode=cot,
+            n_ctx=n_ctx, max_llm_calls=max_llm_calls, cot_mode=cot, search_results_per_query=search_results,
         )  # fmt: skip
         out.print(f"[bold]Question:[/bold] {question}  [dim]({server.model} at {server.base_url})[/dim]")
         try:

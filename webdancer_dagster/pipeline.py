@@ -17,7 +17,7 @@ from typing import Any
 
 import dagster as dg
 
-from webdancer_dagster.assets.jobs import PHASES, PROFILE_TAG, phase_of_group, profile_job_name
+from webdancer_dagster.assets.jobs import PHASES, PROFILE_TAG, phase_of_group, profile_config, profile_job_name
 from webdancer_dagster.concurrency import DAGSTER_YAML, EARLIER_DAGSTER_YAMLS
 from webdancer_dagster.config_files import ConfigFileError, Location, YamlDocument, dotted, read_yaml
 from webdancer_dagster.evaluation.benchmarks import BenchmarkSource, check_benchmark_files
@@ -27,9 +27,11 @@ from webdancer_dagster.paths import DATA_DIR
 log = logging.getLogger(__name__)
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
-# What a profile may hold; Dagster's other run-config sections (resources, execution, loggers) are not applied.
+# What a profile may hold; Dagster's other run-config sections (execution, loggers) are not applied.
 PROFILE_SECTIONS = {
     "ops": "Dagster run config of each asset's op: `ops: {crawl_pages: {config: {max_pages: 200}}}`",
+    "resources": "Dagster run config of a resource, for every run of the profile: "
+    "`resources: {web: {config: {search_results_per_query: 5}}}`",
     "partitions": "which partitions of an asset the profile runs: `partitions: {crawl_pages: [python-docs]}`",
 }
 
@@ -100,8 +102,8 @@ def validate_profile(
 
     Checked: the sections; every op named under `ops:` exists (Dagster's asset-job config accepts unknown op names,
     so a misspelt one would otherwise be ignored); every op's config against its schema (unknown fields, wrong
-    types), all at once rather than when that asset's level runs; every asset, dimension and key under
-    `partitions:`; every `selection` name.
+    types), all at once rather than when that asset's level runs; the `resources:` config against the resources'
+    schemas; every asset, dimension and key under `partitions:`; every `selection` name.
     """
     problems = _section_problems(run_config)
     job = defs.resolve_implicit_global_asset_job_def()
@@ -111,7 +113,19 @@ def validate_profile(
         op_names = set(job.graph.node_names())
         known = {name: config for name, config in ops.items() if name in op_names}
         problems += [(("ops", name), _unknown_op(defs, name, op_names)) for name in ops if name not in op_names]
-        problems += _config_problems(job, known)
+        problems += _config_problems(job, {"ops": known})
+    resources = run_config.get("resources") or {}
+    if isinstance(resources, Mapping) and resources:
+        names = sorted(defs.resources or {})
+        unknown = [name for name in resources if name not in names]
+        problems += [
+            (
+                ("resources", name),
+                f"no resource named {name!r}{_did_you_mean(name, names)}; resources: {', '.join(names)}",
+            )
+            for name in unknown
+        ]
+        problems += _config_problems(job, {"resources": {k: v for k, v in resources.items() if k not in unknown}})
     partitions = run_config.get("partitions") or {}
     if isinstance(partitions, Mapping):
         asset_names = sorted(key.to_user_string() for key in graph.get_all_asset_keys())
@@ -143,12 +157,6 @@ def ensure_dagster_home(dagster_home: Path) -> Path:
     if not config.exists() or config.read_text() in EARLIER_DAGSTER_YAMLS:
         write_text_atomic(config, DAGSTER_YAML)
     return dagster_home
-
-
-def _config_for(run_config: Mapping[str, Any], op_names: set[str]) -> dict[str, Any]:
-    """The profile's config for the ops in one run (a multi-asset's op is named after its function)."""
-    ops = {name: cfg for name, cfg in (run_config.get("ops") or {}).items() if name in op_names}
-    return {"ops": ops} if ops else {}
 
 
 def partition_keys(partitions_def: dg.PartitionsDefinition, wanted: Any = None) -> list[str]:
@@ -269,7 +277,7 @@ def _execute(
     defs: dg.Definitions, instance: dg.DagsterInstance, planned: PlannedRun, run_config: Mapping[str, Any]
 ) -> dg.ExecuteInProcessResult:
     op_names = {defs.get_assets_def(key).node_def.name for key in planned.keys}
-    config = _config_for(run_config, op_names)
+    config = profile_config(run_config, op_names)  # a multi-asset's op is named after its function
     if planned.job is None:
         return dg.materialize(
             assets=[a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)] + list(defs.asset_checks or []),
@@ -340,10 +348,10 @@ def _unknown_op(defs: dg.Definitions, name: str, op_names: set[str]) -> str:
     return f"no op named {name!r}{_did_you_mean(name, sorted(op_names))}; it would be ignored"
 
 
-def _config_problems(job: dg.JobDefinition, ops: Mapping[str, Any]) -> list[tuple[Location, str]]:
-    """Every way `ops` breaks the job's config schema (Dagster reports them all at once)."""
+def _config_problems(job: dg.JobDefinition, run_config: Mapping[str, Any]) -> list[tuple[Location, str]]:
+    """Every way `run_config` (ops or resources) breaks the job's config schema (Dagster reports them all at once)."""
     try:
-        dg.validate_run_config(job, {"ops": dict(ops)})
+        dg.validate_run_config(job, dict(run_config))
     except dg.DagsterInvalidConfigError as invalid:
         return [problem for error in invalid.errors for problem in _describe_config_error(job, error)]
     return []

@@ -7,8 +7,9 @@ import time
 
 import pytest
 from held_requests import hold_until_together
-from scripted_turns import HOST, TEST_DATE, Script, answer, page_url, tool_call
+from scripted_turns import HOST, TEST_DATE, Script, answer, endpoint_config, page_url, tool_call
 
+from webdancer_dagster.agent.factory import build_web_agent
 from webdancer_dagster.agent.loop import run_agents
 from webdancer_dagster.agent.prompts import (
     FORCED_ANSWER_PROMPT,
@@ -19,9 +20,11 @@ from webdancer_dagster.agent.prompts import (
 )
 from webdancer_dagster.agent.trajectory import Trajectory
 from webdancer_dagster.agent.validity import check_format
-from webdancer_dagster.llm.client import LLMEndpointError
+from webdancer_dagster.llm.client import LLMEndpoint, LLMEndpointError
 from webdancer_dagster.llm.server import free_port
 from webdancer_dagster.testing.scripted_llm import ScriptedReply
+from webdancer_dagster.web.scope import WebScope
+from webdancer_dagster.web.search import LocalSearch, search_tool
 
 QUESTION = "When was Ada Lovelace born?"
 GOAL = "Ada Lovelace's date of birth"
@@ -405,3 +408,24 @@ def test_run_agents_raises_the_endpoint_error(make_agent):
     dead = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(LLMEndpointError, match=dead):
         run_agents(make_agent(dead), ["a", "b", "c"])
+
+
+def test_the_agent_prompts_and_searches_with_the_results_a_query_it_was_built_with(scripted, tiny_web, tokenizer):
+    # "Analytical Engine" is on all three pages of the tiny web: WebDancer's 10 results a query would list three.
+    assert search_tool(LocalSearch(tiny_web.index_dir), ["Analytical Engine"]).count("](http") == 3
+    script = Script([tool_call("search", {"query": ["Analytical Engine"]}), ANSWER])
+    server = scripted(script)
+    policy = LLMEndpoint(endpoint_config(server.base_url))
+    agent = build_web_agent(
+        policy, policy, LocalSearch(tiny_web.index_dir), WebScope(tiny_web.policy(), frozenset()), tokenizer,
+        n_ctx=8192, max_llm_calls=3, current_date=TEST_DATE, search_results_per_query=2,
+    )  # fmt: skip
+
+    trajectory = agent.run(QUESTION)
+
+    assert trajectory.termination == "answer" and check_format(trajectory).valid
+    sent = script.policy_requests[0]["messages"][1]["content"]
+    assert sent == trajectory.messages[1].content == user_message(QUESTION, 2)
+    assert "the tool retrieves the top 2 results for each query" in sent
+    search_obs = observation(trajectory, 0)
+    assert "found 2 results" in search_obs and search_obs.count("](http") == 2

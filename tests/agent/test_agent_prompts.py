@@ -6,11 +6,13 @@ import json
 import pytest
 
 from webdancer_dagster.agent.prompts import SYSTEM_PROMPT, USER_PROMPT, system_message, tool_response, user_message
+from webdancer_dagster.agent.search import SearchTool
 from webdancer_dagster.agent.tools import (
     SEARCH_DESCRIPTION,
     SEARCH_PARAMETERS,
     VISIT_DESCRIPTION,
     VISIT_PARAMETERS,
+    search_description,
 )
 from webdancer_dagster.paths import DATA_DIR
 
@@ -65,3 +67,17 @@ def test_observations_are_laid_out_as_in_the_samples(samples):
 
 def test_date_line_accepts_a_string():
     assert system_message("2025-07-18").endswith("\nCurrent date: 2025-07-18")
+
+
+def test_a_search_tool_with_another_number_of_results_is_described_with_it():
+    five = user_message("Who?", 5)
+    assert user_message("Who?", 10) == user_message("Who?") == USER_PROMPT + "Who?"
+    assert five != user_message("Who?")
+    assert five.replace("the top 5 results", "the top 10 results") == user_message("Who?")
+    tools_json = five.split("<tools>\n", 1)[1].split("\n</tools>", 1)[0]
+    declared = {tool["name"]: tool for tool in json.loads(f"[{tools_json}]")}
+    tool = SearchTool(backend=None, results_per_query=5)  # type: ignore[arg-type]
+    assert declared["search"]["description"] == search_description(5) == tool.description
+    assert "the top 5 results for each query" in tool.description
+    with pytest.raises(ValueError, match="at least 1"):
+        SearchTool(backend=None, results_per_query=0)  # type: ignore[arg-type]

@@ -8,7 +8,9 @@ import pytest
 from corpus_helpers import run_config
 from scripted_roles import scripted_resources
 
+from webdancer_dagster.agent.prompts import user_message
 from webdancer_dagster.assets import corpus, evaluation, registries
+from webdancer_dagster.resources.web import WebEnvironment
 from webdancer_dagster.shared.judge import RETRY_SEPARATOR
 from webdancer_dagster.shared.qa import QAPair, qa_pairs_frame
 from webdancer_dagster.shared.split import monitor_pairs
@@ -124,6 +126,16 @@ def test_benchmark_scores_materialize_and_resume(small_web, isolated_home, scrip
     meta, requests = score(1, max_llm_calls=3)
     assert len(requests) == 6 and meta["runs_resumed"].value == 0 and meta["pass_at_1"].value == 1.0
     assert len(store.read_table("eval_runs")) == 3 and len(store.read_table("scores")) == 1
+    assert meta["search_results_per_query"].value == 10
+
+    # So is another search setting: the agent is told, and shown, 2 results a query.
+    res["web"] = WebEnvironment(warehouse=res["warehouse"], search_results_per_query=2)
+    meta, requests = score(1, max_llm_calls=3)
+    assert len(requests) == 6 and meta["runs_resumed"].value == 0 and meta["search_results_per_query"].value == 2
+    assert all(r["messages"][1]["content"] == user_message(QUESTIONS[0]["question"], 2) for r in requests)
+    observations = [r["messages"][-1]["content"] for r in requests if len(r["messages"]) > 2]
+    assert len(observations) == 3 and all("found 2 results" in o and o.count("](http") == 2 for o in observations)
+    assert store.read_table("scores").loc[0, "search_results_per_query"] == 2
 
 
 # Synthesized pairs the scripted policy answers right (it answers HALL to every "pioneering" question).

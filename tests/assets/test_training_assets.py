@@ -11,6 +11,7 @@ import pytest
 from scripted_roles import scripted_resources
 
 from webdancer_dagster.assets.training import (
+    ENVIRONMENT_FILE,
     base_model,
     rl_checkpoint,
     rl_checkpoint_every_step_trained,
@@ -292,6 +293,9 @@ def test_rl_checkpoint_runs_dapo_on_the_rl_pool_and_records_its_dynamic_sampling
     assert reused["reused"].value is True and reused["checkpoint_sha256"].value == metadata["checkpoint_sha256"].value
     launches = list((Path(recorded["path"]).parent / "logs").glob("torchrun-*"))
     assert len(launches) == 1, "the second materialization trained again"
+    # The rollouts search as the web resource says, as evaluation and the teacher do.
+    environment = json.loads((Path(recorded["path"]).parent / ENVIRONMENT_FILE).read_text())
+    assert environment["search_results_per_query"] == metadata["search_results_per_query"].value == 10
 
 
 def test_rl_checkpoint_trains_only_on_the_pool_sources_asked_for(isolated_home: Path, tiny_model: BaseModel) -> None:

@@ -352,6 +352,23 @@ def test_at_most_top_k_hits(tmp_path):
     assert "\n10. [" in observation and "\n11. [" not in observation
 
 
+def test_the_search_tool_returns_the_results_a_query_it_is_set_to(tmp_path):
+    frame = docs_frame(
+        [(f"http://wiki.webdancer.test/{i}.html", f"Page {i}", f"common word number {i}", "wiki") for i in range(25)]
+    )
+    build_search_index(frame, tmp_path / "index")
+    search = LocalSearch(tmp_path / "index")
+    observation = search_tool(search, ["common", "word"], results_per_query=4)
+    first, second = observation.split(QUERY_SEPARATOR)
+    assert first.startswith("A Google search for 'common' found 4 results:")
+    assert "\n4. [" in first and "\n5. [" not in first
+    # The second query finds the same pages: listed again by rank, each without its snippet.
+    assert second.startswith("A Google search for 'word' found 4 results:")
+    assert second.count("(listed above)") == 4 and "\n5. [" not in second
+    with pytest.raises(ValueError, match="results_per_query must be at least 1"):
+        search_tool(search, ["common"], results_per_query=0)
+
+
 def test_search_tool_over_local_index_matches_webdancer_format(local):
     observation = search_tool(local, ["Marie Curie", "epsom horse race", "zzqxv"])
     parts = observation.split(QUERY_SEPARATOR)

@@ -14,7 +14,7 @@ from webdancer_dagster.agent.trajectory import CotMode
 from webdancer_dagster.agent.visit import VisitTool
 from webdancer_dagster.llm.client import ChatModel, LLMEndpoint
 from webdancer_dagster.web.scope import WebScope
-from webdancer_dagster.web.search import SearchBackend
+from webdancer_dagster.web.search import TOP_K, SearchBackend
 
 if TYPE_CHECKING:  # transformers loads in seconds: not when the definitions load
     from transformers import PreTrainedTokenizerBase
@@ -37,16 +37,18 @@ def build_web_agent(
     constrained: bool = False,
     turn_limits: TurnLimits | None = None,
     seed: int | None = None,
+    search_results_per_query: int = TOP_K,
 ) -> ReactAgent:
     """A ReAct agent with WebDancer's `search` (over `search`, less the scope's blocked hosts) and `visit` (the
     scope's hosts) tools whose prompts always fit in `n_ctx` tokens.
 
     `constrained` samples every turn under the turn grammar (a short-CoT teacher on llama.cpp or vLLM); `seed` makes
-    every request's sample reproducible (DAPO rollouts)."""
+    every request's sample reproducible (DAPO rollouts); `search_results_per_query` is what `search` returns a query
+    and what the prompt says it returns."""
     max_tokens = policy.config.sampling.max_tokens
     return ReactAgent(
         policy,
-        tool_map(SearchTool(scope.search(search)), VisitTool(summarizer, scope.fetch)),
+        tool_map(SearchTool(scope.search(search), search_results_per_query), VisitTool(summarizer, scope.fetch)),
         tokenizer,
         AgentConfig(
             max_llm_calls=max_llm_calls,
@@ -56,5 +58,6 @@ def build_web_agent(
             **({"current_date": current_date} if current_date is not None else {}),
             **({"turn_limits": turn_limits} if turn_limits is not None else {}),
             seed=seed,
+            search_results_per_query=search_results_per_query,
         ),
     )

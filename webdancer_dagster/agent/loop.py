@@ -28,6 +28,7 @@ from webdancer_dagster.agent.tools import Tool, ToolOutput
 from webdancer_dagster.agent.trajectory import ChatMessage, CotMode, Step, Termination, Trajectory
 from webdancer_dagster.llm.client import ChatModel, ChatResult
 from webdancer_dagster.web.errors import FetchError, ToolInputError
+from webdancer_dagster.web.search import TOP_K
 
 if TYPE_CHECKING:  # importing transformers takes seconds; the agent only calls the tokenizer it is given
     from transformers import PreTrainedTokenizerBase
@@ -59,6 +60,9 @@ class AgentConfig(BaseModel):
         "the teacher in rejection sampling, never evaluation",
     )
     turn_limits: TurnLimits = Field(default_factory=TurnLimits, description="length bounds of constrained turns")
+    search_results_per_query: int = Field(
+        TOP_K, ge=1, description="hits the search tool returns a query, as the prompt tells the model (WebDancer: 10)"
+    )
     seed: int | None = Field(
         None, description="sampling seed of every request (request seed = seed + sample_index); None: the endpoint's"
     )
@@ -158,7 +162,7 @@ class _Run:
         self.on_step = on_step
         self.messages: list[dict[str, str]] = [
             {"role": "system", "content": system_message(agent.config.current_date)},
-            {"role": "user", "content": user_message(question)},
+            {"role": "user", "content": user_message(question, agent.config.search_results_per_query)},
         ]
         self.steps: list[Step] = []
         self.results: list[ChatResult] = []

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+from webdancer_dagster.agent.tools import SEARCH_DESCRIPTION, search_description
+from webdancer_dagster.web.search import TOP_K
+
 # Message 0 of every sample trajectory, without its trailing "\nCurrent date: YYYY-MM-DD" line.
 SYSTEM_PROMPT = """You are a Web Information Seeking Master. Your task is to thoroughly seek the internet for information and provide accurate answers to questions. No matter how complex the query, you will not give up until you find the corresponding information.
 
@@ -142,9 +145,13 @@ def system_message(current_date: dt.date | str) -> str:
     return f"{SYSTEM_PROMPT}\nCurrent date: {date_text}"
 
 
-def user_message(question: str) -> str:
-    """The ReAct user prompt followed by the question, exactly as in the sample trajectories."""
-    return USER_PROMPT + question.strip()
+def user_message(question: str, results_per_query: int = TOP_K) -> str:
+    """The ReAct user prompt followed by the question, exactly as in the sample trajectories; a search tool that
+    returns another number of results a query than WebDancer's 10 is described with that number."""
+    prompt = USER_PROMPT
+    if results_per_query != TOP_K:
+        prompt = prompt.replace(SEARCH_DESCRIPTION, search_description(results_per_query), 1)
+    return prompt + question.strip()
 
 
 def tool_response(observation: str) -> str:

@@ -5,19 +5,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from webdancer_dagster.agent.tools import SEARCH_DESCRIPTION, SEARCH_PARAMETERS, ToolOutput
-from webdancer_dagster.web.search import SearchBackend, search_tool
+from webdancer_dagster.agent.tools import SEARCH_PARAMETERS, ToolOutput, search_description
+from webdancer_dagster.web.search import TOP_K, SearchBackend, search_tool
 
 
 class SearchTool:
-    """`search(query: list[str])`: up to 3 queries, top 10 hits each, formatted as WebDancer's observations."""
+    """`search(query: list[str])`: up to 3 queries, the top `results_per_query` hits of each (WebDancer's 10),
+    formatted as WebDancer's observations."""
 
     name = "search"
-    description = SEARCH_DESCRIPTION
     parameters: Mapping[str, Any] = SEARCH_PARAMETERS
 
-    def __init__(self, backend: SearchBackend) -> None:
+    def __init__(self, backend: SearchBackend, results_per_query: int = TOP_K) -> None:
+        if results_per_query < 1:
+            raise ValueError(f"results_per_query must be at least 1, got {results_per_query}")
         self.backend = backend
+        self.results_per_query = results_per_query
+        self.description = search_description(results_per_query)
 
     def call(self, arguments: Mapping[str, Any]) -> ToolOutput:
-        return ToolOutput(search_tool(self.backend, arguments["query"]))
+        return ToolOutput(search_tool(self.backend, arguments["query"], self.results_per_query))

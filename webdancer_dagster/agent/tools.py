@@ -17,6 +17,8 @@ SEARCH_DESCRIPTION = (
     "Performs batched web searches: supply an array 'query'; the tool retrieves the top 10 results for each "
     "query in one call."
 )
+_TOP_RESULTS = "the top {} results for each query"
+
 SEARCH_PARAMETERS: Mapping[str, Any] = {
     "type": "object",
     "properties": {
@@ -46,6 +48,12 @@ ToolSchemas = Mapping[str, Mapping[str, Any]]
 # The tools WebDancer's ReAct prompt declares, with the argument names the recorded calls use: what the funnel and
 # the reference loader check trajectories against when no live tools exist.
 WEBDANCER_TOOL_SCHEMAS: ToolSchemas = {"search": SEARCH_PARAMETERS, "visit": VISIT_PARAMETERS}
+
+
+def search_description(results_per_query: int) -> str:
+    """WebDancer's description of `search` for a tool that returns `results_per_query` hits a query, not 10: the
+    prompt must not promise results the observation does not hold."""
+    return SEARCH_DESCRIPTION.replace(_TOP_RESULTS.format(10), _TOP_RESULTS.format(results_per_query), 1)
 
 
 @dataclasses.dataclass(frozen=True)

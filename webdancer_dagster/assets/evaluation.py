@@ -232,40 +232,44 @@ def _own_base_server(
     return _Policy(budgeted(endpoint), tokenizer, server=lambda: server)
 
 
-def _agent_settings(config: BenchmarkScoresConfig) -> dict[str, object]:
+def _agent_settings(config: BenchmarkScoresConfig, web: WebEnvironment) -> dict[str, object]:
     """The agent settings a run's fingerprint covers (besides the endpoints and the setting)."""
-    return {key: getattr(config, key) for key in ("max_llm_calls", "n_ctx", "cot_mode", "tokenizer")}
+    settings = {key: getattr(config, key) for key in ("max_llm_calls", "n_ctx", "cot_mode", "tokenizer")}
+    return {**settings, "search_results_per_query": web.search_results_per_query}
 
 
 @contextmanager
 def _web_tools(
     setting: Setting, web: WebEnvironment, live: SearchBackend | None, store: WarehouseStore
-) -> Iterator[tuple[SearchBackend, WebScope]]:
-    """Search and the reachable hosts of the setting: every local site behind its proxy, the live web, or nothing."""
+) -> Iterator[tuple[SearchBackend, WebScope, int]]:
+    """Search, the reachable hosts of the setting (every local site behind its proxy, the live web, or nothing) and
+    the results a query search returns."""
+    results = web.search_results_per_query
     if setting == "local_web":
         with web.serve() as proxy_url:
-            yield web.local_search(), WebScope.every_local_site(LocalSites.of_home(store), proxy_url)
+            yield web.local_search(), WebScope.every_local_site(LocalSites.of_home(store), proxy_url), results
     elif setting == "live_web" and live is not None:
-        yield live, WebScope.live(frozenset(web.private_network_hosts))
+        yield live, WebScope.live(frozenset(web.private_network_hosts)), results
     else:
-        yield ClosedBookSearch(), WebScope.closed_book()
+        yield ClosedBookSearch(), WebScope.closed_book(), results
 
 
 def _answer_pending(
     evaluation: PartitionEvaluation,
     questions: list[BenchmarkQuestion],
     model_policy: _Policy,
-    tools: AbstractContextManager[tuple[SearchBackend, WebScope]],
+    tools: AbstractContextManager[tuple[SearchBackend, WebScope, int]],
     summarizer: LLMEndpoint,
     judge: LLMEndpoint | None,
     config: BenchmarkScoresConfig,
 ) -> None:
     """Run the agent on every (question, run) not stored yet; each row is stored the moment it is judged."""
     tokenizer = load_tokenizer(model_policy.tokenizer, str(evaluation.store.home / "tokenizers"))
-    with tools as (search, scope), model_policy.endpoint() as policy_endpoint:
+    with tools as (search, scope, results_per_query), model_policy.endpoint() as policy_endpoint:
         agent = build_web_agent(
             policy_endpoint, summarizer, search, scope, tokenizer,
             n_ctx=config.n_ctx, max_llm_calls=config.max_llm_calls, cot_mode=config.cot_mode,
+            search_results_per_query=results_per_query,
         )  # fmt: skip
         evaluate(
             questions,
@@ -315,7 +319,7 @@ def benchmark_scores(
     setting = benchmark_setting(REGISTRY.benchmarks[benchmark], live is not None)
     judge_endpoint = judge.judge_endpoint()
     judge_config = judge_endpoint.config if judge_endpoint is not None else None
-    fingerprint = run_fingerprint(_agent_settings(config), model_policy.config, judge_config, setting)
+    fingerprint = run_fingerprint(_agent_settings(config, web), model_policy.config, judge_config, setting)
     labels = {"model": model, "benchmark": benchmark, "setting": setting, "policy": model_policy.name}
     with PartitionEvaluation.locked(
         store, context.partition_key, fingerprint, questions, config.runs, {**labels, "judge": judge.judge_name()}
@@ -330,6 +334,7 @@ def benchmark_scores(
             search_backend=search_backend[setting],
             max_turn_tokens=model_policy.max_turn_tokens,
             trained_turn_tokens_p95=model_policy.trained_turn_tokens_p95,
+            search_results_per_query=web.search_results_per_query,
         )
     context.log.info("%s: %s", context.partition_key, evaluation.summary(result.scores))
     return dg.MaterializeResult(metadata=_scores_metadata(result, evaluation, model_policy, judge, store, config))
@@ -368,6 +373,7 @@ def _scores_metadata(
         "terminations": dg.MetadataValue.json(scores.terminations),
         "setting": labels["setting"],
         "max_turn_tokens": model_policy.max_turn_tokens,
+        "search_results_per_query": int(result.row["search_results_per_query"]),
         "policy": labels["policy"],
         "judge": labels["judge"],
         "search_backend": result.row["search_backend"],

@@ -50,10 +50,12 @@ def phase_selection(phase: str) -> dg.AssetSelection:
 
 
 def profile_config(profile: Mapping[str, Any], op_names: Iterable[str]) -> dict[str, Any]:
-    """A profile's run config for the ops in one job (a profile's `partitions:` section is not run config)."""
+    """A profile's run config for the ops in one job or run, and for the resources: the same environment for every
+    run of the profile (a profile's `partitions:` section is not run config)."""
     names = set(op_names)
     ops = {name: config for name, config in (profile.get("ops") or {}).items() if name in names}
-    return {"ops": ops} if ops else {}
+    resources = dict(profile.get("resources") or {})
+    return {key: value for key, value in (("ops", ops), ("resources", resources)) if value}
 
 
 def phase_jobs(

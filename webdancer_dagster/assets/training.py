@@ -332,7 +332,7 @@ def rl_checkpoint(
     start_table = SFT_CHECKPOINT_TABLE if config.start_from == "sft" else BASE_MODEL_TABLE
     start = _read_rows(store, start_table, f"materialize {start_table} first, or set start_from").iloc[0]
     hparams = config.hyperparameters()
-    settings = {**hparams.to_dict(), "judge": judge.judge_name(), "search_index": folder_sha256(web.local_index_dir())}
+    settings = _rl_run_settings(hparams, judge, web)
     trained_p95 = _trained_turn_budget(context, start, start_table, hparams)
     run = prepare_run(rl_jsonl(records), len(records), start["sha256"], settings, store.artifact_dir("rl_checkpoint"))
     launch = partial(_launch_dapo, context, run, start["path"], hparams, store, web, judge, summarizer, torchrun)
@@ -346,12 +346,23 @@ def rl_checkpoint(
         "start_from": config.start_from,
         "judge": settings["judge"],
         "max_turn_tokens": hparams.max_turn_tokens,
+        "search_results_per_query": settings["search_results_per_query"],
         "trained_turn_tokens_p95": trained_p95 if trained_p95 is not None else dg.MetadataValue.null(),
         "hyperparameters": dg.MetadataValue.json(hparams.to_dict()),
         "upstream_content_hashes": dg.MetadataValue.json(upstream),
     }
     metadata = {**_rl_metadata(record, run), **settings_metadata, "reused": reused}
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(record["checkpoint_sha256"]))
+
+
+def _rl_run_settings(hparams: DAPOHyperparameters, judge: LLMEndpointResource, web: WebEnvironment) -> dict[str, Any]:
+    """Everything besides the data and the start model that makes one DAPO run differ from another: its run key."""
+    return {
+        **hparams.to_dict(),
+        "judge": judge.judge_name(),
+        "search_index": folder_sha256(web.local_index_dir()),
+        "search_results_per_query": web.search_results_per_query,
+    }
 
 
 def _trained_turn_budget(
@@ -399,6 +410,7 @@ def _launch_dapo(
             search_index=str(web.local_index_dir()),
             judge=judge.endpoint_config() if judge.capable_judge else None,
             summarizer=summarizer.endpoint_config(),
+            search_results_per_query=web.search_results_per_query,
         )
         environment_file = run.output_dir / ENVIRONMENT_FILE
         write_text_atomic(environment_file, environment.model_dump_json(indent=1))

@@ -130,7 +130,7 @@ def trajectories(
             **_trajectories_metadata(frame, attempts, reference, len(pairs), writes["trajectories"]),
             "monitor_pairs_skipped": monitored,
             "judge": judge.judge_name(),
-            "teacher": f"{teacher.role} ({config.cot_mode} CoT)",
+            "teacher": f"{teacher.role} ({config.cot_mode} CoT, {web.search_results_per_query} results a search)",
             "teacher_usage": dg.MetadataValue.json(teacher.usage_metadata()),
             "judge_usage": dg.MetadataValue.json(judge.usage_metadata()),
             "summarizer_usage": dg.MetadataValue.json(summarizer.usage_metadata()),
@@ -180,6 +180,7 @@ def _sample(
             cot_mode=config.cot_mode,  # type: ignore[arg-type]
             constrained=constrained,
             turn_limits=TurnLimits(max_thought_chars=config.max_thought_chars),
+            search_results_per_query=web.search_results_per_query,
         )
         return rejection_sample(
             pairs,

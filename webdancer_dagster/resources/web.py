@@ -12,7 +12,7 @@ from pydantic import Field
 
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.warehouse import WarehouseStore
-from webdancer_dagster.web.search import LocalSearch, SearchBackend, SerperSearch
+from webdancer_dagster.web.search import MAX_RESULTS_PER_QUERY, TOP_K, LocalSearch, SearchBackend, SerperSearch
 from webdancer_dagster.web.server import SiteServer
 
 SEARCH_INDEX_DIR = "search_index"
@@ -46,6 +46,15 @@ class WebEnvironment(dg.ConfigurableResource):
         "environment variable holds a key, and runs closed-book otherwise (the key is read, never stored).",
     )
     serper_base_url: str = Field(default="https://google.serper.dev", description="Serper-compatible API URL.")
+    search_results_per_query: int = Field(
+        default=TOP_K,
+        ge=1,
+        le=MAX_RESULTS_PER_QUERY,
+        description="Hits the agent's `search` returns a query, and the prompt says it returns, wherever the agent "
+        "runs (teacher trajectories, DAPO rollouts, scoring). WebDancer's 10 by default; fewer make every search "
+        "observation shorter (the learning profile takes 5 to fit 2 CPU cores). Released trajectories stay as "
+        "recorded.",
+    )
     private_network_hosts: list[str] = Field(
         default_factory=list,
         description="Hosts the live-web `visit` may fetch although they resolve to a loopback or private address "

@@ -10,11 +10,12 @@ import datetime as dt
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from webdancer_dagster.llm.client import EndpointConfig
 from webdancer_dagster.training.masking import TruncationPolicy
 from webdancer_dagster.web.scope import WebScope
+from webdancer_dagster.web.search import TOP_K
 from webdancer_dagster.web.visit import FetchPolicy
 
 ROLLOUT_BACKENDS = ("local", "llama_cpp")
@@ -242,6 +243,7 @@ class RolloutEnvironment(BaseModel):
     judge: EndpointConfig | None = None  # None: the judging rules alone (no capable judge declared)
     summarizer: EndpointConfig
     current_date: dt.date | None = None
+    search_results_per_query: int = Field(TOP_K, ge=1)
 
     def scope(self) -> WebScope:
         """What the rollouts' tools may reach: the hosts and proxy the asset chose (`WebScope.synthesis`)."""

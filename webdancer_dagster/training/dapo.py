@@ -551,6 +551,7 @@ class AgentRollout:
             max_llm_calls=self.hparams.max_llm_calls,
             current_date=self.environment.current_date,
             seed=round_seed,
+            search_results_per_query=self.environment.search_results_per_query,
         )
         size = self.hparams.num_generations
         trajectories = self._run_with_retries(agent, questions)
@@ -667,7 +668,7 @@ def _fitting_prompts(
         seen.add(prompt.question)
         messages = [
             {"role": "system", "content": system_message(date)},
-            {"role": "user", "content": user_message(prompt.question)},
+            {"role": "user", "content": user_message(prompt.question, environment.search_results_per_query)},
         ]
         if len(chat_prompt_ids(tokenizer, messages)) > hparams.max_prompt_length:
             dropped["too_long"] += 1

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 MAX_QUERIES = 3
 TOP_K = 10
+MAX_RESULTS_PER_QUERY = 100  # Serper's most results a query
 SNIPPET_CHARS = 200
 QUERY_SEPARATOR = "\n=======\n"
 LISTED_ABOVE = "(listed above)"
@@ -253,12 +254,15 @@ def format_results(query: str, hits: Sequence[SearchHit], listed_above: Collecti
     return f"A Google search for '{query}' found {len(hits)} results:\n\n## Web Results\n" + "\n\n".join(entries)
 
 
-def search_tool(backend: SearchBackend, query: list[str] | str) -> str:
-    """The ``search`` tool: run each query (top ``TOP_K``) and join the observations like WebDancer does."""
+def search_tool(backend: SearchBackend, query: list[str] | str, results_per_query: int = TOP_K) -> str:
+    """The ``search`` tool: run each query (its top ``results_per_query`` hits, WebDancer's 10 by default) and join
+    the observations like WebDancer does."""
+    if results_per_query < 1:
+        raise ValueError(f"results_per_query must be at least 1, got {results_per_query}")
     observations: list[str] = []
     listed: set[str] = set()
     for text in normalise_queries(query):
-        hits = backend.search(text, TOP_K)
+        hits = backend.search(text, results_per_query)
         observations.append(format_results(text, hits, listed))
         listed.update(hit.url for hit in hits)
     return QUERY_SEPARATOR.join(observations)
