@@ -221,8 +221,9 @@ def test_rl_jsonl_lists_every_accepted_answer_in_id_order() -> None:
     ]
 
 
-def _rl_world(home: Path) -> None:
-    """The tables and files `rl_checkpoint` reads: an RL pool, one non-benchmark site and its search index."""
+def _rl_world(home: Path) -> pd.DataFrame:
+    """The tables and files `rl_checkpoint` reads: an RL pool, one non-benchmark site and its search index (whose
+    documents it returns)."""
     site_dir = home / "sites" / "geo"
     site_dir.mkdir(parents=True)
     (site_dir / "france.html").write_text("<html><body><p>Paris is the capital of France.</p></body></html>")
@@ -240,12 +241,13 @@ def _rl_world(home: Path) -> None:
         for question in ("Which city is the capital of France?", "Where does the French government sit?")
     ]
     store.replace_table("rl_pool", qa_pairs_frame(pairs).assign(reason="unsolved"))
+    return docs
 
 
 def test_rl_checkpoint_runs_dapo_on_the_rl_pool_and_records_its_dynamic_sampling(
     isolated_home: Path, tiny_model: BaseModel
 ) -> None:
-    _rl_world(isolated_home)
+    docs = _rl_world(isolated_home)
     with ScriptedLLMServer(lambda request: "Incorrect") as judge:
         resources = {
             **scripted_resources(isolated_home, judge.base_url, ("judge", "summarizer")),
@@ -268,6 +270,8 @@ def test_rl_checkpoint_runs_dapo_on_the_rl_pool_and_records_its_dynamic_sampling
         }
         assets = [base_model, rl_checkpoint, rl_checkpoint_loads, rl_checkpoint_every_step_trained]
         result = dg.materialize(assets, resources=resources, run_config=run_config)
+        # search_index materialized again over the same pages: new segment files, the same documents.
+        build_search_index(docs, isolated_home / SEARCH_INDEX_DIR)
         again = dg.materialize(assets, resources=resources, run_config=run_config)
 
     metadata = result.asset_materializations_for_node("rl_checkpoint")[0].metadata

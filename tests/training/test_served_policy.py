@@ -168,5 +168,6 @@ def test_two_synced_dapo_steps_serve_the_trainers_new_weights(
 
 
 def test_vllm_rollouts_are_refused_with_what_to_use_instead() -> None:
-    with pytest.raises(ValueError, match="vLLM rollouts with weight sync are not implemented"):
+    refusal = r"vLLM rollouts with weight sync are not implemented \(served_policy\.PolicyServer is where"
+    with pytest.raises(ValueError, match=refusal):
         DAPOHyperparameters(rollout_backend="vllm")

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import tantivy
 
+from webdancer_dagster.shared.hashing import folder_sha256
 from webdancer_dagster.web.errors import FetchError, ToolInputError
 from webdancer_dagster.web.search import (
     INDEX_MANIFEST,
@@ -23,6 +24,7 @@ from webdancer_dagster.web.search import (
     SerperSearch,
     build_search_index,
     format_results,
+    index_content_sha256,
     normalise_queries,
     plain_query,
     search_tool,
@@ -389,6 +391,24 @@ def test_search_tool_over_local_index_matches_webdancer_format(local):
 def test_missing_index_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="build it with build_search_index"):
         LocalSearch(tmp_path / "nowhere")
+
+
+def test_the_content_hash_names_the_documents_not_the_build(tmp_path):
+    first, second, changed = tmp_path / "first", tmp_path / "second", tmp_path / "changed"
+    build_search_index(CORPUS, first)
+    build_search_index(CORPUS, second)
+    edited = CORPUS.copy()
+    edited.loc[0, "text"] += " She won two Nobel Prizes."
+    build_search_index(edited, changed)
+    assert folder_sha256(first) != folder_sha256(second), "tantivy names its segment files at random"
+    assert index_content_sha256(first) == index_content_sha256(second) != index_content_sha256(changed)
+    manifest = json.loads((first / INDEX_MANIFEST).read_text())
+    del manifest["content_sha256"]
+    (first / INDEX_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(LookupError, match="materialize search_index again"):
+        index_content_sha256(first)
+    with pytest.raises(FileNotFoundError, match="no search index"):
+        index_content_sha256(tmp_path / "nowhere")
 
 
 def test_docs_without_required_columns_are_rejected(tmp_path):

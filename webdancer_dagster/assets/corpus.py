@@ -1,7 +1,6 @@
 """Stage 1, the crawl corpus: build the local sites, crawl each one (and each live site declared in `sites.yaml`) with
 Scrapy, index the pages for search."""
 
-import hashlib
 import re
 import time
 from datetime import UTC, datetime
@@ -227,16 +226,15 @@ def crawl_pages_are_consistent(warehouse: Warehouse) -> dg.AssetCheckResult:
 def search_index(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     """BM25 over every crawled page: what the agent's `search` tool sees."""
     store = warehouse.store()
-    docs = store.query("SELECT url, title, text, site, content_hash FROM pages ORDER BY url")
+    docs = store.query("SELECT url, title, text, site FROM pages ORDER BY url")
     if docs.empty:
         raise LookupError("no crawled pages; materialize crawl_pages first")
     index_dir = store.home / SEARCH_INDEX_DIR
-    stats = build_search_index(docs[["url", "title", "text", "site"]], index_dir)
+    stats = build_search_index(docs, index_dir)
     sample_query = str(docs["title"].iloc[len(docs) // 2])
     started = time.perf_counter()
     sample = search_tool(LocalSearch(index_dir), [sample_query])
     query_ms = (time.perf_counter() - started) * 1000
-    version = hashlib.sha256("\n".join(docs["url"] + "\t" + docs["content_hash"]).encode()).hexdigest()[:32]
     docs_by_site = docs.groupby("site").size().to_dict()
     return dg.MaterializeResult(
         metadata={
@@ -249,7 +247,7 @@ def search_index(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.
             "sample_query_ms": round(query_ms, 2),
             "sample_results": dg.MetadataValue.md(f"```\n{sample[:1500]}\n```"),
         },
-        data_version=dg.DataVersion(version),
+        data_version=dg.DataVersion(stats["content_sha256"][:32]),  # what it holds, whatever its files' names
     )
 
 

@@ -360,7 +360,7 @@ def _rl_run_settings(hparams: DAPOHyperparameters, judge: LLMEndpointResource, w
     return {
         **hparams.to_dict(),
         "judge": judge.judge_name(),
-        "search_index": folder_sha256(web.local_index_dir()),
+        "search_index": web.local_index_content(),
         "search_results_per_query": web.search_results_per_query,
     }
 

@@ -12,7 +12,14 @@ from pydantic import Field
 
 from webdancer_dagster.resources.warehouse import Warehouse
 from webdancer_dagster.warehouse import WarehouseStore
-from webdancer_dagster.web.search import MAX_RESULTS_PER_QUERY, TOP_K, LocalSearch, SearchBackend, SerperSearch
+from webdancer_dagster.web.search import (
+    MAX_RESULTS_PER_QUERY,
+    TOP_K,
+    LocalSearch,
+    SearchBackend,
+    SerperSearch,
+    index_content_sha256,
+)
 from webdancer_dagster.web.server import SiteServer
 
 SEARCH_INDEX_DIR = "search_index"
@@ -94,3 +101,7 @@ class WebEnvironment(dg.ConfigurableResource):
         if not index_dir.exists():
             raise LookupError(f"no search index at {index_dir}; materialize search_index first")
         return index_dir
+
+    def local_index_content(self) -> str:
+        """What the local index holds, as a hash of its documents: the same after a rebuild of the same pages."""
+        return index_content_sha256(self.local_index_dir())

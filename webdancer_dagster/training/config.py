@@ -155,7 +155,8 @@ class DAPOHyperparameters:
         metadata={
             "help": "Where rollouts are sampled: 'local' (transformers generate on the trainer's own weights) or "
             "'llama_cpp' (the project's llama.cpp server on 127.0.0.1, one per rank, serving the trainer's weights "
-            "exported to GGUF at each sync; several times faster on CPU). vLLM's weight-update path is not built yet."
+            "exported to GGUF at each sync; several times faster on CPU). vLLM's weight-update path is not built "
+            "(served_policy.PolicyServer is its interface)."
         },
     )
     sync_every_steps: int = field(
@@ -188,7 +189,8 @@ class DAPOHyperparameters:
             self.rollout_backend in ROLLOUT_BACKENDS,
             f"rollout_backend must be one of {ROLLOUT_BACKENDS}, got {self.rollout_backend!r}"
             + (
-                ": vLLM rollouts with weight sync are not implemented; use 'local' on GPU"
+                ": vLLM rollouts with weight sync are not implemented (served_policy.PolicyServer is where they would "
+                "go); use 'local' on GPU"
                 if self.rollout_backend == "vllm"
                 else ""
             ),

@@ -72,7 +72,7 @@ from webdancer_dagster.training.rollout import (
     rl_sample,
     score_rollout,
 )
-from webdancer_dagster.training.served_policy import ServedPolicy
+from webdancer_dagster.training.served_policy import PolicyServer, ServedPolicy
 from webdancer_dagster.web.search import LocalSearch
 
 logger = logging.getLogger(__name__)
@@ -419,7 +419,7 @@ class AgentRollout:
         self.work_dir = work_dir
         self.policy: ChatModel | None = None
         self._local: LocalPolicy | None = None
-        self.served: ServedPolicy | None = None
+        self.served: PolicyServer | None = None
         self.policy_version = 0
         self.policy_staleness: list[int] = []  # one entry a rollout call: steps between its weights and the trainer's
         self.sync_seconds = 0.0

@@ -9,8 +9,8 @@ evaluation uses for checkpoints) and restarts the server on the same port. The a
 rollouts, so the trainer still scores the sequence it trains on.
 
 Every sync is verified: the server's greedy continuation of a probe chat must equal the trainer's own (with an
-f16 export the two may part where float rounding flips a near tie; the record says so). vLLM's weight-update path
-is not implemented here (see `ROLLOUT_BACKENDS`).
+f16 export the two may part where float rounding flips a near tie; the record says so). DAPO sees the server only
+through `PolicyServer`, the place where a vLLM backend would go; none is built, since vLLM could not be run here.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -62,6 +63,38 @@ class WeightSync:
             "probe_matches": self.probe_matches,
             "served_probe": self.served_probe,
         }
+
+
+class PolicyServer(Protocol):
+    """What DAPO asks of an engine that serves the trainer's weights to the rollouts.
+
+    `ServedPolicy` (llama.cpp) is the one built. A vLLM backend would implement `sync` with vLLM's own weight-update
+    path (TRL's `VLLMClient.update_named_param` against `trl vllm-serve`, then `reset_prefix_cache`), with no export
+    and no restart, and `revive` by restarting `vllm serve` on the last synced weights; the agent, masks and rewards
+    stay as they are, since it talks to `endpoint` like any OpenAI-compatible server."""
+
+    syncs: list[WeightSync]
+    restarts: int
+
+    @property
+    def version(self) -> int | None:
+        """The optimizer step whose weights are served; None before the first sync."""
+        ...
+
+    @property
+    def endpoint(self) -> LLMEndpoint:
+        """What the agent calls: uncached, as concurrent as the engine serves."""
+        ...
+
+    def sync(self, model: PreTrainedModel, version: int) -> WeightSync:
+        """Serve `model`'s current weights as policy `version`, and check that the engine now answers as it does."""
+        ...
+
+    def revive(self) -> bool:
+        """Bring a dead engine back on its current weights; True when it had to."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class ServedPolicy:
