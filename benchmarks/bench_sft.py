@@ -8,9 +8,9 @@ same machine load. The ratio compares median seconds per optimizer step (the fas
 other people's jobs move medians on a shared machine); the launch's fixed cost (process start, imports, model
 load, checkpoint writes) is reported beside it. Target: ratio <= 1.15. Also timed, for reference: the LM head
 `sft.py` does not pick on this device (TRL's fused head is its GPU default, the model's own its CPU default). On a
-GPU both train fp32 weights under bf16 autocast, as the Trainer does there.
+GPU both train fp32 weights under bf16 autocast, as the Trainer does there; `--bf16` does so on CPU too.
 
-    .venv/bin/python benchmarks/bench_sft.py [--steps 20] [--seq-len 2048] [--model path/to/hf-folder]
+    .venv/bin/python benchmarks/bench_sft.py [--steps 20] [--seq-len 2048] [--model path/to/hf-folder] [--bf16]
 """
 
 import argparse
@@ -55,7 +55,7 @@ def bench_sft_checkpoint(
     return invocation.get_materialize_result()
 
 
-def hyperparameters(steps: int, seq_len: int, fused_lm_head: bool | None) -> SFTHyperparameters:
+def hyperparameters(steps: int, seq_len: int, fused_lm_head: bool | None, bf16: bool | None) -> SFTHyperparameters:
     return SFTHyperparameters(
         learning_rate=1e-5,
         max_steps=steps,
@@ -65,16 +65,18 @@ def hyperparameters(steps: int, seq_len: int, fused_lm_head: bool | None) -> SFT
         lr_scheduler_type="constant",
         save_steps=steps,
         fused_lm_head=fused_lm_head,
+        bf16=bf16,
     )
 
 
 def plain_loop_step_seconds(model_dir: Path, data: TokenizedDataset, hparams: SFTHyperparameters) -> list[float]:
     """Forward, backward, clip, AdamW step on each batch in turn, from a fresh copy of the model.
 
-    On a GPU it trains as the Trainer does there: fp32 weights under bf16 autocast.
+    It trains as the Trainer does: fp32 weights, under bf16 autocast on GPU or when `hparams.bf16` says so.
     """
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
+    autocast = on_gpu if hparams.bf16 is None else hparams.bf16
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).to(device)
     model.train()
     # Fused, like the Trainer's default ("adamw_torch_fused" for torch >= 2.8), so only the loop differs.
@@ -87,7 +89,7 @@ def plain_loop_step_seconds(model_dir: Path, data: TokenizedDataset, hparams: SF
         input_ids = torch.tensor([example.input_ids], device=device)
         labels = torch.tensor([example.labels], device=device)
         started = time.perf_counter()
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=on_gpu):
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
             loss = model(input_ids=input_ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), hparams.max_grad_norm)
@@ -128,10 +130,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--model", type=Path, help="HF model folder; default: a tiny random Llama (SmolLM2 tokenizer)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU too (on GPU it is always on)")
     args = parser.parse_args()
+    bf16 = True if args.bf16 else None
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or create_tiny_llama(Path(tmp) / "tiny", find_smollm2_gguf()).path
-        hparams = hyperparameters(args.steps, args.seq_len, fused_lm_head=None)
+        hparams = hyperparameters(args.steps, args.seq_len, fused_lm_head=None, bf16=bf16)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         data = tokenize_chats(tokenizer, read_chats(TRAJECTORIES), hparams.max_length, hparams.truncation)
         tokens_per_step = len(data.examples[0].input_ids)
@@ -141,7 +145,7 @@ def main() -> None:
         # sft.py fuses TRL's LM head on GPU only; the launch with the other head shows what that choice is worth.
         other_head_fused = not torch.cuda.is_available()
         other_steps, _ = launched_run(
-            model_dir, Path(tmp) / "sft-other", hyperparameters(args.steps, args.seq_len, other_head_fused)
+            model_dir, Path(tmp) / "sft-other", hyperparameters(args.steps, args.seq_len, other_head_fused, bf16)
         )
     plain = plain_before + plain_after
     plain_s, trl_s, other_s = (statistics.median(steps) for steps in (plain, trl_steps, other_steps))
@@ -153,6 +157,7 @@ def main() -> None:
         "benchmark": "sft",
         "model": str(args.model) if args.model else "tiny random Llama (2 layers, 64 wide, SmolLM2 tokenizer)",
         "device": device,
+        "bf16_autocast": device == "cuda" or args.bf16,
         "seq_len": tokens_per_step,
         "steps": len(trl_steps),
         "plain_s_per_step": round(plain_s, 4),
@@ -171,8 +176,10 @@ def main() -> None:
         "target_ratio": TARGET_RATIO,
         "meets_target": trl_s / plain_s <= TARGET_RATIO,
     }
+    precision = " (bf16 autocast)" if summary["bf16_autocast"] else ""
     print(
-        f"SFT on {device}, {tokens_per_step} tokens/step, {len(trl_steps)} steps: plain loop {plain_s:.3f} s/step, "
+        f"SFT on {device}{precision}, {tokens_per_step} tokens/step, {len(trl_steps)} steps: "
+        f"plain loop {plain_s:.3f} s/step, "
         f"TRL via torchrun launcher {trl_s:.3f} s/step -> ratio {summary['ratio']:.2f}x (target <= {TARGET_RATIO}; "
         f"fastest steps {best_ratio:.2f}x); with the {other_head} {other_s:.3f} s/step "
         f"({summary['other_lm_head_ratio']:.2f}x); launch fixed cost {summary['launch_fixed_s']:.1f} s; "

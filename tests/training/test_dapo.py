@@ -94,6 +94,28 @@ def test_prompts_longer_than_the_limit_are_counted_and_none_left_is_an_error(
         main(_args(pool, environment, tiny_model.path, tmp_path / "out", max_prompt_length=64))
 
 
+def test_one_dapo_step_under_bf16_autocast_on_cpu_trains_fp32_weights(
+    tmp_path: Path, answering_model: Path, rl_index: Path, scripted
+) -> None:
+    """`bf16: true` on CPU: the step trains under autocast and the checkpoint keeps fp32 weights that moved."""
+    judge = scripted(lambda request: "Incorrect")
+    settings = {"learning_rate": 1e-3, "temperature": 0.5, "oversample_factor": 1.0, "max_refill_rounds": 3}
+    pool, environment = (
+        _pool_file(tmp_path, _pool_lines(QUESTIONS)),
+        _environment_file(tmp_path, rl_index, judge.base_url),
+    )
+
+    result = main(_args(pool, environment, answering_model, tmp_path / "rl", bf16=True, **settings))
+
+    assert isinstance(result, DAPOResult) and result.steps == 1 and result.tokens_trained > 0
+    before, after = (
+        load_file(answering_model / "model.safetensors"),
+        load_file(result.checkpoint_dir / "model.safetensors"),
+    )
+    assert all(after[name].dtype == torch.float32 for name in after)
+    assert any(not torch.equal(before[name], after[name]) for name in before), "no weight moved"
+
+
 def test_a_killed_run_resumes_its_rollout_state_with_the_weights(
     tmp_path: Path, answering_model: Path, rl_index: Path, scripted
 ) -> None:

@@ -111,3 +111,22 @@ def test_model_loss_matches_trls_fused_lm_head(tmp_path: Path, tiny_model: BaseM
     for name, tensor in _weights(plain.checkpoint_dir).items():
         torch.testing.assert_close(tensor, fused_weights[name], rtol=1e-4, atol=1e-6)
         assert not torch.equal(tensor, initial[name]), f"{name} did not move in the training step"
+
+
+def test_bf16_autocast_on_cpu_trains_the_fp32_weights_close_to_an_fp32_step(
+    tmp_path: Path, tiny_model: BaseModel, short_chats_file: Path
+) -> None:
+    """`bf16: true` runs the step under bf16 autocast on CPU too: the loss moves by bf16 rounding, not more, and the
+    checkpoint keeps fp32 weights."""
+    results = {
+        bf16: main(_args(short_chats_file, tiny_model, tmp_path / bf16, "--max_steps", "1", "--bf16", bf16))
+        for bf16 in ("True", "False")
+    }
+
+    autocast, full = results["True"].loss_history[0]["loss"], results["False"].loss_history[0]["loss"]
+    assert autocast != full, "the same loss to the last bit: the step did not run under autocast"
+    assert autocast == pytest.approx(full, rel=2e-2)
+    initial = _weights(tiny_model.path)
+    for name, tensor in _weights(results["True"].checkpoint_dir).items():
+        assert tensor.dtype == torch.float32, name
+        assert not torch.equal(tensor, initial[name]), f"{name} did not move in the training step"

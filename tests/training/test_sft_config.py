@@ -12,9 +12,10 @@ import pytest
 from webdancer_dagster.assets.training import RLCheckpointConfig, SFTCheckpointConfig
 from webdancer_dagster.pipeline import load_profile
 from webdancer_dagster.training.config import DAPOHyperparameters, SFTHyperparameters, to_cli_args
+from webdancer_dagster.training.dapo import dapo_config
 from webdancer_dagster.training.dapo import make_parser as dapo_parser
 from webdancer_dagster.training.masking import TruncationPolicy
-from webdancer_dagster.training.sft import SFTRunArguments, make_parser
+from webdancer_dagster.training.sft import SFTRunArguments, make_parser, sft_config
 
 
 @pytest.mark.parametrize(
@@ -138,3 +139,12 @@ def test_help_text_renders_on_the_command_line() -> None:
     """argparse formats help with %, so a bare % in a field's help would crash `--help`."""
     assert "shorten_observations" in make_parser().format_help()
     assert "max_turn_tokens" in dapo_parser().format_help()
+
+
+@pytest.mark.parametrize(("bf16", "autocast"), [(None, False), (False, False), (True, True)])
+def test_bf16_autocast_on_cpu_only_where_asked(tmp_path, bf16: bool | None, autocast: bool) -> None:
+    """Empty: bf16 on GPU only, as before; `bf16: true` asks for it on CPU too, for both trainers."""
+    sft_args = sft_config(SFTHyperparameters(bf16=bf16), tmp_path / "sft", on_gpu=False)
+    dapo_args = dapo_config(DAPOHyperparameters(bf16=bf16), tmp_path / "dapo", on_gpu=False)
+    assert (sft_args.bf16, dapo_args.bf16) == (autocast, autocast)
+    assert sft_args.use_cpu and dapo_args.use_cpu

@@ -132,6 +132,7 @@ class SFTCheckpointConfig(dg.Config):
     warmup_ratio: float = _sft("warmup_ratio")
     lr_scheduler_type: str = _sft("lr_scheduler_type")
     save_steps: int = _sft("save_steps")
+    bf16: bool | None = _sft("bf16")
     seed: int = _sft("seed")
 
     def hyperparameters(self) -> SFTHyperparameters:
@@ -302,6 +303,7 @@ class RLCheckpointConfig(dg.Config):
     rollout_server_threads: int | None = _dapo("rollout_server_threads")
     rollout_gguf_outtype: str = _dapo("rollout_gguf_outtype")
     max_rollout_retries: int = _dapo("max_rollout_retries")
+    bf16: bool | None = _dapo("bf16")
     seed: int = _dapo("seed")
 
     def hyperparameters(self) -> DAPOHyperparameters:

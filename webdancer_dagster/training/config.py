@@ -19,6 +19,10 @@ from webdancer_dagster.web.search import TOP_K
 from webdancer_dagster.web.visit import FetchPolicy
 
 ROLLOUT_BACKENDS = ("local", "llama_cpp")
+BF16_HELP = (
+    "Train the fp32 weights under bf16 autocast. Empty: on GPU only. A CPU with bf16 instructions (AVX512-BF16, AMX) "
+    "gains too: a TRL SFT step of SmolLM2-135M over 1,536 tokens took 9.75 s against 15.39 in fp32 on 2 Zen 4 cores."
+)
 
 
 @dataclass
@@ -65,6 +69,7 @@ class SFTHyperparameters:
             "to 1.23x the time per step on an H100 and 2-3x on CPU against the model's own loss. Empty: on GPU only."
         },
     )
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     seed: int = field(default=42, metadata={"help": "Seed for data order and initialisation."})
 
     def __post_init__(self) -> None:
@@ -150,6 +155,7 @@ class DAPOHyperparameters:
             "it scores every prompt position too, several times slower. Empty: on GPU only."
         },
     )
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     rollout_backend: str = field(
         default="local",
         metadata={

@@ -297,7 +297,7 @@ def dapo_config(hparams: DAPOHyperparameters, output_dir: Path, on_gpu: bool) ->
     """TRL's GRPO config in its DAPO setting, with the rewards weighted 0.1 format / 0.9 answer by default."""
     return GRPOConfig(
         output_dir=str(output_dir),
-        **runtime_arguments(on_gpu),
+        **runtime_arguments(on_gpu, hparams.bf16),
         loss_type="dapo",
         epsilon=hparams.epsilon,
         epsilon_high=hparams.epsilon_high,

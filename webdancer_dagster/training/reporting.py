@@ -129,11 +129,12 @@ def resume_point(output_dir: Path) -> tuple[str | None, int]:
     return None, 0
 
 
-def runtime_arguments(on_gpu: bool) -> dict[str, Any]:
-    """TrainingArguments both entry points share: the device, the process group, checkpoints, no progress bars."""
+def runtime_arguments(on_gpu: bool, bf16: bool | None = None) -> dict[str, Any]:
+    """TrainingArguments both entry points share: the device, bf16 autocast (`bf16`; None: on GPU only), the process
+    group, checkpoints, no progress bars."""
     return {
         "save_strategy": "steps",
-        "bf16": on_gpu,
+        "bf16": on_gpu if bf16 is None else bf16,
         "use_cpu": not on_gpu,
         # Naming a backend makes accelerate initialise a process group, so only under a multi-process launch.
         "ddp_backend": ("nccl" if on_gpu else "gloo") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,

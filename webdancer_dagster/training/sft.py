@@ -210,7 +210,7 @@ def sft_config(hparams: SFTHyperparameters, output_dir: Path, on_gpu: bool) -> S
     """TRL config for pre-tokenized chats: no templating or truncation by TRL, resumable safetensors checkpoints."""
     return SFTConfig(
         output_dir=str(output_dir),
-        **runtime_arguments(on_gpu),
+        **runtime_arguments(on_gpu, hparams.bf16),
         learning_rate=hparams.learning_rate,
         num_train_epochs=hparams.num_train_epochs,
         max_steps=hparams.max_steps,
