@@ -24,7 +24,7 @@ from webdancer_dagster.web.search import (
     SerperSearch,
     build_search_index,
     format_results,
-    index_content_sha256,
+    index_content_version,
     normalise_queries,
     plain_query,
     search_tool,
@@ -393,7 +393,7 @@ def test_missing_index_is_a_clear_error(tmp_path):
         LocalSearch(tmp_path / "nowhere")
 
 
-def test_the_content_hash_names_the_documents_not_the_build(tmp_path):
+def test_the_content_version_names_the_documents_not_the_build(tmp_path):
     first, second, changed = tmp_path / "first", tmp_path / "second", tmp_path / "changed"
     build_search_index(CORPUS, first)
     build_search_index(CORPUS, second)
@@ -401,14 +401,14 @@ def test_the_content_hash_names_the_documents_not_the_build(tmp_path):
     edited.loc[0, "text"] += " She won two Nobel Prizes."
     build_search_index(edited, changed)
     assert folder_sha256(first) != folder_sha256(second), "tantivy names its segment files at random"
-    assert index_content_sha256(first) == index_content_sha256(second) != index_content_sha256(changed)
+    assert index_content_version(first) == index_content_version(second) != index_content_version(changed)
     manifest = json.loads((first / INDEX_MANIFEST).read_text())
-    del manifest["content_sha256"]
+    del manifest["content_version"]
     (first / INDEX_MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(LookupError, match="materialize search_index again"):
-        index_content_sha256(first)
+        index_content_version(first)
     with pytest.raises(FileNotFoundError, match="no search index"):
-        index_content_sha256(tmp_path / "nowhere")
+        index_content_version(tmp_path / "nowhere")
 
 
 def test_docs_without_required_columns_are_rejected(tmp_path):

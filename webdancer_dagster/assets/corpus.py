@@ -247,7 +247,7 @@ def search_index(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.
             "sample_query_ms": round(query_ms, 2),
             "sample_results": dg.MetadataValue.md(f"```\n{sample[:1500]}\n```"),
         },
-        data_version=dg.DataVersion(stats["content_sha256"][:32]),  # what it holds, whatever its files' names
+        data_version=dg.DataVersion(stats["content_version"]),  # what it holds, whatever its files' names
     )
 
 

@@ -18,7 +18,7 @@ from webdancer_dagster.web.search import (
     LocalSearch,
     SearchBackend,
     SerperSearch,
-    index_content_sha256,
+    index_content_version,
 )
 from webdancer_dagster.web.server import SiteServer
 
@@ -103,5 +103,5 @@ class WebEnvironment(dg.ConfigurableResource):
         return index_dir
 
     def local_index_content(self) -> str:
-        """What the local index holds, as a hash of its documents: the same after a rebuild of the same pages."""
-        return index_content_sha256(self.local_index_dir())
+        """What the local index holds, as a version of its documents: the same after a rebuild of the same pages."""
+        return index_content_version(self.local_index_dir())

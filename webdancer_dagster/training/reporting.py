@@ -129,7 +129,7 @@ def resume_point(output_dir: Path) -> tuple[str | None, int]:
     return None, 0
 
 
-def runtime_arguments(on_gpu: bool, bf16: bool | None = None) -> dict[str, Any]:
+def runtime_arguments(on_gpu: bool, bf16: bool | None) -> dict[str, Any]:
     """TrainingArguments both entry points share: the device, bf16 autocast (`bf16`; None: on GPU only), the process
     group, checkpoints, no progress bars."""
     return {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -19,6 +18,7 @@ import pandas as pd
 import tantivy
 
 from webdancer_dagster.files import swap_in_dir
+from webdancer_dagster.warehouse import frame_version
 from webdancer_dagster.web.errors import FetchError, ToolInputError
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ def _schema() -> tantivy.Schema:
 def build_search_index(docs: pd.DataFrame, index_dir: Path) -> dict:
     """Index ``docs`` (url, title, text, site) into ``index_dir``; the old index stays usable until the swap.
 
-    Returns stats: docs, seconds, size_bytes, content_sha256 (also kept in the index's manifest).
+    Returns stats: docs, seconds, size_bytes and content_version, a version of the documents in index order (also
+    kept in the index's manifest): tantivy names its segment files at random, so two builds of the same documents
+    differ byte for byte, and this is what says they are the same index.
     """
     missing = [column for column in DOC_COLUMNS if column not in docs.columns]
     if missing:
@@ -88,7 +90,7 @@ def build_search_index(docs: pd.DataFrame, index_dir: Path) -> dict:
             "docs": len(frame),
             "seconds": round(time.perf_counter() - started, 3),
             "size_bytes": sum(p.stat().st_size for p in tmp_dir.rglob("*") if p.is_file()),
-            "content_sha256": _docs_sha256(frame),
+            "content_version": frame_version(frame),
         }
         (tmp_dir / INDEX_MANIFEST).write_text(json.dumps(stats, indent=2))
         swap_in_dir(tmp_dir, index_dir)
@@ -108,24 +110,14 @@ def build_search_index(docs: pd.DataFrame, index_dir: Path) -> dict:
     return stats
 
 
-def _docs_sha256(frame: pd.DataFrame) -> str:
-    """Hash of the indexed documents in index order: tantivy names its segment files at random, so two builds of
-    the same documents differ byte for byte, and this is what says they are the same index."""
-    digest = hashlib.sha256()
-    for row in frame.itertuples(index=False, name=None):
-        digest.update("\x1f".join(row).encode())
-        digest.update(b"\x1e")
-    return digest.hexdigest()
-
-
-def index_content_sha256(index_dir: Path) -> str:
-    """The documents' hash that ``build_search_index`` recorded in the index's manifest."""
+def index_content_version(index_dir: Path) -> str:
+    """The documents' version that ``build_search_index`` recorded in the index's manifest."""
     manifest = Path(index_dir) / INDEX_MANIFEST
     if not manifest.is_file():
         raise FileNotFoundError(f"no search index at {index_dir}; build it with build_search_index()")
-    content = json.loads(manifest.read_text()).get("content_sha256")
+    content = json.loads(manifest.read_text()).get("content_version")
     if content is None:
-        raise LookupError(f"the search index at {index_dir} predates content hashes; materialize search_index again")
+        raise LookupError(f"the search index at {index_dir} predates content versions; materialize search_index again")
     return str(content)
 
 
