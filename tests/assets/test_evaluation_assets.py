@@ -137,6 +137,17 @@ def test_benchmark_scores_materialize_and_resume(small_web, isolated_home, scrip
     assert len(observations) == 3 and all("found 2 results" in o and o.count("](http") == 2 for o in observations)
     assert store.read_table("scores").loc[0, "search_results_per_query"] == 2
 
+    # The same pages indexed again are the same web: the runs are kept. Changed pages are another web: afresh.
+    run(["search_index"])
+    meta, requests = score(1, max_llm_calls=3)
+    assert requests == [] and meta["runs_resumed"].value == 3
+    rewritten = "<html><head><title>json</title></head><body><p>JSON encoder and decoder, rewritten.</p></body></html>"
+    (docs / "library" / "json.html").write_text(rewritten)
+    run(["crawl_pages"], partition_key="python-docs")
+    run(["search_index"])
+    meta, requests = score(1, max_llm_calls=3)
+    assert len(requests) == 6 and meta["runs_resumed"].value == 0
+
 
 # Synthesized pairs the scripted policy answers right (it answers HALL to every "pioneering" question).
 SYNTHESIZED = [

@@ -297,3 +297,35 @@ def test_a_masked_filler_group_costs_the_trainer_one_masked_token_a_rollout(
     assert inputs["env_mask"] == [[1, 1, 0, 1]] * 2 + [[0]] * 2
     assert inputs["prompt_ids"] == [[1, 2, 3]] * 4 and inputs["answer_reward"] == [0.0, 1.0, 0.0, 0.0]
     assert rollout.masked_token_share == pytest.approx(0.25), "fillers do not count towards the trained tokens"
+
+
+@pytest.mark.parametrize(("metric", "kept"), [("answer", False), ("reward", True)])
+def test_an_all_wrong_group_that_differs_in_format_is_kept_only_when_dynamic_sampling_compares_whole_rewards(
+    tmp_path: Path, tokenizer, rl_index, metric: str, kept: bool
+) -> None:
+    """DAPO's accuracy filter drops it (every answer wrong); comparing 0.1 format + 0.9 answer keeps it, so the
+    rollout that broke the format gets a negative advantage of its own."""
+    environment = RolloutEnvironment(
+        search_index=str(rl_index),
+        summarizer=EndpointConfig(role="summarizer", base_url="http://127.0.0.1:9/v1", model="s"),
+    )
+    rollout = AgentRollout(
+        [RLPrompt("q0", RL_QUESTION, ["Paris"])],
+        environment,
+        tokenizer,
+        DAPOHyperparameters(dynamic_sampling_metric=metric),
+        seed=0,
+        work_dir=tmp_path,
+    )
+    sample = RLSample(prompt_ids=[1], completion_ids=[2], env_mask=[1], truncated=False)
+    rollouts = [ScoredRollout(sample, RolloutReward(fmt, 0.0, "exact"), 0) for fmt in (1.0, 0.0, 1.0, 1.0)]
+
+    compared = rollout._compared_rewards(rollouts)
+
+    assert compared == ([0.0] * 4 if metric == "answer" else pytest.approx([0.1, 0.0, 0.1, 0.1]))
+    assert Group(RL_QUESTION, rollouts, compared, generated_tokens=4).informative is kept
+
+
+def test_an_unknown_dynamic_sampling_metric_is_refused() -> None:
+    with pytest.raises(ValueError, match="dynamic_sampling_metric must be one of \\('answer', 'reward'\\), got 'acc'"):
+        DAPOHyperparameters(dynamic_sampling_metric="acc")

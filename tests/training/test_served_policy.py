@@ -8,6 +8,9 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from rl_helpers import RL_DATE, RL_QUESTION
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -17,7 +20,7 @@ from webdancer_dagster.llm.client import EndpointConfig, LLMEndpoint, SamplingPa
 from webdancer_dagster.training.config import DAPOHyperparameters, RolloutEnvironment, to_cli_args
 from webdancer_dagster.training.dapo import AGENT_STOP, AgentRollout, DAPOResult, RLPrompt, main
 from webdancer_dagster.training.rollout import LocalPolicy, rl_sample, score_rollout
-from webdancer_dagster.training.served_policy import ServedPolicy
+from webdancer_dagster.training.served_policy import ServedPolicy, trainer_probe
 from webdancer_dagster.web.scope import WebScope
 from webdancer_dagster.web.search import LocalSearch
 
@@ -145,6 +148,9 @@ def test_two_synced_dapo_steps_serve_the_trainers_new_weights(
         rollout_backend="llama_cpp",
         sync_every_steps=2,
         rollout_gguf_outtype="f32",
+        # fp32 training, so "the server answers as the trainer" is exact on this tiny model; on a CPU with bf16
+        # instructions the default trains under autocast (the probe itself is fp32: the test below).
+        bf16=False,
     )
     args = [
         *["--train_file", str(tmp_path / "pool.jsonl"), "--environment_file", str(tmp_path / "environment.json")],
@@ -171,3 +177,23 @@ def test_vllm_rollouts_are_refused_with_what_to_use_instead() -> None:
     refusal = r"vLLM rollouts with weight sync are not implemented \(served_policy\.PolicyServer is where"
     with pytest.raises(ValueError, match=refusal):
         DAPOHyperparameters(rollout_backend="vllm")
+
+
+def test_the_trainer_probe_runs_in_fp32_while_training_runs_under_bf16_autocast(tiny_model, tokenizer) -> None:
+    """Accelerate wraps a bf16 run's `forward` in autocast; the probe unwraps it for its own call only, so it checks
+    the exported weights, not bf16 rounding, and training keeps its autocast."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model.path, local_files_only=True)
+    AcceleratorState._reset_state(reset_partial_state=True)  # a trainer of an earlier test set its own precision
+    try:
+        model = Accelerator(mixed_precision="bf16", cpu=True).prepare(model)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # and the next test's trainer sets its own
+    autocast_seen: list[bool] = []
+    model.model.register_forward_hook(lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu")))
+
+    trainer_probe(model, tokenizer)
+    probe_calls = len(autocast_seen)
+    model(input_ids=torch.tensor([[1, 2, 3]]))
+
+    assert probe_calls > 0 and not any(autocast_seen[:probe_calls]), "the probe ran under autocast"
+    assert autocast_seen[probe_calls:] == [True], "the training forward lost its autocast"

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from webdancer_dagster.assets.training import RLCheckpointConfig, SFTCheckpointConfig
 from webdancer_dagster.pipeline import load_profile
+from webdancer_dagster.training import reporting
 from webdancer_dagster.training.config import DAPOHyperparameters, SFTHyperparameters, to_cli_args
 from webdancer_dagster.training.dapo import dapo_config
 from webdancer_dagster.training.dapo import make_parser as dapo_parser
@@ -141,10 +143,22 @@ def test_help_text_renders_on_the_command_line() -> None:
     assert "max_turn_tokens" in dapo_parser().format_help()
 
 
-@pytest.mark.parametrize(("bf16", "autocast"), [(None, False), (False, False), (True, True)])
-def test_bf16_autocast_on_cpu_only_where_asked(tmp_path, bf16: bool | None, autocast: bool) -> None:
-    """Empty: bf16 on GPU only, as before; `bf16: true` asks for it on CPU too, for both trainers."""
+@pytest.mark.parametrize(
+    ("bf16", "native_cpu", "autocast"),
+    [(None, False, False), (None, True, True), (False, True, False), (True, False, True)],
+)
+def test_bf16_autocast_on_cpu_where_asked_or_native(
+    tmp_path, monkeypatch, bf16: bool | None, native_cpu: bool, autocast: bool
+) -> None:
+    """Empty: bf16 where the CPU does it in hardware; `false` and `true` decide alone, for both trainers."""
+    monkeypatch.setattr(reporting, "cpu_has_native_bf16", lambda: native_cpu)
     sft_args = sft_config(SFTHyperparameters(bf16=bf16), tmp_path / "sft", on_gpu=False)
     dapo_args = dapo_config(DAPOHyperparameters(bf16=bf16), tmp_path / "dapo", on_gpu=False)
     assert (sft_args.bf16, dapo_args.bf16) == (autocast, autocast)
     assert sft_args.use_cpu and dapo_args.use_cpu
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU flags Linux lists")
+def test_the_native_bf16_probe_agrees_with_the_cpu_flags_linux_lists() -> None:
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    assert reporting.cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})

@@ -232,10 +232,14 @@ def _own_base_server(
     return _Policy(budgeted(endpoint), tokenizer, server=lambda: server)
 
 
-def _agent_settings(config: BenchmarkScoresConfig, web: WebEnvironment) -> dict[str, object]:
-    """The agent settings a run's fingerprint covers (besides the endpoints and the setting)."""
+def _agent_settings(config: BenchmarkScoresConfig, web: WebEnvironment, setting: Setting) -> dict[str, object]:
+    """The agent settings a run's fingerprint covers (besides the endpoints and the setting). On the local web that
+    includes what its index holds: runs over other pages are not comparable, so a changed crawl starts afresh."""
     settings = {key: getattr(config, key) for key in ("max_llm_calls", "n_ctx", "cot_mode", "tokenizer")}
-    return {**settings, "search_results_per_query": web.search_results_per_query}
+    settings["search_results_per_query"] = web.search_results_per_query
+    if setting == "local_web":
+        settings["local_web_content"] = web.local_index_content()
+    return settings
 
 
 @contextmanager
@@ -319,7 +323,7 @@ def benchmark_scores(
     setting = benchmark_setting(REGISTRY.benchmarks[benchmark], live is not None)
     judge_endpoint = judge.judge_endpoint()
     judge_config = judge_endpoint.config if judge_endpoint is not None else None
-    fingerprint = run_fingerprint(_agent_settings(config, web), model_policy.config, judge_config, setting)
+    fingerprint = run_fingerprint(_agent_settings(config, web, setting), model_policy.config, judge_config, setting)
     labels = {"model": model, "benchmark": benchmark, "setting": setting, "policy": model_policy.name}
     with PartitionEvaluation.locked(
         store, context.partition_key, fingerprint, questions, config.runs, {**labels, "judge": judge.judge_name()}

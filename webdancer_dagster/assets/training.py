@@ -297,6 +297,7 @@ class RLCheckpointConfig(dg.Config):
     max_llm_calls: int = _dapo("max_llm_calls")
     oversample_factor: float = _dapo("oversample_factor")
     max_refill_rounds: int = _dapo("max_refill_rounds")
+    dynamic_sampling_metric: str = _dapo("dynamic_sampling_metric")
     save_steps: int = _dapo("save_steps")
     rollout_backend: str = _dapo("rollout_backend")
     sync_every_steps: int = _dapo("sync_every_steps")

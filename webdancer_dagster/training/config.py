@@ -19,9 +19,11 @@ from webdancer_dagster.web.search import TOP_K
 from webdancer_dagster.web.visit import FetchPolicy
 
 ROLLOUT_BACKENDS = ("local", "llama_cpp")
+DYNAMIC_SAMPLING_METRICS = ("answer", "reward")
 BF16_HELP = (
-    "Train the fp32 weights under bf16 autocast. Empty: on GPU only. A CPU with bf16 instructions (AVX512-BF16, AMX) "
-    "gains too: a TRL SFT step of SmolLM2-135M over 1,536 tokens took 9.75 s against 15.39 in fp32 on 2 Zen 4 cores."
+    "Train the fp32 weights under bf16 autocast. Empty: where the hardware does bf16 natively, a GPU or a CPU with "
+    "AVX512-BF16 or AMX (a TRL SFT step of SmolLM2-135M over 1,536 tokens took 9.75 s against 15.39 in fp32 on 2 Zen 4 "
+    "cores); elsewhere fp32, as bf16 would be emulated. The run reports which it used."
 )
 
 
@@ -145,6 +147,14 @@ class DAPOHyperparameters:
     max_refill_rounds: int = field(
         default=2, metadata={"help": "Extra sampling rounds to refill groups dropped by dynamic sampling."}
     )
+    dynamic_sampling_metric: str = field(
+        default="answer",
+        metadata={
+            "help": "What a group's rollouts must differ in to be trained on: 'answer' (DAPO's accuracy: groups all "
+            "right or all wrong are dropped) or 'reward' (the whole weighted reward, verl's `seq_reward`: an all-wrong "
+            "group in which some rollouts broke the format is kept, so the format keeps a gradient of its own)."
+        },
+    )
     logging_steps: int = field(default=1, metadata={"help": "Log rewards and drops every N steps."})
     save_steps: int = field(default=25, metadata={"help": "Save a resumable checkpoint every N steps."})
     save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
@@ -191,6 +201,10 @@ class DAPOHyperparameters:
     def __post_init__(self) -> None:
         _require(self.learning_rate > 0, "learning_rate must be positive")
         _require(self.max_steps > 0, "max_steps must be positive")
+        _require(
+            self.dynamic_sampling_metric in DYNAMIC_SAMPLING_METRICS,
+            f"dynamic_sampling_metric must be one of {DYNAMIC_SAMPLING_METRICS}, got {self.dynamic_sampling_metric!r}",
+        )
         _require(
             self.rollout_backend in ROLLOUT_BACKENDS,
             f"rollout_backend must be one of {ROLLOUT_BACKENDS}, got {self.rollout_backend!r}"

@@ -125,6 +125,7 @@ class DAPOResult:
     groups_sampled: int
     groups_dropped: int
     masked_token_share: float
+    bf16_autocast: bool
     rollout_backend: str = "local"
     sync_seconds: float = 0.0
     weight_syncs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -168,6 +169,7 @@ class DAPOResult:
                 "final_reward": (rewards[-1] if rewards else None, "float" if rewards else "null"),
                 "seconds_per_step": (round(self.seconds_per_step, 4), "float"),
                 "step_seconds": ([round(seconds, 4) for seconds in self.step_seconds], "json"),
+                "bf16_autocast": (self.bf16_autocast, "bool"),
                 "rollout_time_share": (round(self.rollout_time_share, 4), "float"),
                 "tokens_generated": (self.tokens_generated, "int"),
                 "tokens_trained": (self.tokens_trained, "int"),
@@ -276,6 +278,7 @@ def train_dapo(
         groups_sampled=rollout.groups_sampled,
         groups_dropped=rollout.groups_dropped,
         masked_token_share=rollout.masked_token_share,
+        bf16_autocast=trainer.args.bf16,
         rollout_backend=hparams.rollout_backend,
         sync_seconds=rollout.sync_seconds,
         weight_syncs=[sync.record() for sync in rollout.served.syncs] if rollout.served is not None else [],
@@ -570,8 +573,15 @@ class AgentRollout:
             generated = sum(trajectory.completion_tokens for trajectory in group)
             answers = [rollout.reward.answer for rollout in rollouts]
             self.drawer.record(question, answers)  # refills prefer the prompts the policy sometimes answers
-            groups.append(Group(question, rollouts, answers, generated))
+            groups.append(Group(question, rollouts, self._compared_rewards(rollouts), generated))
         return groups
+
+    def _compared_rewards(self, rollouts: Sequence[ScoredRollout]) -> list[float]:
+        """The rewards dynamic sampling keeps a group by (`dynamic_sampling_metric`)."""
+        if self.hparams.dynamic_sampling_metric == "answer":
+            return [rollout.reward.answer for rollout in rollouts]
+        weights = (self.hparams.format_weight, self.hparams.answer_weight)
+        return [rollout.reward.total(*weights) for rollout in rollouts]
 
     def _run_with_retries(self, agent: ReactAgent, questions: Sequence[str]) -> list[Trajectory]:
         """All rollouts of `questions`, or none: a rollout server that died is restarted and every group sampled

@@ -1,11 +1,14 @@
-"""DAPO's dynamic sampling: only groups whose answers disagree carry a learning signal, so keep only those.
+"""DAPO's dynamic sampling: only groups whose rewards differ carry a learning signal, so keep only those.
 
-A group (the rollouts of one prompt) whose answer rewards are all 0 or all 1 has zero advantage everywhere and
-only dilutes the token-level loss. `fill_groups` oversamples prompts, drops such groups and draws replacements
-until the batch holds the requested number of informative groups or the refill rounds are spent. TRL's
-GRPOTrainer has no such step; it runs inside the rollout function, which may return groups for prompts other
-than the ones the sampler handed it. A batch still short after the last round is topped up with dropped groups
-that the caller masks out of the loss, so the batch shape never changes.
+A group (the rollouts of one prompt) whose answer rewards are all 0 or all 1 (DAPO's accuracy) has no answer signal
+and, when the whole rewards are equal too, zero advantage everywhere: it only dilutes the token-level loss. Which
+rewards a group is judged by is the caller's choice: the answer rewards (DAPO), or the whole rewards, so that an
+all-wrong group in which some rollouts broke the format still teaches the format (verl's `filter_groups.metric`).
+`fill_groups` oversamples prompts, drops such groups and draws replacements until the batch holds the requested
+number of informative groups or the refill rounds are spent. TRL's GRPOTrainer has no such step; it runs inside the
+rollout function, which may return groups for prompts other than the ones the sampler handed it. A batch still short
+after the last round is topped up with dropped groups that the caller masks out of the loss, so the batch shape
+never changes.
 """
 
 from __future__ import annotations
@@ -21,17 +24,17 @@ RolloutT = TypeVar("RolloutT")
 
 @dataclasses.dataclass(frozen=True)
 class Group(Generic[RolloutT]):
-    """The rollouts of one prompt with their binary answer rewards and the tokens their generation cost."""
+    """The rollouts of one prompt, the rewards dynamic sampling compares, and the tokens their generation cost."""
 
     prompt: str
     rollouts: list[RolloutT]
-    answer_rewards: list[float]
+    rewards: list[float]
     generated_tokens: int
 
     @property
     def informative(self) -> bool:
-        """False when every answer reward is 0 or every one is 1: the advantages would all be zero."""
-        return len(set(self.answer_rewards)) > 1
+        """False when every reward is the same: the group teaches nothing by the rewards compared."""
+        return len(set(self.rewards)) > 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +50,7 @@ class FilledBatch(Generic[RolloutT]):
 
     @property
     def dropped_share(self) -> float:
-        """Share of sampled groups dropped for all-equal answers (DAPO logs it per step)."""
+        """Share of sampled groups dropped for all-equal rewards (DAPO logs it per step)."""
         return self.groups_dropped / self.groups_sampled if self.groups_sampled else 0.0
 
     @property

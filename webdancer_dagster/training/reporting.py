@@ -129,12 +129,26 @@ def resume_point(output_dir: Path) -> tuple[str | None, int]:
     return None, 0
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX): only there does autocast speed training up;
+    elsewhere bf16 is emulated. torch's own probe (cpuinfo), which has no public name yet."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
+def bf16_autocast(on_gpu: bool, bf16: bool | None) -> bool:
+    """`bf16` as asked; None: wherever the hardware does bf16 natively (a GPU, or a CPU with AVX512-BF16 or AMX)."""
+    if bf16 is not None:
+        return bf16
+    return on_gpu or cpu_has_native_bf16()
+
+
 def runtime_arguments(on_gpu: bool, bf16: bool | None) -> dict[str, Any]:
-    """TrainingArguments both entry points share: the device, bf16 autocast (`bf16`; None: on GPU only), the process
-    group, checkpoints, no progress bars."""
+    """TrainingArguments both entry points share: the device, bf16 autocast (`bf16_autocast`), the process group,
+    checkpoints, no progress bars."""
     return {
         "save_strategy": "steps",
-        "bf16": on_gpu if bf16 is None else bf16,
+        "bf16": bf16_autocast(on_gpu, bf16),
         "use_cpu": not on_gpu,
         # Naming a backend makes accelerate initialise a process group, so only under a multi-process launch.
         "ddp_backend": ("nccl" if on_gpu else "gloo") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,

@@ -244,12 +244,16 @@ class ServedPolicy:
 
 @torch.no_grad()
 def trainer_probe(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:
-    """The trainer's greedy continuation of the probe chat, decoded as the server decodes its reply."""
+    """The trainer's greedy continuation of the probe chat, decoded as the server decodes its reply. Computed in
+    fp32 even when training runs under bf16 autocast: the probe checks the export, and bf16 rounding alone would
+    flip near ties. (Accelerate wraps `forward` in autocast and keeps the plain one as `_original_forward`.)"""
     ids = tokenizer.apply_chat_template(
         list(PROBE_MESSAGES), tokenize=True, add_generation_prompt=True, return_dict=False
     )
-    was_training = model.training
+    was_training, forward = model.training, model.forward
     model.eval()
+    if "_original_forward" in vars(model):
+        model.forward = vars(model)["_original_forward"]
     try:
         device = next(model.parameters()).device
         output = model.generate(
@@ -261,5 +265,6 @@ def trainer_probe(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         )
     finally:
+        model.forward = forward
         model.train(was_training)
     return tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)

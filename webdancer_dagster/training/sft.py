@@ -86,6 +86,7 @@ class SFTResult:
     tokens_seen: int
     loss_history: list[dict[str, float]]
     step_seconds: list[float]
+    bf16_autocast: bool
 
     @property
     def seconds_per_step(self) -> float:
@@ -109,6 +110,7 @@ class SFTResult:
             "labelled_tokens": (self.labelled_tokens, "int"),
             "masked_token_share": (round(self.masked_share, 4), "float"),
             "tokens_seen": (self.tokens_seen, "int"),
+            "bf16_autocast": (self.bf16_autocast, "bool"),
             "seconds_per_step": (round(self.seconds_per_step, 4), "float"),
             "step_seconds": ([round(seconds, 4) for seconds in self.step_seconds], "json"),
             "loss_curve": (self.loss_history, "json"),
@@ -195,6 +197,7 @@ def train_sft(run: SFTRunArguments, hparams: SFTHyperparameters, pipes: PipesCon
         tokens_seen=int(trainer.state.num_input_tokens_seen),
         loss_history=history,
         step_seconds=timer.step_seconds,
+        bf16_autocast=trainer.args.bf16,
     )
     logger.info(
         "SFT done: %d steps, final loss %s, %.3f s/step, checkpoint %s",
