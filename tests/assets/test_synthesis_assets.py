@@ -116,6 +116,11 @@ def test_qa_trajectories_and_funnel_materialize(small_web, isolated_home, script
     assert len(crawlqa) >= 1 and set(crawlqa["answer"]) == {ANSWER}
     assert not crawlqa["source_urls"].str.contains("musique").any()
     assert crawlqa["source_urls"].str.contains("http://wiki.webdancer.test/").all()  # labels became URLs
+    # Each cluster's pages, with what the teacher's questions about them kept and dropped.
+    [crawlqa_event] = qa_run.asset_materializations_for_node("crawlqa_pairs")
+    clusters = [row.split("|") for row in crawlqa_event.metadata["sources"].value.splitlines() if "| cluster-" in row]
+    assert len(clusters) == 2 and all(".webdancer.test/" in row[2] and "musique" not in row[2] for row in clusters)
+    assert sum(int(row[3]) for row in clusters) == len(crawlqa)
     drops = store.read_table("qa_drops")
     e2hqa_drops = drops[drops["asset"] == "e2hqa_pairs"]
     assert len(store.read_table("e2hqa_pairs")) == 0 and set(e2hqa_drops["reason"]) == {"not_json"}

@@ -5,6 +5,7 @@ pair cites a benchmark page and that no question overlaps a benchmark question. 
 a synthesized table holds no pair, naming why the teacher's attempts were dropped.
 """
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,9 +87,21 @@ def _store_result(
                 markdown_preview(pairs[["kind", "difficulty", "question", "answer"]]) if len(pairs) else "no pairs"
             ),
             "parquet": dg.MetadataValue.path(str(writes[table].parquet_path)),
+            **({"sources": dg.MetadataValue.md(sources_markdown(result))} if result.sources else {}),
         },
         data_version=dg.DataVersion(frame_version(pairs)),
     )
+
+
+def sources_markdown(result: SynthesisResult) -> str:
+    """One row per source (a CRAWLQA cluster): its pages, the pairs kept from them and the drops, by reason."""
+    rows = []
+    for source, urls in result.sources.items():
+        reasons = Counter(drop.reason for drop in result.drops if drop.item.split(":")[0] == source)
+        kept = sum(1 for pair in result.pairs if pair.source_urls and set(pair.source_urls) <= set(urls))
+        drops = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common()) or "none"
+        rows.append({"source": source, "pages": " ".join(urls), "kept": kept, "dropped": drops})
+    return markdown_preview(pd.DataFrame(rows), rows=len(rows), max_chars=400)
 
 
 class CrawlQAAssetConfig(dg.Config):

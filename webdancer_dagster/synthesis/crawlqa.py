@@ -355,4 +355,4 @@ def synthesize_crawlqa(
     logger.info(
         "crawlqa: %d clusters, %d requests, %d kept, %d dropped", len(clusters), len(tasks), len(kept), len(drops)
     )
-    return SynthesisResult(kept, drops, len(tasks))
+    return SynthesisResult(kept, drops, len(tasks), sources={cluster.id: cluster.urls for cluster in clusters})

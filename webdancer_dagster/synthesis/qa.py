@@ -175,11 +175,15 @@ class LeakageGuard:
 
 @dataclasses.dataclass(frozen=True)
 class SynthesisResult:
-    """What one synthesis run produced: kept pairs in a deterministic order, and every drop with its reason."""
+    """What one synthesis run produced: kept pairs in a deterministic order, and every drop with its reason.
+
+    `sources` names the pages each unit of work showed the teacher (a CRAWLQA cluster's URLs), by the id its drops'
+    items start with: a run whose teacher wrote nothing usable still shows which pages it read."""
 
     pairs: list[QAPair]
     drops: list[Drop]
     attempted: int
+    sources: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def drops_table(self) -> pd.DataFrame:
