@@ -1,5 +1,6 @@
-"""`webdancer materialize` runs the phase jobs the UI launches: its runs carry their names (so they show on the
-Overview timeline), a profile from `profiles/` runs its own jobs, and each run is as large as the phase allows."""
+"""`webdancer materialize` runs the phase jobs the UI launches: its runs carry their names and the UI's code location
+(so they show on the Overview timeline and the job's Runs tab), a profile from `profiles/` runs its own jobs, and each
+run is as large as the phase allows."""
 
 import dagster as dg
 import pytest
@@ -68,6 +69,25 @@ def test_the_runs_carry_the_phase_jobs_names(instance):
     [crawled] = results[1].asset_materializations_for_node("toy_crawl")
     assert crawled.metadata["max_pages"].value == 7
     assert all(record.dagster_run.job_name != "__ephemeral_asset_job__" for record in instance.get_run_records())
+    # Toy definitions are not the code location the UI loads: their runs are filed under none.
+    assert all(record.dagster_run.remote_job_origin is None for record in instance.get_run_records())
+
+
+def test_cli_runs_are_filed_under_the_code_location_the_ui_loads(instance):
+    """Without it the UI leaves an in-process run off the Overview timeline and the job's Runs tab."""
+    [result] = materialize_all(defs, instance, selection=["web_sites"])
+
+    run = instance.get_run_by_id(result.run_id)
+    origin = run.remote_job_origin
+    assert origin is not None and origin.job_name == run.job_name == "crawl"
+    assert origin.repository_origin.code_location_origin.location_name == "webdancer_dagster"  # workspace.yaml's
+    assert origin.repository_origin.repository_name == "__repository__"
+    label = "__repository__@webdancer_dagster"
+    assert run.tags[".dagster/repository"] == label
+    # The query behind a job's Runs tab in the UI: the job's name and the repository tag.
+    filtered = instance.get_runs(filters=dg.RunsFilter(job_name="crawl", tags={".dagster/repository": label}))
+    assert [found.run_id for found in filtered] == [result.run_id]
+    assert run.is_success
 
 
 def test_a_shipped_profile_runs_its_own_jobs_phase_by_phase():

@@ -113,13 +113,13 @@ def ui(
 ) -> None:
     """Start the Dagster UI on 127.0.0.1 over the same run history the CLI writes; Ctrl-C (SIGINT) or SIGTERM stops
     it with everything it started."""
+    from webdancer_dagster.pipeline import WORKSPACE_YAML
     from webdancer_dagster.processes import run_until_signalled
 
     _use_home(home)
     with _run_history():
         pass  # runs a killed process left unfinished show as failed, not as running forever
-    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
-    command = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)]
+    command = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(WORKSPACE_YAML)]
     raise typer.Exit(run_until_signalled(command, env=dict(os.environ)))
 
 
@@ -158,9 +158,10 @@ def crawl(
     import dagster as dg
 
     from webdancer_dagster.assets.corpus import crawl_summary
+    from webdancer_dagster.assets.jobs import profile_job_name
     from webdancer_dagster.assets.registries import SITE_NAMES, SITE_REGISTRY
     from webdancer_dagster.definitions import defs
-    from webdancer_dagster.pipeline import load_profile, validate_profile
+    from webdancer_dagster.pipeline import execute_job, load_profile, validate_profile
 
     if site not in SITE_NAMES:
         console.print(f"[red]unknown site {site!r}[/red]; sites: {', '.join(SITE_NAMES)}")
@@ -172,16 +173,13 @@ def crawl(
     # A live site declared in sites.yaml needs no local site built before its crawl.
     needs_sites = not store.table_exists("sites") and site not in SITE_REGISTRY.sites
     selection = ["web_sites", "crawl_pages"] if needs_sites else ["crawl_pages"]
+    # The crawl job the UI launches (the profile's own for a profile in profiles/), so the run shows under its name.
+    job = profile_job_name("crawl", chosen.name) if chosen.name else "crawl"
     with _run_history() as instance:
         if "web_sites" in selection:
-            dg.materialize(defs.assets, selection=["web_sites"], instance=instance, resources=defs.resources)
-        result = dg.materialize(
-            defs.assets,
-            selection=["crawl_pages"],
-            partition_key=site,
-            instance=instance,
-            resources=defs.resources,
-            run_config=run_config,
+            execute_job(defs, job, instance, asset_selection=[dg.AssetKey("web_sites")])
+        result = execute_job(
+            defs, job, instance, asset_selection=[dg.AssetKey("crawl_pages")], partition_key=site, run_config=run_config
         )
     console.print_json(json.dumps(crawl_summary(result)))
 
@@ -231,7 +229,7 @@ def evaluate(
     from webdancer_dagster.assets.evaluation import BENCHMARK_NAMES, MODELS
     from webdancer_dagster.assets.jobs import profile_job_name
     from webdancer_dagster.definitions import defs
-    from webdancer_dagster.pipeline import load_profile, validate_profile
+    from webdancer_dagster.pipeline import execute_job, load_profile, validate_profile
 
     if model not in MODELS or benchmark not in BENCHMARK_NAMES:
         console.print(
@@ -245,11 +243,13 @@ def evaluate(
     run_config = {"ops": {k: v for k, v in ops.items() if k == "benchmark_scores"}}
     # The evaluate job the UI launches (the profile's own for a profile in profiles/): the asset's checks run with
     # it, and the run shows under that job's name.
-    job = defs.resolve_job_def(profile_job_name("evaluate", chosen.name) if chosen.name else "evaluate")
+    job = profile_job_name("evaluate", chosen.name) if chosen.name else "evaluate"
     with _run_history() as instance:
-        result = job.execute_in_process(
+        result = execute_job(
+            defs,
+            job,
+            instance,
             run_config=run_config,
-            instance=instance,
             partition_key=dg.MultiPartitionKey({"model": model, "benchmark": benchmark}),
         )
     _print_scores(WarehouseStore(home))

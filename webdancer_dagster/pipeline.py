@@ -10,6 +10,7 @@ import difflib
 import itertools
 import logging
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from webdancer_dagster.paths import DATA_DIR
 log = logging.getLogger(__name__)
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+WORKSPACE_YAML = Path(__file__).resolve().parent.parent / "workspace.yaml"
 # What a profile may hold; Dagster's other run-config sections (execution, loggers) are not applied.
 PROFILE_SECTIONS = {
     "ops": "Dagster run config of each asset's op: `ops: {crawl_pages: {config: {max_pages: 200}}}`",
@@ -290,14 +292,62 @@ def _execute(
         )
     document = run_config.document if isinstance(run_config, Profile) else None
     tags = {PROFILE_TAG: str(document.path)} if document and not run_config.name else {}  # type: ignore[attr-defined]
-    return defs.resolve_job_def(planned.job).execute_in_process(
+    return execute_job(
+        defs,
+        planned.job,
+        instance,
         run_config=config,
-        instance=instance,
         partition_key=planned.partition_key,
         asset_selection=planned.keys,
         tags=tags,
-        raise_on_error=True,
     )
+
+
+def execute_job(
+    defs: dg.Definitions, job_name: str, instance: dg.DagsterInstance, **execute_args: Any
+) -> dg.ExecuteInProcessResult:
+    """Run a job of `defs` in this process (`execute_in_process`, raising on a failed step) and, when `defs` are the
+    project's definitions, file the run under the code location the UI loads from `workspace.yaml`, as a run launched
+    from the UI is. Dagster files an in-process run under no code location, and the UI then leaves it off the
+    Overview timeline and the job's Runs tab (dagster-io/dagster#17707)."""
+    run_id = str(uuid.uuid4())
+    try:
+        return defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, run_id=run_id, raise_on_error=True, **execute_args
+        )
+    finally:
+        location = _workspace_location(defs)
+        if location is not None:
+            file_run_under_location(instance, run_id, job_name, location)
+
+
+def file_run_under_location(instance: dg.DagsterInstance, run_id: str, job_name: str, location: Any) -> None:
+    """Record `location` (a code location origin) as the origin of a stored run of `job_name`, with the repository
+    tag the UI filters a job's runs by. Run storage's own call for moving runs between locations does the writing."""
+    from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
+    from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.remote_job_origin is not None:
+        return
+    repository = RemoteRepositoryOrigin(code_location_origin=location, repository_name=SINGLETON_REPOSITORY_NAME)
+    instance.add_run_tags(run_id, {REPOSITORY_LABEL_TAG: repository.get_label()})
+    tagged = instance.get_run_by_id(run_id)
+    instance.run_storage.replace_job_origin(tagged, RemoteJobOrigin(repository_origin=repository, job_name=job_name))
+
+
+def _workspace_location(defs: dg.Definitions) -> Any:
+    """The code location origin `workspace.yaml` gives the project's definitions (what `dagster dev` loads), or None
+    for other definitions (a test's toy ones) and where the file is missing."""
+    from dagster._core.workspace.load_target import location_origins_from_yaml_paths
+
+    from webdancer_dagster.definitions import defs as project_defs
+
+    if defs is not project_defs or not WORKSPACE_YAML.exists():
+        return None
+    [location] = location_origins_from_yaml_paths([str(WORKSPACE_YAML)])
+    return location
 
 
 def _log_failed_checks(result: dg.ExecuteInProcessResult) -> None:

@@ -76,7 +76,9 @@ def _materialize(tiny_model: BaseModel, instance: dg.DagsterInstance) -> dg.Exec
         run_config={
             "ops": {
                 "base_model": {"config": {"source": str(tiny_model.path)}},
-                "sft_checkpoint": {"config": {"max_steps": MAX_STEPS, "learning_rate": 1e-3, "warmup_ratio": 0.0}},
+                "sft_checkpoint": {
+                    "config": {"max_steps": MAX_STEPS, "learning_rate": 1e-3, "warmup_ratio": 0.0, "save_steps": 1}
+                },
             }
         },
         instance=instance,
@@ -134,6 +136,10 @@ def test_sft_checkpoint_trains_through_torchrun_passes_its_check_and_is_reused(
     run_dir = checkpoint.parent
     launches = sorted((run_dir / "logs").glob("torchrun-*"))
     assert len(launches) == 1
+    # The run saved a resume checkpoint each step; once its record is written they are gone, its weights stay.
+    [removed] = [r.user_message for r in instance.all_logs(first.run_id) if "resume checkpoints" in r.user_message]
+    assert float(removed.split(": ")[1].split()[0]) > 0, removed
+    assert not list(run_dir.glob("checkpoint-*")) and (run_dir / "final" / "model.safetensors").is_file()
 
     second = _materialize(tiny_model, instance)
 

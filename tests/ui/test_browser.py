@@ -1,6 +1,7 @@
 """The Dagster UI in a real browser: Debian's headless Chromium, driven by Playwright, over a webserver started from
 `workspace.yaml` on a fresh home. It opens the asset graph, materializes `web_sites` from its asset page, waits for
-the run to succeed and checks that the asset's metadata and its plots are shown.
+the run to succeed, checks that the asset's metadata and its plots are shown, and that the Overview timeline shows
+the run the CLI made before the UI started.
 
 Screenshots are test artefacts under the test's tmp dir (`screenshots/`) and, when $WEBDANCER_SCREENSHOT_DIR is set,
 are copied there too: `asset_graph.png` is the README's picture of the graph (docs/asset_graph.png).
@@ -22,10 +23,9 @@ import dagster as dg
 import pytest
 from webserver_wait import wait_for_webserver
 
-from webdancer_dagster.assets import corpus
 from webdancer_dagster.definitions import defs
 from webdancer_dagster.llm.server import free_port
-from webdancer_dagster.pipeline import ensure_dagster_home
+from webdancer_dagster.pipeline import ensure_dagster_home, materialize_all
 from webdancer_dagster.processes import die_with_parent
 
 pytestmark = pytest.mark.browser
@@ -99,8 +99,8 @@ def _stop_session(process: subprocess.Popen) -> list[int]:
 
 @pytest.fixture
 def dagster_ui(isolated_home: Path, tmp_path: Path) -> Iterator[DagsterUI]:
-    """`dagster dev` over this test's home and run history, with `web_sites` materialized once already (so its
-    plots have a line); the webserver, its daemon, code server and runs all die with the test."""
+    """`dagster dev` over this test's home and run history, with `web_sites` materialized once already by the CLI's
+    path (so its plots have a line); the webserver, its daemon, code server and runs all die with the test."""
     dagster_home = ensure_dagster_home(Path(os.environ["DAGSTER_HOME"]))
     with dg.DagsterInstance.get() as instance:
         port = free_port()
@@ -119,8 +119,9 @@ def dagster_ui(isolated_home: Path, tmp_path: Path) -> Iterator[DagsterUI]:
                 preexec_fn=_server_preexec,
             )
         try:
-            # While the webserver loads the code.
-            assert dg.materialize([corpus.web_sites], resources=defs.resources, instance=instance).success
+            # While the webserver loads the code: as `webdancer materialize` runs it (the `crawl` job, in process).
+            [result] = materialize_all(defs, instance, selection=["web_sites"])
+            assert result.success
             url = f"http://127.0.0.1:{port}"
             wait_for_webserver(url, server, SERVER_START_S, log=lambda: log_path.read_text()[-3000:])
             yield DagsterUI(url=url, instance=instance)
@@ -269,6 +270,13 @@ def test_materialize_from_the_ui_and_see_metadata_and_plots(dagster_ui: DagsterU
     expect(page.locator("canvas")).to_have_count(len(numeric))
     page.get_by_text(numeric[0], exact=True).scroll_into_view_if_needed()
     shots.take(page, "asset_plots")
+
+    # The Overview timeline: the CLI's run under its job's name (the UI's own run is a jobless materialization).
+    page.goto(f"{dagster_ui.url}/overview/activity/timeline")
+    # Its row links to the job in the code location the UI loaded from workspace.yaml.
+    expect(page.locator('a[href*="/locations/webdancer_dagster/jobs/crawl"]').first).to_be_visible()
+    expect(page.get_by_text("Jobless asset materializations", exact=True).first).to_be_visible()
+    shots.take(page, "timeline")
 
     # The README's picture: the whole graph, groups expanded, web_sites materialized.
     page.goto(graph_url)

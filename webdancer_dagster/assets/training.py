@@ -38,6 +38,7 @@ from webdancer_dagster.training.artifacts import (
     prepare_run,
     probe_checkpoint,
     read_run_record,
+    remove_resume_checkpoints,
     rl_jsonl,
     sft_jsonl,
     write_run_record,
@@ -151,6 +152,8 @@ def _train_or_reuse(
     reported = invocation.get_materialize_result().metadata
     record = {key: value.value for key, value in reported.items()}
     write_run_record(run.output_dir, record)
+    freed = remove_resume_checkpoints(run.output_dir)  # after the record: a kill in between leaves a finished run
+    context.log.info(f"removed the finished run's resume checkpoints: {freed / 1e6:.1f} MB freed")
     return record, False
 
 

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import math
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from webdancer_dagster.training.base_model import BaseModel
 TRAIN_FILE = "train.jsonl"
 RUN_RECORD_FILE = "run_record.json"
 PROBE_TEXT = "Who wrote Hamlet? <think>I should search.</think>"
+# transformers' PREFIX_CHECKPOINT_DIR, spelled out: loading the definitions stays free of torch.
+RESUME_CHECKPOINT_PREFIX = "checkpoint-"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,18 @@ def write_run_record(output_dir: Path, record: Mapping[str, Any]) -> Path:
     path = Path(output_dir) / RUN_RECORD_FILE
     write_text_atomic(path, json.dumps(dict(record), indent=1, default=str))
     return path
+
+
+def remove_resume_checkpoints(output_dir: Path) -> int:
+    """Delete the numbered checkpoints a finished run kept for resuming and return the bytes freed. Each holds the
+    weights with the optimizer, scheduler and RNG state (about three times `final/`), and a run whose record is
+    written never resumes: it is reused, or trained afresh when its weights changed."""
+    freed = 0
+    for folder in Path(output_dir).glob(f"{RESUME_CHECKPOINT_PREFIX}*"):
+        if folder.is_dir():
+            freed += sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+            shutil.rmtree(folder)
+    return freed
 
 
 def read_run_record(output_dir: Path) -> dict[str, Any] | None:
