@@ -318,10 +318,10 @@ def execute_job(
     finally:
         location = _workspace_location(defs)
         if location is not None:
-            file_run_under_location(instance, run_id, job_name, location)
+            _file_run_under_location(instance, run_id, job_name, location)
 
 
-def file_run_under_location(instance: dg.DagsterInstance, run_id: str, job_name: str, location: Any) -> None:
+def _file_run_under_location(instance: dg.DagsterInstance, run_id: str, job_name: str, location: Any) -> None:
     """Record `location` (a code location origin) as the origin of a stored run of `job_name`, with the repository
     tag the UI filters a job's runs by. Run storage's own call for moving runs between locations does the writing."""
     from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
