@@ -161,7 +161,7 @@ def crawl(
     from webdancer_dagster.assets.jobs import profile_job_name
     from webdancer_dagster.assets.registries import SITE_NAMES, SITE_REGISTRY
     from webdancer_dagster.definitions import defs
-    from webdancer_dagster.pipeline import execute_job, load_profile, validate_profile
+    from webdancer_dagster.pipeline import load_profile, run_job_in_process, validate_profile
 
     if site not in SITE_NAMES:
         console.print(f"[red]unknown site {site!r}[/red]; sites: {', '.join(SITE_NAMES)}")
@@ -177,8 +177,8 @@ def crawl(
     job = profile_job_name("crawl", chosen.name) if chosen.name else "crawl"
     with _run_history() as instance:
         if "web_sites" in selection:
-            execute_job(defs, job, instance, asset_selection=[dg.AssetKey("web_sites")])
-        result = execute_job(
+            run_job_in_process(defs, job, instance, asset_selection=[dg.AssetKey("web_sites")])
+        result = run_job_in_process(
             defs, job, instance, asset_selection=[dg.AssetKey("crawl_pages")], partition_key=site, run_config=run_config
         )
     console.print_json(json.dumps(crawl_summary(result)))
@@ -229,7 +229,7 @@ def evaluate(
     from webdancer_dagster.assets.evaluation import BENCHMARK_NAMES, MODELS
     from webdancer_dagster.assets.jobs import profile_job_name
     from webdancer_dagster.definitions import defs
-    from webdancer_dagster.pipeline import execute_job, load_profile, validate_profile
+    from webdancer_dagster.pipeline import load_profile, run_job_in_process, validate_profile
 
     if model not in MODELS or benchmark not in BENCHMARK_NAMES:
         console.print(
@@ -245,7 +245,7 @@ def evaluate(
     # it, and the run shows under that job's name.
     job = profile_job_name("evaluate", chosen.name) if chosen.name else "evaluate"
     with _run_history() as instance:
-        result = execute_job(
+        result = run_job_in_process(
             defs,
             job,
             instance,

@@ -23,6 +23,11 @@ def swap_in_dir(tmp_dir: Path, target: Path) -> None:
         os.replace(tmp_dir, target)
 
 
+def folder_bytes(folder: Path) -> int:
+    """The bytes of every file below ``folder``."""
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write through a temporary file and rename, so a reader never sees half a file."""
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -7,6 +7,7 @@ their metadata and lineage because they go to the same DAGSTER_HOME the UI reads
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 import logging
 import re
@@ -14,7 +15,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -24,6 +25,9 @@ from webdancer_dagster.config_files import ConfigFileError, Location, YamlDocume
 from webdancer_dagster.evaluation.benchmarks import BenchmarkSource, check_benchmark_files
 from webdancer_dagster.files import write_text_atomic
 from webdancer_dagster.paths import DATA_DIR
+
+if TYPE_CHECKING:
+    from dagster._core.remote_origin import CodeLocationOrigin
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +296,7 @@ def _execute(
         )
     document = run_config.document if isinstance(run_config, Profile) else None
     tags = {PROFILE_TAG: str(document.path)} if document and not run_config.name else {}  # type: ignore[attr-defined]
-    return execute_job(
+    return run_job_in_process(
         defs,
         planned.job,
         instance,
@@ -303,27 +307,31 @@ def _execute(
     )
 
 
-def execute_job(
+def run_job_in_process(
     defs: dg.Definitions, job_name: str, instance: dg.DagsterInstance, **execute_args: Any
 ) -> dg.ExecuteInProcessResult:
     """Run a job of `defs` in this process (`execute_in_process`, raising on a failed step) and, when `defs` are the
     project's definitions, file the run under the code location the UI loads from `workspace.yaml`, as a run launched
     from the UI is. Dagster files an in-process run under no code location, and the UI then leaves it off the
     Overview timeline and the job's Runs tab (dagster-io/dagster#17707)."""
+    from webdancer_dagster.definitions import defs as project_defs
+
     run_id = str(uuid.uuid4())
     try:
         return defs.resolve_job_def(job_name).execute_in_process(
             instance=instance, run_id=run_id, raise_on_error=True, **execute_args
         )
     finally:
-        location = _workspace_location(defs)
+        location = _ui_code_location() if defs is project_defs else None  # a test's toy definitions are filed nowhere
         if location is not None:
             _file_run_under_location(instance, run_id, job_name, location)
 
 
-def _file_run_under_location(instance: dg.DagsterInstance, run_id: str, job_name: str, location: Any) -> None:
-    """Record `location` (a code location origin) as the origin of a stored run of `job_name`, with the repository
-    tag the UI filters a job's runs by. Run storage's own call for moving runs between locations does the writing."""
+def _file_run_under_location(
+    instance: dg.DagsterInstance, run_id: str, job_name: str, location: CodeLocationOrigin
+) -> None:
+    """Record `location` as the origin of a stored run of `job_name`, with the repository tag the UI filters a job's
+    runs by. Run storage's own call for moving runs between locations does the writing."""
     from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
     from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
     from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
@@ -337,14 +345,13 @@ def _file_run_under_location(instance: dg.DagsterInstance, run_id: str, job_name
     instance.run_storage.replace_job_origin(tagged, RemoteJobOrigin(repository_origin=repository, job_name=job_name))
 
 
-def _workspace_location(defs: dg.Definitions) -> Any:
-    """The code location origin `workspace.yaml` gives the project's definitions (what `dagster dev` loads), or None
-    for other definitions (a test's toy ones) and where the file is missing."""
+@functools.cache
+def _ui_code_location() -> CodeLocationOrigin | None:
+    """The code location origin `workspace.yaml` gives the project's definitions (what `dagster dev` loads), read once
+    a process; None where the file is missing."""
     from dagster._core.workspace.load_target import location_origins_from_yaml_paths
 
-    from webdancer_dagster.definitions import defs as project_defs
-
-    if defs is not project_defs or not WORKSPACE_YAML.exists():
+    if not WORKSPACE_YAML.exists():
         return None
     [location] = location_origins_from_yaml_paths([str(WORKSPACE_YAML)])
     return location

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webdancer_dagster.files import write_text_atomic
+from webdancer_dagster.files import folder_bytes, write_text_atomic
 from webdancer_dagster.shared.hashing import folder_sha256
 from webdancer_dagster.training.base_model import BaseModel
 
@@ -107,7 +107,7 @@ def remove_resume_checkpoints(output_dir: Path) -> int:
     freed = 0
     for folder in Path(output_dir).glob(f"{RESUME_CHECKPOINT_PREFIX}*"):
         if folder.is_dir():
-            freed += sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+            freed += folder_bytes(folder)
             shutil.rmtree(folder)
     return freed
 

@@ -17,7 +17,7 @@ import httpx
 import pandas as pd
 import tantivy
 
-from webdancer_dagster.files import swap_in_dir
+from webdancer_dagster.files import folder_bytes, swap_in_dir
 from webdancer_dagster.warehouse import frame_version
 from webdancer_dagster.web.errors import FetchError, ToolInputError
 
@@ -89,7 +89,7 @@ def build_search_index(docs: pd.DataFrame, index_dir: Path) -> dict:
         stats = {
             "docs": len(frame),
             "seconds": round(time.perf_counter() - started, 3),
-            "size_bytes": sum(p.stat().st_size for p in tmp_dir.rglob("*") if p.is_file()),
+            "size_bytes": folder_bytes(tmp_dir),
             "content_version": frame_version(frame),
         }
         (tmp_dir / INDEX_MANIFEST).write_text(json.dumps(stats, indent=2))
