@@ -4,20 +4,27 @@ PY := $(VENV)/bin/python
 export WEBDANCER_HOME ?= $(CURDIR)/.webdancer
 export DAGSTER_HOME ?= $(WEBDANCER_HOME)/dagster
 
-.PHONY: setup smoke test test-fast lint ui bench clean
+.PHONY: setup llama-server smoke learn test test-fast lint ui bench clean
 
 setup:
 	bash scripts/bootstrap.sh
 
+# llama.cpp's own server, which scores several runs at once (the learning profile); not needed by smoke.
+llama-server: setup
+	bash scripts/build_llama_server.sh
+
 smoke: setup
 	$(VENV)/bin/webdancer materialize --profile smoke
 
-test: setup
+learn: llama-server
+	$(VENV)/bin/webdancer materialize --profile learn
+
+test: llama-server
 	$(VENV)/bin/ruff check webdancer_dagster tests benchmarks
 	$(VENV)/bin/ruff format --check webdancer_dagster tests benchmarks
 	$(VENV)/bin/pytest -m "not gpu" -q
 
-test-fast: setup
+test-fast: llama-server
 	$(VENV)/bin/pytest -m "not slow and not gpu" -q
 
 lint: setup

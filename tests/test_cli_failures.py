@@ -43,3 +43,28 @@ def test_a_run_on_another_home_stays_out_of_the_users_run_history(tmp_path: Path
     assert finished.returncode == 1
     assert _run_ids(users_history) == []
     assert len(_run_ids(other_home / "dagster")) == 1
+
+
+def test_eval_runs_in_the_profiles_environment(tmp_path: Path) -> None:
+    """`webdancer eval --profile` runs with the profile's resources, not only its benchmark_scores config. It once
+    sent the ops alone: a model trained by the learning profile on 5 search results a query was scored on 10."""
+    from dagster import DagsterRun
+    from dagster._serdes import deserialize_value
+
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(
+        "resources: {web: {config: {search_results_per_query: 4}}}\n"
+        "ops: {benchmark_scores: {config: {max_questions: 2}}}\n"
+    )
+    home = tmp_path / "home"
+    command = [sys.executable, "-m", "webdancer_dagster.cli", "eval", "--home", str(home), "--profile", str(profile)]
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=240)
+
+    assert finished.returncode == 1  # an empty home: no search index
+    with sqlite3.connect(home / "dagster" / "history" / "runs.db") as connection:
+        (body,) = [row[0] for row in connection.execute("SELECT run_body FROM runs")]
+    assert deserialize_value(body, DagsterRun).run_config == {
+        "resources": {"web": {"config": {"search_results_per_query": 4}}},
+        "ops": {"benchmark_scores": {"config": {"max_questions": 2}}},
+    }

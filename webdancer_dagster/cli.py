@@ -158,7 +158,7 @@ def crawl(
     import dagster as dg
 
     from webdancer_dagster.assets.corpus import crawl_summary
-    from webdancer_dagster.assets.jobs import profile_job_name
+    from webdancer_dagster.assets.jobs import profile_config, profile_job_name
     from webdancer_dagster.assets.registries import SITE_NAMES, SITE_REGISTRY
     from webdancer_dagster.definitions import defs
     from webdancer_dagster.pipeline import load_profile, run_job_in_process, validate_profile
@@ -169,15 +169,16 @@ def crawl(
     store = WarehouseStore(home)
     chosen = load_profile(profile)
     validate_profile(defs, chosen)
-    run_config = {"ops": {k: v for k, v in (chosen.get("ops") or {}).items() if k == "crawl_pages"}}
     # A live site declared in sites.yaml needs no local site built before its crawl.
     needs_sites = not store.table_exists("sites") and site not in SITE_REGISTRY.sites
     selection = ["web_sites", "crawl_pages"] if needs_sites else ["crawl_pages"]
     # The crawl job the UI launches (the profile's own for a profile in profiles/), so the run shows under its name.
     job = profile_job_name("crawl", chosen.name) if chosen.name else "crawl"
+    # Each run with the profile's config for its op and the profile's resources: the environment it crawls in.
+    sites_config, run_config = (profile_config(chosen, [name]) for name in ("web_sites", "crawl_pages"))
     with _run_history() as instance:
         if "web_sites" in selection:
-            run_job_in_process(defs, job, instance, asset_selection=[dg.AssetKey("web_sites")])
+            run_job_in_process(defs, job, instance, asset_selection=[dg.AssetKey("web_sites")], run_config=sites_config)
         result = run_job_in_process(
             defs, job, instance, asset_selection=[dg.AssetKey("crawl_pages")], partition_key=site, run_config=run_config
         )
@@ -227,7 +228,7 @@ def evaluate(
     import dagster as dg
 
     from webdancer_dagster.assets.evaluation import BENCHMARK_NAMES, MODELS
-    from webdancer_dagster.assets.jobs import profile_job_name
+    from webdancer_dagster.assets.jobs import profile_config, profile_job_name
     from webdancer_dagster.definitions import defs
     from webdancer_dagster.pipeline import load_profile, run_job_in_process, validate_profile
 
@@ -239,8 +240,8 @@ def evaluate(
         raise typer.Exit(2)
     chosen = load_profile(profile)
     validate_profile(defs, chosen)
-    ops = chosen.get("ops") or {}
-    run_config = {"ops": {k: v for k, v in ops.items() if k == "benchmark_scores"}}
+    # The profile's resources too (its web's search results a query): scored in the environment the profile trains in.
+    run_config = profile_config(chosen, ["benchmark_scores"])
     # The evaluate job the UI launches (the profile's own for a profile in profiles/): the asset's checks run with
     # it, and the run shows under that job's name.
     job = profile_job_name("evaluate", chosen.name) if chosen.name else "evaluate"

@@ -175,3 +175,38 @@ def test_with_server_threads_the_base_model_gets_a_server_of_its_own_and_keeps_i
     assert served.model_path == str(find_smollm2_gguf())
     assert policy.config.model == shared.model_name
     assert policy.config.served_by == shared.served_by()
+
+
+def test_with_server_parallel_a_checkpoint_is_scored_on_llama_server_slots(
+    tiny_model: BaseModel, tmp_path: Path
+) -> None:
+    """`server_parallel` serves the checkpoint's GGUF from llama.cpp's own server with that many slots (threads
+    still from `server_threads`), answers that many runs at once, and names the engine in `served_by`, so replies
+    cached from llama-cpp-python are never handed out as its samples."""
+    store = WarehouseStore(tmp_path / "home")
+    store.replace_table("sft_checkpoint", pd.DataFrame([{"path": str(tiny_model.path), "sha256": tiny_model.sha256}]))
+    config = BenchmarkScoresConfig(server_threads=2, server_parallel=4)
+
+    policy = resolve_policy(REGISTRY.models["sft"], _policy_role(), store, config)
+    one_at_a_time = resolve_policy(REGISTRY.models["sft"], _policy_role(), store, BenchmarkScoresConfig())
+
+    assert policy.server_config is not None
+    served = policy.server_config()
+    assert (served.mode, served.n_parallel, served.n_threads) == ("llama_server", 4, 2)
+    assert served.model_path.endswith("model-f16.gguf")
+    assert policy.config.served_by == f"{one_at_a_time.config.served_by} on llama-server"
+    assert config.workers == 4 and BenchmarkScoresConfig(server_parallel=2, max_workers=3).workers == 3
+    assert BenchmarkScoresConfig().workers == 1
+
+
+def test_with_server_parallel_the_base_model_gets_llama_server_slots_of_its_own(tmp_path: Path) -> None:
+    role = _policy_role()
+    policy = resolve_policy(
+        REGISTRY.models["base"], role, WarehouseStore(tmp_path / "home"), BenchmarkScoresConfig(server_parallel=3)
+    )
+
+    assert policy.server_config is not None
+    served, shared = policy.server_config(), role.server.server_config()
+    assert (served.mode, served.n_parallel, shared.mode) == ("llama_server", 3, "llama_cpp")
+    assert served.model_path == shared.model_path and policy.config.model == shared.model_name
+    assert policy.config.served_by == served.served_by() != shared.served_by()

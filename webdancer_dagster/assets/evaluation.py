@@ -118,8 +118,21 @@ class BenchmarkScoresConfig(dg.Config):
         "itself (the learning profile), every core: the agent waits for each reply, and on 2 cores 2 threads "
         "answered the same calls 1.8x faster than 1.",
     )
+    server_parallel: int | None = Field(
+        default=None,
+        ge=1,
+        description="On llama.cpp: serve the scored model from llama.cpp's own llama-server (`make llama-server`) "
+        "with this many slots decoded together, and answer as many runs at once (or max_workers, if more); empty: "
+        "llama-cpp-python's server, one request at a time. On 2 cores, 4 slots scored 24 runs of the learning "
+        "profile's SFT model 1.58x faster than one at a time: the runs share decoding, not prompt reading.",
+    )
     data_dir: str = Field(default=str(DATA_DIR), description="Folder holding the benchmark files.")
     max_workers: int = Field(default=1, description="Runs answered in parallel.")
+
+    @property
+    def workers(self) -> int:
+        """Runs answered at once: one per llama-server slot, unless max_workers asks for more."""
+        return max(self.max_workers, self.server_parallel or 1)
 
 
 class _Policy:
@@ -189,8 +202,9 @@ def resolve_policy(
         return endpoint.model_copy(update={"sampling": endpoint.sampling.model_copy(update={"max_tokens": tokens})})
 
     if spec.kind == "base":
-        if config.server_threads is not None and policy.base_url is None and policy.server.mode == "llama_cpp":
-            return _own_base_server(policy, config.server_threads, budgeted, default_tokenizer)
+        own_server = config.server_threads is not None or config.server_parallel is not None
+        if own_server and policy.base_url is None and policy.server.mode == "llama_cpp":
+            return _own_base_server(policy, config, budgeted, default_tokenizer)
         if config.max_turn_tokens is None:
             return _Policy(policy.endpoint().config, default_tokenizer, shared=policy)
         return _Policy(budgeted(policy.endpoint_config()), default_tokenizer)
@@ -198,12 +212,11 @@ def resolve_policy(
         endpoint = policy.endpoint_config(base_url=spec.base_url, model=spec.model, api_key_env=spec.api_key_env)
         return _Policy(budgeted(endpoint), default_tokenizer)
     checkpoint = recorded_checkpoint(store, str(spec.checkpoint_table))
-    template = policy.server.server_config()  # the same resources (mode, threads, context) as llm_server
-    if config.server_threads is not None:
-        template = template.model_copy(update={"n_threads": config.server_threads})
+    template = _scoring_server(policy.server.server_config(), config)  # llm_server's resources, unless set here
+    engine = " on llama-server" if template.mode == "llama_server" else ""
     # Known before the server starts: the fingerprint needs the model id, not the URL.
     endpoint = policy.endpoint_config(base_url="http://127.0.0.1/v1", model=checkpoint.served_name).model_copy(
-        update={"served_by": f"checkpoint sha256:{checkpoint.sha256} gguf {config.gguf_outtype}"}
+        update={"served_by": f"checkpoint sha256:{checkpoint.sha256} gguf {config.gguf_outtype}{engine}"}
     )
     return _Policy(
         budgeted(endpoint, checkpoint.trained_turn_tokens_p95),
@@ -218,15 +231,25 @@ def resolve_policy(
     )
 
 
+def _scoring_server(template: ModelServerConfig, config: BenchmarkScoresConfig) -> ModelServerConfig:
+    """The scored model's server: `template` (llm_server's), with `server_threads`, and on llama.cpp
+    `server_parallel` slots of llama-server."""
+    if config.server_threads is not None:
+        template = template.model_copy(update={"n_threads": config.server_threads})
+    if config.server_parallel is not None and template.mode != "vllm":
+        template = template.model_copy(update={"mode": "llama_server", "n_parallel": config.server_parallel})
+    return template
+
+
 def _own_base_server(
     policy: LLMEndpointResource,
-    threads: int,
+    config: BenchmarkScoresConfig,
     budgeted: Callable[[EndpointConfig], EndpointConfig],
     tokenizer: str,
 ) -> _Policy:
-    """The base model behind a server of its own with `threads` (the llm_server keeps serving the summarizer and
-    the judge): the same GGUF and model id, so its runs keep their fingerprint and their cached replies."""
-    server = policy.server.server_config().model_copy(update={"n_threads": threads})
+    """The base model behind a server of its own (the llm_server keeps serving the summarizer and the judge): the
+    same GGUF and model id; on llama-cpp-python its runs keep their fingerprint and their cached replies."""
+    server = _scoring_server(policy.server.server_config(), config)
     endpoint = policy.endpoint_config(base_url="http://127.0.0.1/v1", model=server.model_name)
     endpoint = endpoint.model_copy(update={"served_by": server.served_by()})
     return _Policy(budgeted(endpoint), tokenizer, server=lambda: server)
@@ -282,7 +305,7 @@ def _answer_pending(
             runs=config.runs,
             done=evaluation.done,
             on_result=evaluation.store_run,
-            max_workers=config.max_workers,
+            max_workers=config.workers,
         )
 
 

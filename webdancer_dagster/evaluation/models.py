@@ -86,7 +86,8 @@ def checkpoint_server_config(
     outtype: OutType = "f16",
 ) -> ModelServerConfig:
     """A server config for `checkpoint` with `template`'s resources: vLLM serves the folder, any other mode the
-    cached GGUF export through llama.cpp (an external template has no local server to reuse)."""
+    cached GGUF export through llama.cpp: llama-server for a llama_server template, llama-cpp-python otherwise (an
+    external template has no local server to reuse)."""
     common = {
         "served_model_name": checkpoint.served_name,
         "base_url": None,
@@ -99,4 +100,5 @@ def checkpoint_server_config(
     fields = template.model_dump()
     if template.mode == "external":
         fields["extra_args"] = ()
-    return ModelServerConfig(**{**fields, **common, "mode": "llama_cpp", "model_path": str(gguf.path)})
+    mode = "llama_server" if template.mode == "llama_server" else "llama_cpp"
+    return ModelServerConfig(**{**fields, **common, "mode": mode, "model_path": str(gguf.path)})

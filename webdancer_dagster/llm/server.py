@@ -1,5 +1,11 @@
 """The model server every LLM role talks to: llama.cpp on this machine, vLLM on a GPU machine, or an external URL.
 
+On this machine there are two llama.cpp servers: llama-cpp-python's (`llama_cpp`, installed with the package; it
+answers one request at a time) and llama.cpp's own `llama-server` (`llama_server`, built by
+`scripts/build_llama_server.sh` from the same llama.cpp source), which decodes `n_parallel` requests together.
+On 2 cores one token of one sequence costs nearly what a token each of 4 sequences costs together, so agents that run
+in parallel (scoring runs, DAPO rollouts) get several times the decoding throughput from it.
+
 `ModelServer` owns one server process: it picks a free port on 127.0.0.1, starts the process in its own process
 group (so stopping it also stops whatever it forked) and tied to this process's life (kill -9 included), waits
 for `GET /v1/models` within a deadline, and stops it with SIGTERM, then SIGKILL after a grace period. In
@@ -33,7 +39,8 @@ from webdancer_dagster.shared.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
-ServerMode = Literal["llama_cpp", "vllm", "external"]
+ServerMode = Literal["llama_cpp", "llama_server", "vllm", "external"]
+LLAMA_SERVER_ENV = "WEBDANCER_LLAMA_SERVER"
 _POLL_INTERVAL_S = 0.2
 _LOG_TAIL_CHARS = 2000
 
@@ -59,9 +66,12 @@ class ModelServerConfig(BaseModel):
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
     n_ctx: int = Field(8192, ge=256, description="context window in tokens (vllm: --max-model-len)")
     n_parallel: int = Field(
-        1, ge=1, description="vllm: --max-num-seqs; llama_cpp serves one request at a time whatever this says"
+        1,
+        ge=1,
+        description="llama_server: slots decoded together, each with n_ctx; vllm: --max-num-seqs; llama_cpp serves "
+        "one request at a time whatever this says",
     )
-    n_threads: int | None = Field(None, ge=1, description="llama_cpp CPU threads; default: half the cores")
+    n_threads: int | None = Field(None, ge=1, description="llama.cpp CPU threads; default: half the cores")
     startup_timeout_s: float = Field(180.0, gt=0)
     stop_timeout_s: float = Field(10.0, gt=0, description="grace period between SIGTERM and SIGKILL")
     extra_args: tuple[str, ...] = Field((), description="appended verbatim to the server command")
@@ -71,7 +81,7 @@ class ModelServerConfig(BaseModel):
     def _check_mode(self) -> ModelServerConfig:
         if self.mode == "external" and not self.base_url:
             raise ValueError("mode='external' needs base_url")
-        if self.mode in ("llama_cpp", "vllm") and not self.model_path:
+        if self.mode != "external" and not self.model_path:
             raise ValueError(f"mode={self.mode!r} needs model_path")
         return self
 
@@ -89,8 +99,8 @@ class ModelServerConfig(BaseModel):
         """What answers requests, for the response cache (`EndpointConfig.served_by`): the GGUF file's sha256 for
         llama.cpp; for vLLM a local folder's file names, sizes and modification times (hashing tens of GB per run
         would cost minutes), or the hub id; None for an external endpoint, which its URL names."""
-        if self.mode == "llama_cpp":
-            return f"llama_cpp gguf sha256:{file_sha256(Path(str(self.model_path)))}"
+        if self.mode in ("llama_cpp", "llama_server"):
+            return f"{self.mode} gguf sha256:{file_sha256(Path(str(self.model_path)))}"
         if self.mode == "vllm":
             folder = Path(str(self.model_path))
             if not folder.is_dir():
@@ -132,6 +142,37 @@ def llama_cpp_command(config: ModelServerConfig, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def llama_server_binary() -> str:
+    """`$WEBDANCER_LLAMA_SERVER`, else the `llama-server` that scripts/build_llama_server.sh puts next to this
+    Python, else whichever is on PATH."""
+    if os.environ.get(LLAMA_SERVER_ENV):
+        return os.environ[LLAMA_SERVER_ENV]
+    beside_python = Path(sys.executable).parent / "llama-server"
+    return str(beside_python) if beside_python.is_file() else "llama-server"
+
+
+def llama_server_command(config: ModelServerConfig, port: int) -> list[str]:
+    """llama.cpp's `llama-server` with `n_parallel` slots of `n_ctx` tokens each, decoded together (continuous
+    batching). Replies come back verbatim (`--reasoning-format none`): the agent parses its own `<think>`."""
+    threads = config.n_threads or default_threads()
+    return [
+        llama_server_binary(),
+        "--model", str(config.model_path),
+        "--alias", config.model_name,
+        "--host", config.host,
+        "--port", str(port),
+        "--ctx-size", str(config.n_ctx * config.n_parallel),
+        "--parallel", str(config.n_parallel),
+        "--no-kv-unified",  # each slot its own n_ctx, as the agent budgets its context
+        "--threads", str(threads),
+        "--threads-batch", str(threads),
+        "--fit", "off",  # keep the context asked for
+        "--reasoning-format", "none",
+        "--no-webui",
+        *config.extra_args,
+    ]  # fmt: skip
+
+
 def vllm_command(config: ModelServerConfig, port: int) -> list[str]:
     """`vllm serve ...` for GPU machines (`pip install .[gpu]`); add e.g. `--reasoning-parser` via extra_args."""
     return [
@@ -148,6 +189,8 @@ def vllm_command(config: ModelServerConfig, port: int) -> list[str]:
 def server_command(config: ModelServerConfig, port: int) -> list[str]:
     if config.mode == "llama_cpp":
         return llama_cpp_command(config, port)
+    if config.mode == "llama_server":
+        return llama_server_command(config, port)
     if config.mode == "vllm":
         return vllm_command(config, port)
     raise ValueError("an external endpoint has no command")
@@ -233,7 +276,8 @@ class ModelServer:
         port = config.port or free_port(config.host)
         command = server_command(config, port)
         if shutil.which(command[0]) is None:
-            raise ModelServerError(f"cannot start the {config.mode} server: {command[0]!r} is not installed")
+            how = "; build it with `make llama-server`" if config.mode == "llama_server" else ""
+            raise ModelServerError(f"cannot start the {config.mode} server: {command[0]!r} is not installed{how}")
         if config.log_path:
             log_path = Path(config.log_path)
             log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from webdancer_dagster.llm.client import (
     EndpointRole,
     LLMEndpoint,
     SamplingParams,
+    ServerKind,
     TokenUsage,
 )
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
@@ -29,6 +30,8 @@ from webdancer_dagster.llm.server import ModelServer, ModelServerConfig
 from webdancer_dagster.resources.warehouse import Warehouse
 
 ROLES: tuple[EndpointRole, ...] = ("teacher_short", "teacher_long", "judge", "summarizer", "policy")
+# How each local server takes a grammar: both llama.cpp servers read the request's `grammar` field.
+_SERVER_KINDS: dict[str, ServerKind] = {"llama_cpp": "llama_cpp", "llama_server": "llama_cpp", "vllm": "vllm"}
 
 
 class LocalModelServer(dg.ConfigurableResource):
@@ -38,7 +41,9 @@ class LocalModelServer(dg.ConfigurableResource):
     # `configure_at_launch(...)` and silently keeps the default.
     mode: str = Field(
         default="llama_cpp",
-        description="'llama_cpp' (CPU, GGUF), 'vllm' (GPU, `pip install .[gpu]`) or 'external' (use base_url).",
+        description="'llama_cpp' (CPU, GGUF, llama-cpp-python), 'llama_server' (CPU, GGUF, llama.cpp's own server: "
+        "`make llama-server`; decodes n_parallel requests together), 'vllm' (GPU, `pip install .[gpu]`) or "
+        "'external' (use base_url).",
     )
     model_path: str | None = Field(
         default=None,
@@ -51,8 +56,10 @@ class LocalModelServer(dg.ConfigurableResource):
     )
     base_url: str | None = Field(default=None, description="external mode: the endpoint URL, ending in /v1.")
     n_ctx: int = Field(default=8192, description="Context window in tokens.")
-    n_parallel: int = Field(default=1, description="vllm: sequences served at once (llama_cpp serves one).")
-    n_threads: int | None = Field(default=None, description="llama_cpp CPU threads; empty means half the cores.")
+    n_parallel: int = Field(
+        default=1, description="llama_server and vllm: sequences served at once (llama_cpp serves one)."
+    )
+    n_threads: int | None = Field(default=None, description="llama.cpp CPU threads; empty means half the cores.")
     startup_timeout_s: float = Field(default=180.0, description="Deadline for the server to list its model.")
     extra_args: list[str] = Field(default_factory=list, description="Extra server command-line arguments.")
 
@@ -62,7 +69,7 @@ class LocalModelServer(dg.ConfigurableResource):
     def server_config(self) -> ModelServerConfig:
         """The pure-domain config; the SmolLM2 GGUF is located here, not at import time."""
         model_path = self.model_path
-        if model_path is None and self.mode == "llama_cpp":
+        if model_path is None and self.mode in ("llama_cpp", "llama_server"):
             model_path = str(find_smollm2_gguf())
         return ModelServerConfig(
             mode=self.mode,
@@ -80,7 +87,7 @@ class LocalModelServer(dg.ConfigurableResource):
         """How many requests the server answers at a time; None when it is someone else's to say (external)."""
         if self.mode == "llama_cpp":
             return 1  # llama-cpp-python's server answers one request at a time and queues the rest
-        return self.n_parallel if self.mode == "vllm" else None
+        return self.n_parallel if self.mode in ("llama_server", "vllm") else None
 
     def ensure_running(self) -> ModelServer:
         """Start the server on first use; every role of the step then shares it."""
@@ -157,9 +164,7 @@ class LLMEndpointResource(dg.ConfigurableResource):
             server = self.server.ensure_running()
             served_by = server.config.served_by()
             base_url, model = server.base_url, model or server.model
-            server_kind = self.server_kind or (
-                self.server.mode if self.server.mode in ("llama_cpp", "vllm") else "other"
-            )
+            server_kind = self.server_kind or _SERVER_KINDS.get(self.server.mode, "other")
             # Requests queued inside the server would spend their timeout waiting: queue them here instead.
             max_concurrency = min(max_concurrency, self.server.requests_served_at_once() or max_concurrency)
         if model is None:
