@@ -22,6 +22,9 @@ trap 'rm -rf "$work"' EXIT
 echo "[llama-server] building llama.cpp's server from llama-cpp-python $version (about 5 minutes on 2 cores)"
 "$VENV/bin/pip" download -q --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$work"
 tar -xzf "$work/llama_cpp_python-$version.tar.gz" -C "$work"
+# cmake from the system, else PyPI's wheel in the venv (pip's own llama-cpp-python build fetches one the same way).
+command -v cmake >/dev/null || "$VENV/bin/pip" install -q cmake
+PATH="$(cd "$VENV/bin" && pwd):$PATH"
 # As in bootstrap.sh: for this CPU, without the AMX kernels that crash on VMs reporting AMX. Static, so the binary
 # needs no library of the build; no HTTPS (it serves 127.0.0.1 and downloads nothing).
 no_amx=""
