@@ -1,5 +1,7 @@
 """The evaluation loop: rows judged against a scripted local endpoint, and resuming after a failure."""
 
+import threading
+
 import pytest
 
 from webdancer_dagster.agent.trajectory import ChatMessage, Step, Trajectory
@@ -84,3 +86,24 @@ def test_parallel_evaluation_stores_every_row():
                     max_workers=3)  # fmt: skip
     assert sorted((r["question_id"], r["run"]) for r in rows) == [("q1", 0), ("q1", 1), ("q2", 0), ("q2", 1)]
     assert len(stored) == 4
+
+
+def test_parallel_evaluation_stores_each_row_while_other_runs_are_still_going():
+    """A killed evaluation keeps the runs it finished: rows are stored as their runs end, not when the last one does
+    (they once waited for all 300 runs of a partition)."""
+    stored: list[dict] = []
+    some_row_stored = threading.Event()
+    slow_run_saw_a_stored_row: list[bool] = []
+
+    def run_agent(question: str, run: int):
+        if (question, run) == (QUESTIONS[0].question, 0):
+            slow_run_saw_a_stored_row.append(some_row_stored.wait(timeout=10))
+        return trajectory(GOLD[question])
+
+    def store(row: dict) -> None:
+        stored.append(row)
+        some_row_stored.set()
+
+    evaluate(QUESTIONS, run_agent, None, runs=2, on_result=store, max_workers=2)
+
+    assert slow_run_saw_a_stored_row == [True] and len(stored) == 4

@@ -305,7 +305,6 @@ class RLCheckpointConfig(dg.Config):
     rollout_backend: str = _dapo("rollout_backend")
     sync_every_steps: int = _dapo("sync_every_steps")
     rollout_server_threads: int | None = _dapo("rollout_server_threads")
-    rollout_server_parallel: int = _dapo("rollout_server_parallel")
     rollout_gguf_outtype: str = _dapo("rollout_gguf_outtype")
     max_rollout_retries: int = _dapo("max_rollout_retries")
     bf16: bool | None = _dapo("bf16")

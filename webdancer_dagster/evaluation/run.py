@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
 from webdancer_dagster.agent.trajectory import Trajectory
@@ -115,7 +115,9 @@ def evaluate(
         futures = [pool.submit(one, job) for job in jobs]
         pending = set(futures)
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            # Each row is stored as its run ends (FIRST_EXCEPTION would wait for all of them when none fails, and a
+            # killed evaluation would lose every run it had finished).
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 if future.exception() is None:
                     finish(future.result())

@@ -186,14 +186,6 @@ class DAPOHyperparameters:
         default=None,
         metadata={"help": "llama_cpp: CPU threads of each rank's server. Empty: half the cores, shared by the ranks."},
     )
-    rollout_server_parallel: int = field(
-        default=1,
-        metadata={
-            "help": "llama_cpp: rollouts each rank's server decodes together. Above 1 the server is llama.cpp's own "
-            "llama-server (`make llama-server`) with that many slots, and a step's rollouts run that many at once; "
-            "1: llama-cpp-python's server, one at a time."
-        },
-    )
     rollout_gguf_outtype: str = field(
         default="f16", metadata={"help": "llama_cpp: weights of the synced GGUF ('f32', 'f16' or 'q8_0')."}
     )
@@ -228,7 +220,6 @@ class DAPOHyperparameters:
             self.rollout_server_threads is None or self.rollout_server_threads >= 1,
             "rollout_server_threads must be >= 1 (or empty)",
         )
-        _require(self.rollout_server_parallel >= 1, "rollout_server_parallel must be >= 1")
         _require(self.rollout_gguf_outtype in ("f32", "f16", "q8_0"), "rollout_gguf_outtype must be f32, f16 or q8_0")
         _require(self.max_rollout_retries >= 0, "max_rollout_retries must be >= 0")
         _require(self.num_generations >= 2, "num_generations must be >= 2 (advantages compare within a group)")

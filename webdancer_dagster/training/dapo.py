@@ -484,7 +484,6 @@ class AgentRollout:
                 self.work_dir,
                 n_ctx=self._context_tokens(),
                 n_threads=self.hparams.rollout_server_threads or max(1, default_threads() // local_ranks),
-                n_parallel=self.hparams.rollout_server_parallel,
                 outtype=self.hparams.rollout_gguf_outtype,  # type: ignore[arg-type]
             )
         if self.served.version is not None and step - self.served.version < self.hparams.sync_every_steps:

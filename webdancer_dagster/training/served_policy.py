@@ -101,8 +101,7 @@ class ServedPolicy:
     """The trainer's weights behind a llama.cpp server on 127.0.0.1, re-exported and restarted at each `sync`.
 
     `endpoint` is what the agent calls: no response cache (every call must be a fresh sample of the current
-    weights), the server's parallelism as its concurrency: one request at a time on llama-cpp-python's server,
-    `n_parallel` decoded together on llama.cpp's own llama-server (chosen when `n_parallel` is above 1).
+    weights), the server's parallelism as its concurrency (llama.cpp answers one request at a time).
     """
 
     def __init__(
@@ -113,7 +112,6 @@ class ServedPolicy:
         *,
         n_ctx: int,
         n_threads: int | None = None,
-        n_parallel: int = 1,
         outtype: OutType = "f16",
         startup_timeout_s: float = 120.0,
         request_timeout_s: float = 300.0,
@@ -125,8 +123,7 @@ class ServedPolicy:
         self.syncs: list[WeightSync] = []
         self.restarts = 0
         self._server_config = ModelServerConfig(
-            mode="llama_server" if n_parallel > 1 else "llama_cpp",
-            n_parallel=n_parallel,
+            mode="llama_cpp",
             model_path=str(self.work_dir / "unsynced.gguf"),
             served_model_name=SERVED_MODEL_NAME,
             port=free_port(),
