@@ -248,7 +248,7 @@ def _own_base_server(
     tokenizer: str,
 ) -> _Policy:
     """The base model behind a server of its own (the llm_server keeps serving the summarizer and the judge): the
-    same GGUF and model id; on llama-cpp-python its runs keep their fingerprint and their cached replies."""
+    same GGUF and model id, so its runs keep their fingerprint, and on llama-cpp-python their cached replies too."""
     server = _scoring_server(policy.server.server_config(), config)
     endpoint = policy.endpoint_config(base_url="http://127.0.0.1/v1", model=server.model_name)
     endpoint = endpoint.model_copy(update={"served_by": server.served_by()})
