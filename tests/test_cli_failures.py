@@ -48,8 +48,7 @@ def test_a_run_on_another_home_stays_out_of_the_users_run_history(tmp_path: Path
 def test_eval_runs_in_the_profiles_environment(tmp_path: Path) -> None:
     """`webdancer eval --profile` runs with the profile's resources, not only its benchmark_scores config. It once
     sent the ops alone: a model trained by the learning profile on 5 search results a query was scored on 10."""
-    from dagster import DagsterRun
-    from dagster._serdes import deserialize_value
+    from dagster import DagsterRun, deserialize_value
 
     profile = tmp_path / "mine.yaml"
     profile.write_text(

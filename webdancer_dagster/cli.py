@@ -175,7 +175,8 @@ def crawl(
     # The crawl job the UI launches (the profile's own for a profile in profiles/), so the run shows under its name.
     job = profile_job_name("crawl", chosen.name) if chosen.name else "crawl"
     # Each run with the profile's config for its op and the profile's resources: the environment it crawls in.
-    sites_config, run_config = (profile_config(chosen, [name]) for name in ("web_sites", "crawl_pages"))
+    sites_config = profile_config(chosen, ["web_sites"])
+    run_config = profile_config(chosen, ["crawl_pages"])
     with _run_history() as instance:
         if "web_sites" in selection:
             run_job_in_process(defs, job, instance, asset_selection=[dg.AssetKey("web_sites")], run_config=sites_config)

@@ -15,6 +15,7 @@ import pytest
 from webdancer_dagster.llm.client import EndpointConfig, LLMEndpoint, SamplingParams
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.llm.server import (
+    LLAMA_SERVER_ENV,
     ModelServer,
     ModelServerConfig,
     ModelServerError,
@@ -60,7 +61,7 @@ def test_the_command_gives_each_slot_its_context_and_keeps_replies_verbatim() ->
 
 
 def test_a_missing_binary_says_how_to_build_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WEBDANCER_LLAMA_SERVER", str(tmp_path / "llama-server"))
+    monkeypatch.setenv(LLAMA_SERVER_ENV, str(tmp_path / "llama-server"))
     config = ModelServerConfig(mode="llama_server", model_path=str(find_smollm2_gguf()))
     with pytest.raises(ModelServerError, match="is not installed; build it with `make llama-server`"):
         ModelServer(config).start()

@@ -3,8 +3,8 @@
 On this machine there are two llama.cpp servers: llama-cpp-python's (`llama_cpp`, installed with the package; it
 answers one request at a time) and llama.cpp's own `llama-server` (`llama_server`, built by
 `scripts/build_llama_server.sh` from the same llama.cpp source), which decodes `n_parallel` requests together.
-On 2 cores one decoding step of 4 sequences costs nearly what a step of one does, so runs scored in parallel share
-their decoding (`benchmark_scores.server_parallel`); reading prompts gains nothing from it.
+On 2 cores llama.cpp evaluates a batch of 4 tokens in about the time of one, so runs scored in parallel share their
+decoding steps (`benchmark_scores.server_parallel`); reading a prompt, already a batch, gains nothing from it.
 
 `ModelServer` owns one server process: it picks a free port on 127.0.0.1, starts the process in its own process
 group (so stopping it also stops whatever it forked) and tied to this process's life (kill -9 included), waits
