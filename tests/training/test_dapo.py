@@ -26,6 +26,7 @@ from webdancer_dagster.training.dapo import (
     DAPOResult,
     RLPrompt,
     ScoredRollout,
+    hidden_states_row_by_row,
     main,
     score_completions_directly,
 )
@@ -266,6 +267,50 @@ def test_direct_completion_scoring_matches_trls_chunked_kernel(tiny_model) -> No
     assert torch.equal(outputs[1].label_mask, outputs[0].label_mask)
     for (name, trl_param), direct_param in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(direct_param.grad, trl_param.grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_padded_rows_are_scored_as_each_row_alone(tiny_model) -> None:
+    """Left and right padding: each row's log-probabilities are those of its own tokens scored unpadded."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model.path, local_files_only=True)
+    score_completions_directly(model, temperature=0.7)
+    input_ids = torch.randint(0, 1000, (3, 30), generator=torch.Generator().manual_seed(1))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, :4] = 0  # a shorter prompt, left-padded
+    attention_mask[1, 26:] = 0  # a shorter completion, right-padded
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :18] = -100  # the completion is the last 12 positions
+
+    shapes = []
+    model.model.register_forward_pre_hook(
+        lambda _, args, kwargs: shapes.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+    output.log_probs.sum().backward()
+    assert shapes == [(1, 26), (1, 26), (1, 30)], "each row should run on its own tokens, without pads"
+
+    for row in range(3):
+        start, last = attention_mask[row].nonzero().flatten()[[0, -1]].tolist()
+        alone = input_ids[row : row + 1, start : last + 1]
+        with torch.no_grad():
+            logits = model.lm_head(model.model(input_ids=alone).last_hidden_state)
+        expected = torch.log_softmax(logits[0, :-1] / 0.7, dim=-1).gather(-1, alone[0, 1:, None])[:, 0]
+        scored = labels[row, 1:] != -100
+        torch.testing.assert_close(output.log_probs[row][scored], expected[scored[start:last]], rtol=1e-4, atol=1e-5)
+        assert not output.log_probs[row][~scored].any()
+    assert all(param.grad is not None for param in model.parameters() if param.requires_grad)
+
+
+def test_a_mask_with_a_hole_is_scored_padded(tiny_model) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model.path, local_files_only=True)
+    input_ids = torch.randint(0, 1000, (2, 20), generator=torch.Generator().manual_seed(2))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, 5] = 0  # not left or right padding: only the padded batch can mean this
+
+    with torch.no_grad():
+        padded = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden_states_row_by_row(model, input_ids=input_ids, attention_mask=attention_mask)
+
+    torch.testing.assert_close(hidden, padded)
 
 
 def test_a_masked_filler_group_costs_the_trainer_one_masked_token_a_rollout(

@@ -330,7 +330,8 @@ def score_completions_directly(model: PreTrainedModel, temperature: float) -> No
     Without Triton, TRL's kernel projects every position of every sequence (the long system prompt included) and
     recomputes each tile in backward; the completion positions are a fraction of them, so scoring just those is
     several times faster on CPU. The outputs are the same fields, equal up to float rounding (tested); models
-    with logit soft-capping or scaling keep TRL's kernel.
+    with logit soft-capping or scaling keep TRL's kernel. The transformer runs each padded row on its own tokens
+    (`hidden_states_row_by_row`).
     """
     config = model.config.get_text_config()
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1.0):
@@ -341,7 +342,7 @@ def score_completions_directly(model: PreTrainedModel, temperature: float) -> No
         if not fused_lm_head or labels is None:
             return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        hidden = model.model(*args, use_cache=False, **kwargs).last_hidden_state[:, :-1]
+        hidden = hidden_states_row_by_row(model, *args, **kwargs)[:, :-1]
         targets = labels[:, 1:]
         mask = targets != IGNORE_INDEX
         log_softmax = torch.log_softmax(model.lm_head(hidden[mask]).float() / temperature, dim=-1)
@@ -357,6 +358,54 @@ def score_completions_directly(model: PreTrainedModel, temperature: float) -> No
         )
 
     model.forward = forward
+
+
+def hidden_states_row_by_row(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+) -> torch.Tensor:
+    """The last hidden states of a padded batch, each row computed from its own tokens alone, pads left as zeros.
+
+    Given padding, transformers hands SDPA an explicit mask, and on CPU attention then computes every block of the
+    square where a causal call without a mask skips the upper half, besides the pads themselves: forward and
+    backward of 4 chats of 1,500 to 2,300 tokens took 22 to 26 s padded and 12.3 s row by row. A row's positions
+    count from its first token, as when it was sampled. The padded path remains for a batch without padding, with
+    other per-row inputs, or whose rows are not one span of tokens each (left and right padding only).
+    """
+    spans = [_token_span(row) for row in attention_mask] if attention_mask is not None else []
+    if (
+        attention_mask is None
+        or bool(attention_mask.all())
+        or any(isinstance(value, torch.Tensor) for value in kwargs.values())
+        or any(span is None for span in spans)
+        or not any(end > start for start, end in spans)
+    ):
+        outputs = model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        return outputs.last_hidden_state
+    hidden = {
+        index: model.model(
+            input_ids=input_ids[index : index + 1, start:end], use_cache=False, **kwargs
+        ).last_hidden_state[0]
+        for index, (start, end) in enumerate(spans)
+        if end > start
+    }
+    length, template = input_ids.shape[1], next(iter(hidden.values()))
+    return torch.stack(
+        [
+            torch.nn.functional.pad(hidden[index], (0, 0, start, length - end))
+            if index in hidden
+            else template.new_zeros(length, template.shape[-1])
+            for index, (start, end) in enumerate(spans)
+        ]
+    )
+
+
+def _token_span(mask: torch.Tensor) -> tuple[int, int] | None:
+    """(start, end) of a mask row's ones when they are contiguous, (0, 0) when there are none, else None."""
+    positions = mask.nonzero().flatten()
+    if positions.numel() == 0:
+        return 0, 0
+    start, end = int(positions[0]), int(positions[-1]) + 1
+    return (start, end) if positions.numel() == end - start else None
 
 
 def format_reward(completions: list[Any], format_reward: list[float], **_: Any) -> list[float]:
