@@ -16,7 +16,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,6 +26,7 @@ from webdancer_dagster.agent.prompts import FORCED_ANSWER_PROMPT, system_message
 from webdancer_dagster.agent.tools import Tool, ToolOutput
 from webdancer_dagster.agent.trajectory import ChatMessage, CotMode, Step, Termination, Trajectory
 from webdancer_dagster.llm.client import ChatModel, ChatResult
+from webdancer_dagster.threads import worker_pool
 from webdancer_dagster.web.errors import FetchError, ToolInputError
 from webdancer_dagster.web.search import TOP_K
 
@@ -305,7 +305,7 @@ def run_agents(
         callback = None if on_step is None else (lambda step: on_step(index, step))
         return agent.run(question, sample_index=sample, on_step=callback)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent") as pool:
+    with worker_pool(workers, thread_name_prefix="agent") as pool:
         futures = [pool.submit(job, index) for index in range(len(jobs))]
         try:
             return [future.result() for future in futures]

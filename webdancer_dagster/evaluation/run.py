@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from typing import Any
 
 from webdancer_dagster.agent.trajectory import Trajectory
@@ -19,6 +19,7 @@ from webdancer_dagster.evaluation.benchmarks import BenchmarkQuestion
 from webdancer_dagster.evaluation.metrics import token_f1
 from webdancer_dagster.llm.client import LLMEndpoint
 from webdancer_dagster.shared.judge import Judgement, exact_match, judge_answer
+from webdancer_dagster.threads import worker_pool
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def evaluate(
         for job in jobs:
             finish(one(job))
         return rows
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+    with worker_pool(max_workers, thread_name_prefix="eval") as pool:
         futures = [pool.submit(one, job) for job in jobs]
         pending = set(futures)
         while pending:

@@ -15,7 +15,6 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import pandas as pd
@@ -30,6 +29,7 @@ from webdancer_dagster.shared.judge import judge_answer
 from webdancer_dagster.shared.qa import QAPair
 from webdancer_dagster.shared.split import id_fraction
 from webdancer_dagster.synthesis.replies import JSON_FORMAT_HELP, JsonFormat, ask_json
+from webdancer_dagster.threads import worker_pool
 
 if TYPE_CHECKING:  # rejection sampling builds attempts from the stages here; the funnel only reads them
     from webdancer_dagster.synthesis.rejection import Attempt
@@ -346,7 +346,7 @@ def run_funnel(
 
     if not attempts:
         return FunnelResult([])
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(attempts)), thread_name_prefix="funnel") as pool:
+    with worker_pool(min(max_workers, len(attempts)), thread_name_prefix="funnel") as pool:
         records = list(pool.map(review, attempts))
     result = FunnelResult(records)
     logger.info("funnel: %d in, %d kept", len(records), len(result.kept))

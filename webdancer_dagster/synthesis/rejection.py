@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
@@ -22,6 +21,7 @@ from webdancer_dagster.llm.client import LLMEndpoint
 from webdancer_dagster.shared.hashing import stable_id
 from webdancer_dagster.shared.qa import QAPair
 from webdancer_dagster.synthesis.funnel import StageVerdict, check_correctness, check_validity
+from webdancer_dagster.threads import worker_pool
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def rejection_sample(
 
     if not pairs:
         return []
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(pairs)), thread_name_prefix="rejection") as pool:
+    with worker_pool(min(max_workers, len(pairs)), thread_name_prefix="rejection") as pool:
         per_pair = list(pool.map(sample, pairs))
     attempts = [attempt for group in per_pair for attempt in group]
     solved = sum(any(a.accepted for a in group) for group in per_pair)
