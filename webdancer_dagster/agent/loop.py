@@ -309,7 +309,7 @@ def run_agents(
         futures = [pool.submit(job, index) for index in range(len(jobs))]
         try:
             return [future.result() for future in futures]
-        except BaseException:
+        except Exception:  # an interrupt cancels them in worker_pool
             for future in futures:
                 future.cancel()
             raise
