@@ -7,8 +7,9 @@ AdamW with gradient clipping. The baseline runs in this process before and after
 same machine load. The ratio compares median seconds per optimizer step (the fastest steps are compared too, as
 other people's jobs move medians on a shared machine); the launch's fixed cost (process start, imports, model
 load, checkpoint writes) is reported beside it. Target: ratio <= 1.15. Also timed, for reference: the LM head
-`sft.py` does not pick on this device (TRL's fused head is its GPU default, the model's own its CPU default). On a
-GPU both train fp32 weights under bf16 autocast, as the Trainer does there; `--bf16` does so on CPU too.
+`sft.py` does not pick on this device (TRL's fused head is its GPU default, the model's own its CPU default). Both
+train fp32 weights under bf16 autocast where `sft.py` does by default (a GPU, or a CPU with native bf16: AVX512-BF16
+or AMX), and in fp32 elsewhere; `--bf16` asks for autocast on any CPU.
 
     .venv/bin/python benchmarks/bench_sft.py [--steps 20] [--seq-len 2048] [--model path/to/hf-folder] [--bf16]
 """
@@ -31,6 +32,7 @@ from webdancer_dagster.resources.torchrun import TorchrunLauncher
 from webdancer_dagster.testing.tiny_model import create_tiny_llama
 from webdancer_dagster.training.config import SFTHyperparameters, to_cli_args
 from webdancer_dagster.training.masking import TokenizedDataset, TruncationPolicy, tokenize_chats
+from webdancer_dagster.training.reporting import bf16_autocast
 from webdancer_dagster.training.sft import read_chats
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,11 +74,11 @@ def hyperparameters(steps: int, seq_len: int, fused_lm_head: bool | None, bf16: 
 def plain_loop_step_seconds(model_dir: Path, data: TokenizedDataset, hparams: SFTHyperparameters) -> list[float]:
     """Forward, backward, clip, AdamW step on each batch in turn, from a fresh copy of the model.
 
-    It trains as the Trainer does: fp32 weights, under bf16 autocast on GPU or when `hparams.bf16` says so.
+    It trains as the Trainer does: fp32 weights, under bf16 autocast where `sft.py` would use it (`bf16_autocast`).
     """
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
-    autocast = on_gpu if hparams.bf16 is None else hparams.bf16
+    autocast = bf16_autocast(on_gpu, hparams.bf16)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).to(device)
     model.train()
     # Fused, like the Trainer's default ("adamw_torch_fused" for torch >= 2.8), so only the loop differs.
@@ -130,7 +132,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--model", type=Path, help="HF model folder; default: a tiny random Llama (SmolLM2 tokenizer)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU too (on GPU it is always on)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on any CPU (default: where sft.py uses it)")
     args = parser.parse_args()
     bf16 = True if args.bf16 else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +159,7 @@ def main() -> None:
         "benchmark": "sft",
         "model": str(args.model) if args.model else "tiny random Llama (2 layers, 64 wide, SmolLM2 tokenizer)",
         "device": device,
-        "bf16_autocast": device == "cuda" or args.bf16,
+        "bf16_autocast": bf16_autocast(device == "cuda", bf16),
         "seq_len": tokens_per_step,
         "steps": len(trl_steps),
         "plain_s_per_step": round(plain_s, 4),

@@ -200,3 +200,23 @@ def test_perturbing_an_observation_tokens_label_leaves_the_loss_and_an_assistant
         assert len(other_ids) == len(ids) and other_ids != ids
     assert torch.equal(observation_loss, loss), "a label of the observation reached the loss"
     assert abs(thought_loss - loss) > 1e-3, "a label of the assistant's turn did not reach the loss"
+
+
+def test_in_training_the_model_returns_its_loss_without_the_logits_and_in_evaluation_both(
+    tmp_path: Path, tiny_model: BaseModel, short_chats: list[Chat]
+) -> None:
+    """On the model-loss path the Trainer reads only the loss; accelerate would cast the (tokens x vocabulary) logits
+    to fp32 under bf16 autocast for nothing, so the forward leaves them out while training, and only then."""
+    trainer, _ = _build(tiny_model, short_chats[:2], tmp_path, fused=False)
+    inputs = _batch(trainer)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model.path, local_files_only=True, dtype=torch.float32)
+
+    with torch.no_grad():
+        expected = reference(**inputs)
+        trained = trainer.model.train()(**inputs)
+        evaluated = trainer.model.eval()(**inputs)
+
+    assert trained.logits is None and "logits" not in trained
+    torch.testing.assert_close(trained.loss, expected.loss)
+    torch.testing.assert_close(evaluated.loss, expected.loss)
+    torch.testing.assert_close(evaluated.logits, expected.logits)
