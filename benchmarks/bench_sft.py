@@ -11,13 +11,18 @@ load, checkpoint writes) is reported beside it. Target: ratio <= 1.15. Also time
 train fp32 weights under bf16 autocast where `sft.py` does by default (a GPU, or a CPU with native bf16: AVX512-BF16
 or AMX), and in fp32 elsewhere; `--bf16` asks for autocast on any CPU.
 
+On CPU both loops allocate memory alike: the script re-runs itself under the launcher's `cpu_malloc_tunables`
+(which keep freed memory for the next step), or both on glibc's defaults with `--glibc-malloc`.
+
     .venv/bin/python benchmarks/bench_sft.py [--steps 20] [--seq-len 2048] [--model path/to/hf-folder] [--bf16]
+        [--glibc-malloc]
 """
 
 import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from webdancer_dagster.llm.model_files import find_smollm2_gguf
 from webdancer_dagster.paths import DATA_DIR
-from webdancer_dagster.resources.torchrun import TorchrunLauncher
+from webdancer_dagster.resources.torchrun import CPU_MALLOC_TUNABLES, TorchrunLauncher
 from webdancer_dagster.testing.tiny_model import create_tiny_llama
 from webdancer_dagster.training.config import SFTHyperparameters, to_cli_args
 from webdancer_dagster.training.masking import TokenizedDataset, TruncationPolicy, tokenize_chats
@@ -103,12 +108,22 @@ def plain_loop_step_seconds(model_dir: Path, data: TokenizedDataset, hparams: SF
     return seconds
 
 
-def launched_run(model_dir: Path, output_dir: Path, hparams: SFTHyperparameters) -> tuple[list[float], float]:
+def allocate_as_the_workers(launcher: TorchrunLauncher) -> None:
+    """Re-run this script under the allocator settings the launcher gives its CPU workers (`cpu_malloc_tunables`),
+    so that the plain loop in this process allocates as the Trainer's worker does: glibc reads them at start only."""
+    tunables = launcher.worker_env("cpu").get("GLIBC_TUNABLES")
+    if tunables and os.environ.get("GLIBC_TUNABLES") != tunables:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": tunables})
+
+
+def launched_run(
+    model_dir: Path, output_dir: Path, hparams: SFTHyperparameters, launcher: TorchrunLauncher
+) -> tuple[list[float], float]:
     """Materialize the launch asset; returns (per-step seconds reported by rank 0, wall seconds)."""
     started = time.perf_counter()
     result = dg.materialize(
         [bench_sft_checkpoint],
-        resources={"launcher": TorchrunLauncher(nproc_per_node=1)},
+        resources={"launcher": launcher},
         run_config={
             "ops": {
                 "bench_sft_checkpoint": {
@@ -133,8 +148,14 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--model", type=Path, help="HF model folder; default: a tiny random Llama (SmolLM2 tokenizer)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on any CPU (default: where sft.py uses it)")
+    parser.add_argument(
+        "--glibc-malloc", action="store_true", help="both loops on glibc's allocator defaults (cpu_malloc_tunables='')"
+    )
     args = parser.parse_args()
     bf16 = True if args.bf16 else None
+    launcher = TorchrunLauncher(nproc_per_node=1, cpu_malloc_tunables="" if args.glibc_malloc else CPU_MALLOC_TUNABLES)
+    if not torch.cuda.is_available():
+        allocate_as_the_workers(launcher)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or create_tiny_llama(Path(tmp) / "tiny", find_smollm2_gguf()).path
         hparams = hyperparameters(args.steps, args.seq_len, fused_lm_head=None, bf16=bf16)
@@ -142,12 +163,15 @@ def main() -> None:
         data = tokenize_chats(tokenizer, read_chats(TRAJECTORIES), hparams.max_length, hparams.truncation)
         tokens_per_step = len(data.examples[0].input_ids)
         plain_before = plain_loop_step_seconds(model_dir, data, hparams)
-        trl_steps, trl_wall = launched_run(model_dir, Path(tmp) / "sft", hparams)
+        trl_steps, trl_wall = launched_run(model_dir, Path(tmp) / "sft", hparams, launcher)
         plain_after = plain_loop_step_seconds(model_dir, data, hparams)
         # sft.py fuses TRL's LM head on GPU only; the launch with the other head shows what that choice is worth.
         other_head_fused = not torch.cuda.is_available()
         other_steps, _ = launched_run(
-            model_dir, Path(tmp) / "sft-other", hyperparameters(args.steps, args.seq_len, other_head_fused, bf16)
+            model_dir,
+            Path(tmp) / "sft-other",
+            hyperparameters(args.steps, args.seq_len, other_head_fused, bf16),
+            launcher,
         )
     plain = plain_before + plain_after
     plain_s, trl_s, other_s = (statistics.median(steps) for steps in (plain, trl_steps, other_steps))
@@ -160,6 +184,7 @@ def main() -> None:
         "model": str(args.model) if args.model else "tiny random Llama (2 layers, 64 wide, SmolLM2 tokenizer)",
         "device": device,
         "bf16_autocast": bf16_autocast(device == "cuda", bf16),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "seq_len": tokens_per_step,
         "steps": len(trl_steps),
         "plain_s_per_step": round(plain_s, 4),

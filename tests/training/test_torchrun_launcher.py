@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from webdancer_dagster.resources.torchrun import (
+    CPU_MALLOC_TUNABLES,
     TorchrunLauncher,
     TorchrunTopology,
     build_torchrun_command,
@@ -101,7 +102,8 @@ def test_inconsistent_topologies_are_rejected(fields: dict[str, object], error: 
         TorchrunTopology(**fields)
 
 
-def test_resource_defaults_to_one_cpu_process_with_gpus_hidden() -> None:
+def test_resource_defaults_to_one_cpu_process_with_gpus_hidden(monkeypatch) -> None:
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     launcher = TorchrunLauncher(device="cpu", extra_env={"OMP_NUM_THREADS": "2"})
 
     topology = launcher.topology("cpu", default_rdzv_id="run-1")
@@ -110,6 +112,7 @@ def test_resource_defaults_to_one_cpu_process_with_gpus_hidden() -> None:
     assert launcher.worker_env("cpu") == {
         "OMP_NUM_THREADS": "2",
         "CUDA_VISIBLE_DEVICES": "",
+        "GLIBC_TUNABLES": CPU_MALLOC_TUNABLES,
         "GLOO_SOCKET_IFNAME": "lo",
         "NCCL_SOCKET_IFNAME": "lo",
         "WEBDANCER_PARENT_PID": str(os.getpid()),
@@ -121,6 +124,16 @@ def test_resource_defaults_to_one_cpu_process_with_gpus_hidden() -> None:
     assert launcher.resolved_device() == "cpu"
     with pytest.raises(ValueError, match="device must be one of"):
         TorchrunLauncher(device="tpu").resolved_device()
+
+
+def test_a_glibc_tunables_setting_of_the_users_wins_and_an_empty_field_keeps_glibcs_defaults(monkeypatch) -> None:
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert "GLIBC_TUNABLES" not in TorchrunLauncher(cpu_malloc_tunables="").worker_env("cpu")
+    assert "GLIBC_TUNABLES" not in TorchrunLauncher().worker_env("cuda")
+    own = "glibc.malloc.arena_max=2"
+    assert TorchrunLauncher(extra_env={"GLIBC_TUNABLES": own}).worker_env("cpu")["GLIBC_TUNABLES"] == own
+    monkeypatch.setenv("GLIBC_TUNABLES", own)
+    assert "GLIBC_TUNABLES" not in TorchrunLauncher().worker_env("cpu")  # the worker inherits the user's own
 
 
 def _write_rank_logs(log_dir: Path, attempt: int, stderr_by_rank: dict[int, str]) -> None:
@@ -276,3 +289,55 @@ def test_nothing_a_single_node_run_listens_on_is_off_loopback(tmp_path: Path, mo
     listening = json.loads((tmp_path / "listening.json").read_text())
     assert len(listening) >= 3, listening  # the rendezvous store, the workers' store, a gloo socket per rank
     assert all(address.rsplit(":", 1)[0] == "127.0.0.1" for address in listening), listening
+
+
+PAGE_FAULTS_MODULE = """
+import json, resource, sys
+
+SIZE = 256 << 20
+
+
+def page_faults_to_fill(size):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = bytearray(size)  # malloc'd, then zeroed: every page is written
+    del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+page_faults_to_fill(SIZE)  # the first fill maps the memory in either way
+open(sys.argv[1], "w").write(json.dumps(page_faults_to_fill(SIZE)))
+"""
+
+
+@dg.asset
+def refill_freed_memory(context: dg.AssetExecutionContext, launcher: TorchrunLauncher) -> dg.MaterializeResult:
+    """Test-only: one rank that frees a 256 MiB block and counts the page faults of filling one again."""
+    out = Path(os.environ["PAGE_FAULTS_FILE"])
+    launcher.run(context, "page_faults", [str(out)], out.parent / "logs")
+    return dg.MaterializeResult()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts glibc's page faults")
+def test_cpu_workers_refill_freed_memory_without_mapping_it_in_again(tmp_path: Path, monkeypatch) -> None:
+    """What `cpu_malloc_tunables` is for: glibc's defaults return a freed 256 MiB block to the kernel, so filling
+    one again page-faults it back in (a training step's activations and logits, every step); the launcher's
+    default keeps it."""
+    (tmp_path / "page_faults.py").write_text(textwrap.dedent(PAGE_FAULTS_MODULE))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    faults = {}
+    for name, launcher in {
+        "default": TorchrunLauncher(device="cpu"),
+        "glibc": TorchrunLauncher(device="cpu", cpu_malloc_tunables=""),
+    }.items():
+        monkeypatch.setenv("PAGE_FAULTS_FILE", str(tmp_path / name / "faults.json"))
+        (tmp_path / name).mkdir()
+        result = dg.materialize(
+            [refill_freed_memory], resources={"launcher": launcher}, instance=dg.DagsterInstance.ephemeral()
+        )
+        assert result.success
+        faults[name] = json.loads((tmp_path / name / "faults.json").read_text())
+
+    huge_pages = (256 << 20) // (2 << 20)  # the fewest faults a fresh mapping can take, with transparent huge pages
+    assert faults["glibc"] >= huge_pages, faults
+    assert faults["default"] < huge_pages // 8, faults

@@ -29,6 +29,11 @@ DEVICES = ("auto", "cpu", "cuda")
 TORCHRUN_MODULE = "webdancer_dagster.training.loopback_torchrun"
 # Collective libraries' own sockets on one node: the loopback interface (a user's extra_env overrides).
 LOOPBACK_SOCKET_ENV = {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
+# glibc hands every freed block above 32 MiB back to the kernel, so a CPU training step maps its activations, logits
+# and gradients afresh and page-faults them in, every step. Served from a heap that is never trimmed, a SmolLM2-135M
+# step at 1,536 tokens on 2 cores fell from 7.1 to 5.0 s (peak memory +5 to 8%); glibc ignores unknown tunables and
+# other C libraries ignore the variable.
+CPU_MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,12 @@ class TorchrunLauncher(dg.ConfigurableResource):
         default_factory=dict, description="Extra environment for the workers (e.g. NCCL_* or OMP_NUM_THREADS)."
     )
     log_tail_lines: int = Field(default=60, description="Lines of each failed rank's log put into the error.")
+    cpu_malloc_tunables: str = Field(
+        default=CPU_MALLOC_TUNABLES,
+        description="GLIBC_TUNABLES for CPU workers: keep freed memory for the next step instead of returning it to "
+        "the kernel (much faster steps, memory held at its peak); empty: glibc's defaults. A GLIBC_TUNABLES already "
+        "in the environment or in extra_env wins.",
+    )
 
     def resolved_device(self) -> str:
         """'cuda' or 'cpu'; 'auto' asks torch, imported here so loading the definitions stays light."""
@@ -194,14 +205,17 @@ class TorchrunLauncher(dg.ConfigurableResource):
         )
 
     def worker_env(self, device: str) -> dict[str, str]:
-        """Environment for the workers: on CPU the GPUs are hidden so every rank agrees on gloo and fp32; on one
-        node gloo and NCCL talk over loopback; torchrun learns its parent, whose death it follows."""
+        """Environment for the workers: on CPU the GPUs are hidden so every rank agrees on gloo and fp32, and glibc
+        keeps freed memory (`cpu_malloc_tunables`); on one node gloo and NCCL talk over loopback; torchrun learns its
+        parent, whose death it follows."""
         env = {PARENT_PID_ENV: str(os.getpid())}
         if self.nnodes == 1:
             env.update(LOOPBACK_SOCKET_ENV)
         env.update(self.extra_env)
         if device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
+            if self.cpu_malloc_tunables and "GLIBC_TUNABLES" not in os.environ:
+                env.setdefault("GLIBC_TUNABLES", self.cpu_malloc_tunables)
         return env
 
     def run(
