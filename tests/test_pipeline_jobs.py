@@ -123,6 +123,16 @@ def test_another_run_config_runs_the_plain_jobs(tmp_path):
     ]
 
 
+def test_selecting_one_output_of_a_multi_asset_runs_the_whole_multi_asset():
+    """`funnel` writes `sft_dataset` and `rl_pool` in one step: selecting one of them failed with Dagster's
+    DagsterInvalidSubsetError when its run was built."""
+    runs = plan_runs(defs, load_profile("learn"), selection=["trajectories", "sft_dataset"])
+
+    assert [(run.job, sorted(k.to_user_string() for k in run.keys)) for run in runs] == [
+        ("synthesize_learn", ["rl_pool", "sft_dataset", "trajectories"]),
+    ]
+
+
 def test_every_profile_is_a_job_per_phase_with_its_config_and_tag():
     job_names = {job.name for job in defs.jobs or []}
     assert {"crawl", "synthesize", "train", "evaluate", "recrawl_sites"} <= job_names

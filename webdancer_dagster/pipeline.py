@@ -233,12 +233,20 @@ def plan_runs(
     defs: dg.Definitions, run_config: Mapping[str, Any] | None = None, selection: Sequence[str] | None = None
 ) -> list[PlannedRun]:
     """The runs `materialize_all` makes, in order: the phases in turn; in a phase, every unpartitioned asset whose
-    upstream is done or in the same run goes into one run of the phase's job, a partitioned one gets a run per key."""
+    upstream is done or in the same run goes into one run of the phase's job, a partitioned one gets a run per key.
+    A selected asset brings the other outputs of a multi-asset that only runs whole."""
     run_config = run_config or {}
     graph = defs.resolve_asset_graph()
     job_names = {job.name for job in defs.jobs or []}
     profile = run_config.name if isinstance(run_config, Profile) else None
-    wanted = {dg.AssetKey.from_user_string(s) for s in selection} if selection else None
+    # A multi-asset that cannot run part of itself (`funnel` writes `sft_dataset` and `rl_pool`) runs whole.
+    wanted = (
+        dg.AssetSelection.assets(*map(dg.AssetKey.from_user_string, selection))
+        .required_multi_asset_neighbors()
+        .resolve(graph)
+        if selection
+        else None
+    )
     topo = [key for level in graph.toposorted_asset_keys_by_level for key in level]
     pending = [key for key in topo if (wanted is None or key in wanted) and graph.get(key).is_materializable]
 
