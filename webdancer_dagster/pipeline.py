@@ -234,12 +234,12 @@ def plan_runs(
 ) -> list[PlannedRun]:
     """The runs `materialize_all` makes, in order: the phases in turn; in a phase, every unpartitioned asset whose
     upstream is done or in the same run goes into one run of the phase's job, a partitioned one gets a run per key.
-    A selected asset brings the other outputs of a multi-asset that only runs whole."""
+    A selected asset brings the other outputs of a multi-asset that only runs whole (`funnel`: `sft_dataset` and
+    `rl_pool`)."""
     run_config = run_config or {}
     graph = defs.resolve_asset_graph()
     job_names = {job.name for job in defs.jobs or []}
     profile = run_config.name if isinstance(run_config, Profile) else None
-    # A multi-asset that cannot run part of itself (`funnel` writes `sft_dataset` and `rl_pool`) runs whole.
     wanted = (
         dg.AssetSelection.assets(*map(dg.AssetKey.from_user_string, selection))
         .required_multi_asset_neighbors()
